@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hacs/hacs/internal/device"
+	"github.com/hacs/hacs/internal/nbd"
+)
+
+func newServeCmd() *cobra.Command {
+	var (
+		sizeStr  string
+		listen   string
+		name     string
+		desc     string
+		readOnly bool
+	)
+	cmd := &cobra.Command{
+		Use:   "serve FILE",
+		Short: "Export one local file (or block device) over NBD, without a cluster",
+		Long: `Export one local file over NBD, the job nbdkit file and qemu-nbd do.
+
+The file is created sparse when it does not exist and --size is given. Trim
+punches holes, write-zeroes uses fallocate, block status reports holes and
+data (SEEK_DATA/SEEK_HOLE) and flush is fdatasync. The export answers both its
+name and the default (empty) name. Stop it with Ctrl-C (SIGINT) or SIGTERM.`,
+		Example: `  hacs serve disk.img --size 10G
+  hacs serve disk.img --listen 127.0.0.1:10809 --name vm1
+  hacs serve disk.img --listen unix:/run/hacs/vm1.sock
+  nbdinfo nbd://127.0.0.1:10809/vm1`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var size int64
+			if sizeStr != "" {
+				var err error
+				if size, err = parseSize(sizeStr); err != nil {
+					return fmt.Errorf("--size: %w", err)
+				}
+			}
+			dev, err := device.OpenFile(args[0], size, readOnly)
+			if err != nil {
+				return err
+			}
+			defer dev.Close()
+			ln, err := listenAddr(listen)
+			if err != nil {
+				return err
+			}
+			srv := nbd.NewServer(slog.Default())
+			if err := srv.AddExport(nbd.Export{Name: name, Description: desc, Device: dev, ReadOnly: readOnly}); err != nil {
+				return err
+			}
+			slog.Info("serving", "file", args[0], "size", dev.Size(), "export", name, "listen", ln.Addr().String(), "read_only", readOnly)
+			fmt.Fprintf(cmd.OutOrStdout(), "serving %s (%d bytes) as %s\n", args[0], dev.Size(), uriFor(ln.Addr(), name))
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			errc := make(chan error, 1)
+			go func() { errc <- srv.Serve(ln) }()
+			select {
+			case <-ctx.Done():
+			case err := <-errc:
+				if err != nil {
+					return err
+				}
+			}
+			slog.Info("stopping: waiting up to 5s for clients to finish")
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+			return dev.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&sizeStr, "size", "", "size of the file to create when it does not exist (e.g. 10G)")
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:10809", "address to listen on: HOST:PORT or unix:PATH")
+	cmd.Flags().StringVar(&name, "name", "", "export name (the export also answers the empty name)")
+	cmd.Flags().StringVar(&desc, "description", "", "export description shown to clients")
+	cmd.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes")
+	return cmd
+}
+
+// listenAddr listens on HOST:PORT or unix:PATH.
+func listenAddr(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		os.Remove(path)
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		return ln, nil
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, fmt.Errorf("--listen %q: want HOST:PORT or unix:PATH", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// uriFor builds the standard NBD URI for a listener and export.
+func uriFor(a net.Addr, export string) string {
+	if a.Network() == "unix" {
+		return fmt.Sprintf("nbd+unix:///%s?socket=%s", export, a.String())
+	}
+	return fmt.Sprintf("nbd://%s/%s", a.String(), export)
+}

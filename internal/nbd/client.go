@@ -1,0 +1,721 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hacs/hacs/internal/device"
+)
+
+// ClientOptions choose what a Client negotiates.
+type ClientOptions struct {
+	// Export is the export name to open ("" for the default export).
+	Export string
+	// NoStructured disables structured replies (and so block status).
+	NoStructured bool
+	// HandshakeTimeout bounds negotiation (default 10s).
+	HandshakeTimeout time.Duration
+}
+
+// ExportInfo is what the server told about the export.
+type ExportInfo struct {
+	Name        string
+	Description string
+	Size        int64
+	Flags       uint16
+	MinBlock    uint32
+	PrefBlock   uint32
+	MaxPayload  uint32
+	Structured  bool
+	BlockStatus bool // base:allocation negotiated
+}
+
+// Client is a connection to one NBD export. It is a device.Device: many
+// goroutines may issue requests at once; they are pipelined on the one
+// connection and completed as replies arrive, in any order.
+type Client struct {
+	nc   net.Conn
+	br   *bufio.Reader
+	info ExportInfo
+	meta uint32 // context id of base:allocation
+
+	wmu    sync.Mutex // serialises request writes
+	mu     sync.Mutex // guards pending, cookie, err
+	cookie uint64
+	// pending maps cookies to calls awaiting replies.
+	pending map[uint64]*call
+	err     error
+	done    chan struct{}
+	closing bool
+}
+
+// call is one request in flight.
+type call struct {
+	req   request
+	dst   []byte // read destination
+	err   error
+	exts  []device.Extent
+	ready chan struct{}
+}
+
+// ProtocolError is returned for requests the server failed, carrying the
+// server's error value (as an errno) and message.
+type ProtocolError struct {
+	Errno   syscall.Errno
+	Message string
+}
+
+func (e *ProtocolError) Error() string {
+	if e.Message != "" {
+		return fmt.Sprintf("nbd server error: %s (%v)", e.Message, e.Errno)
+	}
+	return fmt.Sprintf("nbd server error: %v", e.Errno)
+}
+
+func (e *ProtocolError) Unwrap() error { return e.Errno }
+
+// Dial connects to addr ("host:port", or a path for a Unix socket when
+// network is "unix") and opens the export.
+func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Client, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd dial %s: %w", addr, err)
+	}
+	c, err := NewClient(nc, opts)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// NewClient negotiates on an established connection.
+func NewClient(nc net.Conn, opts ClientOptions) (*Client, error) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	c := &Client{nc: nc, br: bufio.NewReaderSize(nc, 128<<10), pending: make(map[uint64]*call), done: make(chan struct{})}
+	timeout := opts.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	nc.SetDeadline(time.Now().Add(timeout))
+	if err := c.handshake(opts); err != nil {
+		return nil, fmt.Errorf("nbd handshake with %s: %w", nc.RemoteAddr(), err)
+	}
+	nc.SetDeadline(time.Time{})
+	go c.readLoop()
+	return c, nil
+}
+
+type optReply struct {
+	typ  uint32
+	data []byte
+}
+
+func (c *Client) sendOption(opt uint32, data []byte) error {
+	b := make([]byte, 16+len(data))
+	binary.BigEndian.PutUint64(b[0:], magicOpt)
+	binary.BigEndian.PutUint32(b[8:], opt)
+	binary.BigEndian.PutUint32(b[12:], uint32(len(data)))
+	copy(b[16:], data)
+	_, err := c.nc.Write(b)
+	return err
+}
+
+func (c *Client) readOptReply(opt uint32) (optReply, error) {
+	var h [20]byte
+	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		return optReply{}, err
+	}
+	if m := binary.BigEndian.Uint64(h[0:]); m != magicOptReply {
+		return optReply{}, fmt.Errorf("bad option reply magic %#x", m)
+	}
+	if o := binary.BigEndian.Uint32(h[8:]); o != opt {
+		return optReply{}, fmt.Errorf("reply for option %d while waiting for %d", o, opt)
+	}
+	n := binary.BigEndian.Uint32(h[16:])
+	if n > maxOptionLen {
+		return optReply{}, fmt.Errorf("option reply of %d bytes is too large", n)
+	}
+	r := optReply{typ: binary.BigEndian.Uint32(h[12:]), data: make([]byte, n)}
+	_, err := io.ReadFull(c.br, r.data)
+	return r, err
+}
+
+func optReplyError(opt uint32, r optReply) error {
+	names := map[uint32]string{
+		repErrUnsup: "unsupported", repErrPolicy: "refused by policy", repErrInvalid: "invalid",
+		repErrPlatform: "not supported on this platform", repErrTLSReqd: "TLS required",
+		repErrUnknown: "unknown export", repErrShutdown: "server shutting down",
+		repErrBlockSizeReqd: "block size negotiation required", repErrTooBig: "too big",
+	}
+	what := names[r.typ]
+	if what == "" {
+		what = fmt.Sprintf("error %#x", r.typ)
+	}
+	if len(r.data) > 0 {
+		return fmt.Errorf("%s: %s: %s", optName(opt), what, r.data)
+	}
+	return fmt.Errorf("%s: %s", optName(opt), what)
+}
+
+func (c *Client) handshake(opts ClientOptions) error {
+	var h [18]byte
+	if _, err := io.ReadFull(c.br, h[:16]); err != nil {
+		return err
+	}
+	if binary.BigEndian.Uint64(h[0:]) != magicNBD {
+		return errors.New("not an NBD server (bad magic)")
+	}
+	if m := binary.BigEndian.Uint64(h[8:]); m == magicOldstyleOpts {
+		return errors.New("server speaks oldstyle negotiation, which is not supported")
+	} else if m != magicOpt {
+		return fmt.Errorf("bad handshake magic %#x", m)
+	}
+	if _, err := io.ReadFull(c.br, h[16:18]); err != nil {
+		return err
+	}
+	hf := binary.BigEndian.Uint16(h[16:])
+	if hf&flagFixedNewstyle == 0 {
+		return errors.New("server does not support fixed newstyle negotiation")
+	}
+	cf := clientFixedNewstyle
+	noZeroes := hf&flagNoZeroes != 0
+	if noZeroes {
+		cf |= clientNoZeroes
+	}
+	if err := binary.Write(c.nc, binary.BigEndian, cf); err != nil {
+		return err
+	}
+	c.info.Name = opts.Export
+	if !opts.NoStructured {
+		if err := c.sendOption(optStructuredReply, nil); err != nil {
+			return err
+		}
+		r, err := c.readOptReply(optStructuredReply)
+		if err != nil {
+			return err
+		}
+		c.info.Structured = r.typ == repAck
+	}
+	if c.info.Structured {
+		data := binary.BigEndian.AppendUint32(nil, uint32(len(opts.Export)))
+		data = append(data, opts.Export...)
+		data = binary.BigEndian.AppendUint32(data, 1)
+		data = binary.BigEndian.AppendUint32(data, uint32(len(MetaBaseAllocation)))
+		data = append(data, MetaBaseAllocation...)
+		if err := c.sendOption(optSetMetaContext, data); err != nil {
+			return err
+		}
+		for {
+			r, err := c.readOptReply(optSetMetaContext)
+			if err != nil {
+				return err
+			}
+			if r.typ == repMetaContext && len(r.data) >= 4 && string(r.data[4:]) == MetaBaseAllocation {
+				c.meta = binary.BigEndian.Uint32(r.data)
+				c.info.BlockStatus = true
+				continue
+			}
+			if r.typ != repAck {
+				c.info.BlockStatus = false
+			}
+			if r.typ == repAck || r.typ&(1<<31) != 0 {
+				break
+			}
+		}
+	}
+	// GO with a block size request.
+	data := binary.BigEndian.AppendUint32(nil, uint32(len(opts.Export)))
+	data = append(data, opts.Export...)
+	data = binary.BigEndian.AppendUint16(data, 2)
+	data = binary.BigEndian.AppendUint16(data, infoBlockSize)
+	data = binary.BigEndian.AppendUint16(data, infoDescription)
+	if err := c.sendOption(optGo, data); err != nil {
+		return err
+	}
+	gotExport := false
+	for {
+		r, err := c.readOptReply(optGo)
+		if err != nil {
+			return err
+		}
+		switch r.typ {
+		case repInfo:
+			if len(r.data) < 2 {
+				return errors.New("short NBD_REP_INFO")
+			}
+			switch binary.BigEndian.Uint16(r.data) {
+			case infoExport:
+				if len(r.data) != 12 {
+					return errors.New("bad NBD_INFO_EXPORT length")
+				}
+				c.info.Size = int64(binary.BigEndian.Uint64(r.data[2:]))
+				c.info.Flags = binary.BigEndian.Uint16(r.data[10:])
+				gotExport = true
+			case infoBlockSize:
+				if len(r.data) != 14 {
+					return errors.New("bad NBD_INFO_BLOCK_SIZE length")
+				}
+				c.info.MinBlock = binary.BigEndian.Uint32(r.data[2:])
+				c.info.PrefBlock = binary.BigEndian.Uint32(r.data[6:])
+				c.info.MaxPayload = binary.BigEndian.Uint32(r.data[10:])
+			case infoDescription:
+				c.info.Description = string(r.data[2:])
+			case infoName:
+				c.info.Name = string(r.data[2:])
+			}
+		case repAck:
+			if !gotExport {
+				return errors.New("server finished GO without export information")
+			}
+			c.finishInfo()
+			return nil
+		case repErrUnsup:
+			return c.exportNameFallback(opts.Export, noZeroes)
+		default:
+			return optReplyError(optGo, r)
+		}
+	}
+}
+
+func (c *Client) exportNameFallback(name string, noZeroes bool) error {
+	if err := c.sendOption(optExportName, []byte(name)); err != nil {
+		return err
+	}
+	n := 10
+	if !noZeroes {
+		n += 124
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c.br, b); err != nil {
+		return fmt.Errorf("EXPORT_NAME %q refused: %w", name, err)
+	}
+	c.info.Size = int64(binary.BigEndian.Uint64(b))
+	c.info.Flags = binary.BigEndian.Uint16(b[8:])
+	c.finishInfo()
+	return nil
+}
+
+func (c *Client) finishInfo() {
+	if c.info.MaxPayload == 0 || c.info.MaxPayload > MaxPayload {
+		c.info.MaxPayload = MaxPayload
+	}
+	if c.info.MinBlock == 0 {
+		c.info.MinBlock = 1
+	}
+}
+
+// Info describes the open export.
+func (c *Client) Info() ExportInfo { return c.info }
+
+// Size implements device.Device.
+func (c *Client) Size() int64 { return c.info.Size }
+
+// Capabilities implements device.Device from the transmission flags.
+func (c *Client) Capabilities() device.Capabilities {
+	f := c.info.Flags
+	return device.Capabilities{
+		ReadOnly:  f&FlagReadOnly != 0,
+		Flush:     f&FlagSendFlush != 0,
+		FUA:       f&FlagSendFUA != 0,
+		Trim:      f&FlagSendTrim != 0,
+		Zero:      f&FlagSendWriteZeroes != 0,
+		FastZero:  f&FlagSendFastZero != 0,
+		Extents:   c.info.BlockStatus,
+		Cache:     f&FlagSendCache != 0,
+		MultiConn: f&FlagCanMultiConn != 0,
+	}
+}
+
+var callPool = sync.Pool{New: func() any { return &call{ready: make(chan struct{}, 1)} }}
+
+// start sends a request; payload is the write data, if any.
+func (c *Client) start(typ, flags uint16, off uint64, length uint32, payload, dst []byte) (*call, error) {
+	cl := callPool.Get().(*call)
+	cl.dst, cl.err, cl.exts = dst, nil, nil
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		callPool.Put(cl)
+		return nil, err
+	}
+	c.cookie++
+	cl.req = request{flags: flags, typ: typ, cookie: c.cookie, offset: off, length: length}
+	c.pending[cl.req.cookie] = cl
+	c.mu.Unlock()
+
+	var hdr [requestHeaderLen]byte
+	cl.req.encode(hdr[:])
+	c.wmu.Lock()
+	var err error
+	if payload != nil {
+		bufs := net.Buffers{hdr[:], payload}
+		_, err = bufs.WriteTo(c.nc)
+	} else {
+		_, err = c.nc.Write(hdr[:])
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("nbd send: %w", err))
+	}
+	return cl, nil
+}
+
+// wait blocks until the call completes and returns its error.
+func (c *Client) wait(cl *call) error {
+	<-cl.ready
+	err := cl.err
+	cl.dst, cl.exts = nil, nil
+	callPool.Put(cl)
+	return err
+}
+
+func (c *Client) do(typ, flags uint16, off uint64, length uint32, payload, dst []byte) error {
+	cl, err := c.start(typ, flags, off, length, payload, dst)
+	if err != nil {
+		return err
+	}
+	return c.wait(cl)
+}
+
+// fail records a fatal connection error and fails every pending call.
+func (c *Client) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+		close(c.done)
+	}
+	pending := c.pending
+	c.pending = make(map[uint64]*call)
+	c.mu.Unlock()
+	c.nc.Close()
+	for _, cl := range pending {
+		cl.err = err
+		cl.ready <- struct{}{}
+	}
+}
+
+// Err returns the error that broke the connection, or nil.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Done is closed when the connection has failed or been closed.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+func (c *Client) readLoop() {
+	var h [20]byte
+	for {
+		if _, err := io.ReadFull(c.br, h[:4]); err != nil {
+			c.fail(c.connErr(err))
+			return
+		}
+		var err error
+		switch m := binary.BigEndian.Uint32(h[:4]); m {
+		case magicSimpleReply:
+			err = c.readSimple(h[:])
+		case magicStructReply:
+			err = c.readChunk(h[:])
+		default:
+			err = fmt.Errorf("bad reply magic %#x", m)
+		}
+		if err != nil {
+			c.fail(c.connErr(err))
+			return
+		}
+	}
+}
+
+func (c *Client) connErr(err error) error {
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		return device.ErrClosed
+	}
+	return fmt.Errorf("nbd connection to %s: %w", c.nc.RemoteAddr(), err)
+}
+
+func (c *Client) take(cookie uint64, remove bool) *call {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cl := c.pending[cookie]
+	if remove {
+		delete(c.pending, cookie)
+	}
+	return cl
+}
+
+func (c *Client) readSimple(h []byte) error {
+	if _, err := io.ReadFull(c.br, h[4:16]); err != nil {
+		return err
+	}
+	errv := binary.BigEndian.Uint32(h[4:])
+	cl := c.take(binary.BigEndian.Uint64(h[8:]), true)
+	if cl == nil {
+		return fmt.Errorf("reply for unknown cookie %d", binary.BigEndian.Uint64(h[8:]))
+	}
+	if errv != 0 {
+		cl.err = &ProtocolError{Errno: wireToErrno(errv)}
+	} else if cl.req.typ == cmdRead {
+		if _, err := io.ReadFull(c.br, cl.dst); err != nil {
+			cl.err = err
+			cl.ready <- struct{}{}
+			return err
+		}
+	}
+	cl.ready <- struct{}{}
+	return nil
+}
+
+func (c *Client) readChunk(h []byte) error {
+	if _, err := io.ReadFull(c.br, h[4:20]); err != nil {
+		return err
+	}
+	flags := binary.BigEndian.Uint16(h[4:])
+	typ := binary.BigEndian.Uint16(h[6:])
+	cookie := binary.BigEndian.Uint64(h[8:])
+	length := binary.BigEndian.Uint32(h[16:])
+	done := flags&replyFlagDone != 0
+	cl := c.take(cookie, done)
+	if cl == nil {
+		return fmt.Errorf("reply chunk for unknown cookie %d", cookie)
+	}
+	err := c.chunkPayload(cl, typ, length)
+	if err != nil {
+		if done {
+			cl.err = err
+			cl.ready <- struct{}{}
+		}
+		return err
+	}
+	if done {
+		cl.ready <- struct{}{}
+	}
+	return nil
+}
+
+func (c *Client) chunkPayload(cl *call, typ uint16, length uint32) error {
+	switch typ {
+	case replyTypeNone:
+		if length != 0 {
+			return errors.New("NONE chunk with payload")
+		}
+	case replyTypeOffsetData:
+		if length < 8 || cl.req.typ != cmdRead {
+			return errors.New("unexpected OFFSET_DATA chunk")
+		}
+		var ob [8]byte
+		if _, err := io.ReadFull(c.br, ob[:]); err != nil {
+			return err
+		}
+		rel := binary.BigEndian.Uint64(ob[:]) - cl.req.offset
+		n := uint64(length - 8)
+		if rel > uint64(len(cl.dst)) || n > uint64(len(cl.dst))-rel {
+			return errors.New("OFFSET_DATA chunk outside the request")
+		}
+		if _, err := io.ReadFull(c.br, cl.dst[rel:rel+n]); err != nil {
+			return err
+		}
+	case replyTypeOffsetHole:
+		if length != 12 || cl.req.typ != cmdRead {
+			return errors.New("unexpected OFFSET_HOLE chunk")
+		}
+		var b [12]byte
+		if _, err := io.ReadFull(c.br, b[:]); err != nil {
+			return err
+		}
+		rel := binary.BigEndian.Uint64(b[:]) - cl.req.offset
+		n := uint64(binary.BigEndian.Uint32(b[8:]))
+		if rel > uint64(len(cl.dst)) || n > uint64(len(cl.dst))-rel {
+			return errors.New("OFFSET_HOLE chunk outside the request")
+		}
+		clear(cl.dst[rel : rel+n])
+	case replyTypeBlockStatus:
+		if cl.req.typ != cmdBlockStatus || length < 12 || (length-4)%8 != 0 || length > 8<<20 {
+			return errors.New("unexpected BLOCK_STATUS chunk")
+		}
+		b := make([]byte, length)
+		if _, err := io.ReadFull(c.br, b); err != nil {
+			return err
+		}
+		if binary.BigEndian.Uint32(b) != c.meta {
+			return nil // another context; we asked only for one
+		}
+		for p := b[4:]; len(p) >= 8; p = p[8:] {
+			cl.exts = append(cl.exts, device.Extent{Length: int64(binary.BigEndian.Uint32(p)), Flags: binary.BigEndian.Uint32(p[4:])})
+		}
+	case replyTypeError, replyTypeErrorOffset:
+		if length < 6 || length > maxOptionLen {
+			return errors.New("malformed error chunk")
+		}
+		b := make([]byte, length)
+		if _, err := io.ReadFull(c.br, b); err != nil {
+			return err
+		}
+		ml := int(binary.BigEndian.Uint16(b[4:]))
+		msg := ""
+		if 6+ml <= len(b) {
+			msg = string(b[6 : 6+ml])
+		}
+		cl.err = &ProtocolError{Errno: wireToErrno(binary.BigEndian.Uint32(b)), Message: msg}
+	default:
+		if typ&(1<<15) != 0 { // unknown error chunk: still an error
+			if _, err := io.CopyN(io.Discard, c.br, int64(length)); err != nil {
+				return err
+			}
+			cl.err = &ProtocolError{Errno: syscall.EIO, Message: fmt.Sprintf("unknown error chunk type %d", typ)}
+			return nil
+		}
+		return fmt.Errorf("unknown reply chunk type %d", typ)
+	}
+	return nil
+}
+
+// ReadAt implements device.Device, splitting large reads into pipelined
+// requests of at most the server's maximum payload.
+func (c *Client) ReadAt(p []byte, off int64) error {
+	return c.split(cmdRead, 0, p, off, int64(len(p)))
+}
+
+// WriteAt implements device.Device.
+func (c *Client) WriteAt(p []byte, off int64, fua bool) error {
+	var fl uint16
+	if fua {
+		fl = cmdFlagFUA
+	}
+	return c.split(cmdWrite, fl, p, off, int64(len(p)))
+}
+
+func (c *Client) split(typ, flags uint16, p []byte, off, length int64) error {
+	max := int64(c.info.MaxPayload)
+	if length <= max {
+		var payload, dst []byte
+		if typ == cmdWrite {
+			payload = p
+		} else if typ == cmdRead {
+			dst = p
+		}
+		return c.do(typ, flags, uint64(off), uint32(length), payload, dst)
+	}
+	var calls []*call
+	var firstErr error
+	for done := int64(0); done < length; done += max {
+		n := min(max, length-done)
+		var payload, dst []byte
+		if typ == cmdWrite {
+			payload = p[done : done+n]
+		} else if typ == cmdRead {
+			dst = p[done : done+n]
+		}
+		cl, err := c.start(typ, flags, uint64(off+done), uint32(n), payload, dst)
+		if err != nil {
+			firstErr = err
+			break
+		}
+		calls = append(calls, cl)
+	}
+	for _, cl := range calls {
+		if err := c.wait(cl); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+// Flush implements device.Device.
+func (c *Client) Flush() error { return c.do(cmdFlush, 0, 0, 0, nil, nil) }
+
+// Trim implements device.Device.
+func (c *Client) Trim(off, length int64) error {
+	return c.rangeCmd(cmdTrim, 0, off, length)
+}
+
+// WriteZeroes implements device.Device.
+func (c *Client) WriteZeroes(off, length int64, flags device.ZeroFlags) error {
+	var fl uint16
+	if flags&device.ZeroNoHole != 0 {
+		fl |= cmdFlagNoHole
+	}
+	if flags&device.ZeroFast != 0 {
+		if c.info.Flags&FlagSendFastZero == 0 {
+			return device.ErrUnsupported
+		}
+		fl |= cmdFlagFastZero
+	}
+	return c.rangeCmd(cmdWriteZeroes, fl, off, length)
+}
+
+// Cache implements device.Cacher.
+func (c *Client) Cache(off, length int64) error {
+	return c.rangeCmd(cmdCache, 0, off, length)
+}
+
+// rangeCmd issues a payload-less command over a range of any length.
+func (c *Client) rangeCmd(typ, flags uint16, off, length int64) error {
+	const chunk = 1 << 30
+	for length > 0 {
+		n := min(length, chunk)
+		if err := c.do(typ, flags, uint64(off), uint32(n), nil, nil); err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// Extents implements device.Device with NBD_CMD_BLOCK_STATUS.
+func (c *Client) Extents(off, length int64) ([]device.Extent, error) {
+	if !c.info.BlockStatus {
+		return []device.Extent{{Length: length}}, nil
+	}
+	n := min(length, 1<<31)
+	cl, err := c.start(cmdBlockStatus, 0, uint64(off), uint32(n), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	<-cl.ready
+	exts, err := cl.exts, cl.err
+	cl.dst, cl.exts = nil, nil
+	callPool.Put(cl)
+	if err != nil {
+		return nil, err
+	}
+	if len(exts) == 0 {
+		return nil, errors.New("nbd: block status reply without extents")
+	}
+	return exts, nil
+}
+
+// Close sends a disconnect request and closes the connection.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closing = true
+	c.mu.Unlock()
+	var hdr [requestHeaderLen]byte
+	request{typ: cmdDisc}.encode(hdr[:])
+	c.wmu.Lock()
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.nc.Write(hdr[:])
+	c.wmu.Unlock()
+	c.fail(device.ErrClosed)
+	return nil
+}

@@ -1,0 +1,579 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hacs/hacs/internal/device"
+)
+
+// Export is one named device a Server offers.
+type Export struct {
+	Name        string
+	Description string
+	Device      device.Device
+	// ReadOnly exports refuse writes even when the device accepts them.
+	ReadOnly bool
+}
+
+// Server serves NBD exports on any number of listeners. It is safe for
+// concurrent use; exports can be added and removed while it runs.
+type Server struct {
+	// Logger receives connection and protocol events (default: slog.Default).
+	Logger *slog.Logger
+	// HandshakeTimeout bounds option negotiation (default 30s).
+	HandshakeTimeout time.Duration
+	// MaxInflightBytes bounds the payload memory one connection may hold in
+	// requests being served (default 64 MiB; at least MaxPayload).
+	MaxInflightBytes int64
+
+	mu        sync.Mutex
+	exports   map[string]*Export
+	def       string // export served for the empty name
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	closed    bool
+	wg        sync.WaitGroup
+}
+
+// NewServer returns a server with no exports.
+func NewServer(logger *slog.Logger) *Server {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Server{
+		Logger:    logger,
+		exports:   make(map[string]*Export),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*serverConn]struct{}),
+	}
+}
+
+// AddExport offers e. The first export added is also the default one,
+// answered for the empty name.
+func (s *Server) AddExport(e Export) error {
+	if e.Device == nil {
+		return errors.New("nbd: export has no device")
+	}
+	if len(e.Name) > maxNameLen {
+		return fmt.Errorf("nbd: export name longer than %d bytes", maxNameLen)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.exports[e.Name]; dup {
+		return fmt.Errorf("nbd: export %q already exists", e.Name)
+	}
+	s.exports[e.Name] = &e
+	if len(s.exports) == 1 {
+		s.def = e.Name
+	}
+	return nil
+}
+
+// RemoveExport stops offering an export and disconnects its clients. It
+// returns once no request on it is being served any more.
+func (s *Server) RemoveExport(name string) {
+	s.mu.Lock()
+	e := s.exports[name]
+	delete(s.exports, name)
+	if s.def == name {
+		s.def = ""
+	}
+	var victims []*serverConn
+	for c := range s.conns {
+		if c.export == e && e != nil {
+			victims = append(victims, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range victims {
+		c.nc.Close()
+		<-c.done
+	}
+}
+
+func (s *Server) lookup(name string) *Export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.exports[name]; ok {
+		return e
+	}
+	if name == "" && s.def != "" {
+		return s.exports[s.def]
+	}
+	return nil
+}
+
+func (s *Server) exportList() []*Export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Export, 0, len(s.exports))
+	for _, e := range s.exports {
+		out = append(out, e)
+	}
+	return out
+}
+
+// Serve accepts connections on ln until ln is closed or the server is.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			// Out of file descriptors and the like: back off, keep serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.Logger.Warn("nbd accept failed", "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		s.ServeConn(nc)
+	}
+}
+
+// ServeConn serves one client connection in the background.
+func (s *Server) ServeConn(nc net.Conn) {
+	c := &serverConn{srv: s, nc: nc, done: make(chan struct{}), log: s.Logger.With("remote", nc.RemoteAddr().String())}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer close(c.done)
+		c.serve()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+}
+
+// Close stops all listeners, disconnects every client and waits until their
+// requests have finished.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// Shutdown stops accepting and waits for clients to disconnect by
+// themselves until ctx ends, then closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
+}
+
+// serverConn is one client connection.
+type serverConn struct {
+	srv  *Server
+	nc   net.Conn
+	log  *slog.Logger
+	done chan struct{}
+
+	// negotiated state
+	export     *Export
+	structured bool
+	noZeroes   bool
+	metaExport string // export name the meta context was set for
+	metaSet    bool   // base:allocation selected (context id 1)
+	flags      uint16 // transmission flags
+
+	br   *bufio.Reader
+	send sender
+
+	// in-flight accounting
+	inflightMu   sync.Mutex
+	inflightCond *sync.Cond
+	inflight     int64
+	handlers     sync.WaitGroup
+}
+
+func (c *serverConn) serve() {
+	defer c.nc.Close()
+	if tc, ok := c.nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	c.br = bufio.NewReaderSize(c.nc, 128<<10)
+	c.send.w = c.nc
+	timeout := c.srv.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	c.nc.SetDeadline(time.Now().Add(timeout))
+	ok, err := c.handshake()
+	if err != nil {
+		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			c.log.Warn("nbd handshake ended", "err", err)
+		}
+		return
+	}
+	if !ok {
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.log.Debug("nbd transmission started", "export", c.export.Name, "structured", c.structured)
+	if err := c.transmit(); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		c.log.Warn("nbd connection ended", "export", c.export.Name, "err", err)
+	}
+}
+
+// ---- handshake ----
+
+type optError struct {
+	rep uint32
+	msg string
+}
+
+func (e *optError) Error() string { return e.msg }
+
+func optErr(rep uint32, format string, args ...any) *optError {
+	return &optError{rep: rep, msg: fmt.Sprintf(format, args...)}
+}
+
+// handshake runs fixed-newstyle negotiation. It returns true when the
+// transmission phase should start.
+func (c *serverConn) handshake() (bool, error) {
+	var hello [18]byte
+	binary.BigEndian.PutUint64(hello[0:], magicNBD)
+	binary.BigEndian.PutUint64(hello[8:], magicOpt)
+	binary.BigEndian.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
+	if _, err := c.nc.Write(hello[:]); err != nil {
+		return false, err
+	}
+	var cf [4]byte
+	if _, err := io.ReadFull(c.br, cf[:]); err != nil {
+		return false, fmt.Errorf("reading client flags: %w", err)
+	}
+	clientFlags := binary.BigEndian.Uint32(cf[:])
+	if clientFlags&^(clientFixedNewstyle|clientNoZeroes) != 0 {
+		return false, fmt.Errorf("client sent unknown flags %#x", clientFlags)
+	}
+	c.noZeroes = clientFlags&clientNoZeroes != 0
+	var hdr [16]byte
+	for {
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return false, err
+		}
+		if m := binary.BigEndian.Uint64(hdr[0:]); m != magicOpt {
+			return false, fmt.Errorf("bad option magic %#x", m)
+		}
+		opt := binary.BigEndian.Uint32(hdr[8:])
+		length := binary.BigEndian.Uint32(hdr[12:])
+		if length > maxOptionLen {
+			if opt == optExportName || length > 16<<20 {
+				return false, fmt.Errorf("%s: option data of %d bytes is too large", optName(opt), length)
+			}
+			if _, err := io.CopyN(io.Discard, c.br, int64(length)); err != nil {
+				return false, err
+			}
+			if err := c.optReply(opt, repErrTooBig, []byte(fmt.Sprintf("option data too large (%d bytes)", length))); err != nil {
+				return false, err
+			}
+			continue
+		}
+		data := make([]byte, length)
+		if _, err := io.ReadFull(c.br, data); err != nil {
+			return false, fmt.Errorf("reading %s data: %w", optName(opt), err)
+		}
+		done, err := c.option(opt, data)
+		var oe *optError
+		if errors.As(err, &oe) {
+			c.log.Debug("nbd option refused", "option", optName(opt), "reason", oe.msg)
+			if err := c.optReply(opt, oe.rep, []byte(oe.msg)); err != nil {
+				return false, err
+			}
+			continue
+		}
+		if err != nil || done {
+			return done, err
+		}
+	}
+}
+
+// option handles one option. done means the transmission phase starts (or,
+// with a nil export, that the client aborted).
+func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
+	switch opt {
+	case optExportName:
+		e := c.srv.lookup(string(data))
+		if e == nil {
+			return false, fmt.Errorf("EXPORT_NAME: no export named %q", data)
+		}
+		c.selectExport(e)
+		out := make([]byte, 10, 134)
+		binary.BigEndian.PutUint64(out[0:], uint64(e.Device.Size()))
+		binary.BigEndian.PutUint16(out[8:], c.flags)
+		if !c.noZeroes {
+			out = out[:134]
+		}
+		_, err := c.nc.Write(out)
+		return err == nil, err
+	case optAbort:
+		c.optReply(opt, repAck, nil)
+		return false, io.EOF
+	case optList:
+		if len(data) != 0 {
+			return false, optErr(repErrInvalid, "LIST takes no data")
+		}
+		for _, e := range c.srv.exportList() {
+			b := make([]byte, 4, 4+len(e.Name)+len(e.Description))
+			binary.BigEndian.PutUint32(b, uint32(len(e.Name)))
+			b = append(append(b, e.Name...), e.Description...)
+			if err := c.optReply(opt, repServer, b); err != nil {
+				return false, err
+			}
+		}
+		return false, c.optReply(opt, repAck, nil)
+	case optStartTLS:
+		if len(data) != 0 {
+			return false, optErr(repErrInvalid, "STARTTLS takes no data")
+		}
+		return false, optErr(repErrPolicy, "TLS is not enabled on this server")
+	case optInfo, optGo:
+		return c.optInfoGo(opt, data)
+	case optStructuredReply:
+		if len(data) != 0 {
+			return false, optErr(repErrInvalid, "STRUCTURED_REPLY takes no data")
+		}
+		if c.structured {
+			return false, optErr(repErrInvalid, "structured replies already negotiated")
+		}
+		c.structured = true
+		return false, c.optReply(opt, repAck, nil)
+	case optListMetaContext, optSetMetaContext:
+		return false, c.optMetaContext(opt, data)
+	}
+	return false, optErr(repErrUnsup, "%s is not supported", optName(opt))
+}
+
+func (c *serverConn) optReply(opt, typ uint32, data []byte) error {
+	b := make([]byte, 20+len(data))
+	binary.BigEndian.PutUint64(b[0:], magicOptReply)
+	binary.BigEndian.PutUint32(b[8:], opt)
+	binary.BigEndian.PutUint32(b[12:], typ)
+	binary.BigEndian.PutUint32(b[16:], uint32(len(data)))
+	copy(b[20:], data)
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// parseName reads a 32-bit length-prefixed string from data.
+func parseName(data []byte) (string, []byte, error) {
+	if len(data) < 4 {
+		return "", nil, optErr(repErrInvalid, "option data truncated before name length")
+	}
+	n := binary.BigEndian.Uint32(data)
+	data = data[4:]
+	if uint64(n) > uint64(len(data)) {
+		return "", nil, optErr(repErrInvalid, "name length %d exceeds option data", n)
+	}
+	if n > maxNameLen {
+		return "", nil, optErr(repErrTooBig, "name longer than %d bytes", maxNameLen)
+	}
+	return string(data[:n]), data[n:], nil
+}
+
+func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
+	name, rest, err := parseName(data)
+	if err != nil {
+		return false, err
+	}
+	if len(rest) < 2 {
+		return false, optErr(repErrInvalid, "%s: truncated information request count", optName(opt))
+	}
+	nreq := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	if len(rest) != 2*nreq {
+		return false, optErr(repErrInvalid, "%s: %d information requests need %d bytes, got %d", optName(opt), nreq, 2*nreq, len(rest))
+	}
+	e := c.srv.lookup(name)
+	if e == nil {
+		return false, optErr(repErrUnknown, "no export named %q", name)
+	}
+	wantName, wantDesc := false, false
+	for i := 0; i < nreq; i++ {
+		switch binary.BigEndian.Uint16(rest[2*i:]) {
+		case infoName:
+			wantName = true
+		case infoDescription:
+			wantDesc = true
+		}
+	}
+	flags := c.transmissionFlags(e)
+	info := make([]byte, 12)
+	binary.BigEndian.PutUint16(info[0:], infoExport)
+	binary.BigEndian.PutUint64(info[2:], uint64(e.Device.Size()))
+	binary.BigEndian.PutUint16(info[10:], flags)
+	if err := c.optReply(opt, repInfo, info); err != nil {
+		return false, err
+	}
+	if wantName {
+		b := binary.BigEndian.AppendUint16(nil, infoName)
+		if err := c.optReply(opt, repInfo, append(b, e.Name...)); err != nil {
+			return false, err
+		}
+	}
+	if wantDesc && e.Description != "" {
+		b := binary.BigEndian.AppendUint16(nil, infoDescription)
+		if err := c.optReply(opt, repInfo, append(b, e.Description...)); err != nil {
+			return false, err
+		}
+	}
+	bs := make([]byte, 14)
+	binary.BigEndian.PutUint16(bs[0:], infoBlockSize)
+	binary.BigEndian.PutUint32(bs[2:], 1)
+	binary.BigEndian.PutUint32(bs[6:], device.BlockSize)
+	binary.BigEndian.PutUint32(bs[10:], MaxPayload)
+	if err := c.optReply(opt, repInfo, bs); err != nil {
+		return false, err
+	}
+	if err := c.optReply(opt, repAck, nil); err != nil {
+		return false, err
+	}
+	if opt == optInfo {
+		return false, nil
+	}
+	if c.metaSet && c.metaExport != name {
+		c.metaSet = false // contexts were chosen for another export
+	}
+	c.selectExport(e)
+	return true, nil
+}
+
+func (c *serverConn) selectExport(e *Export) {
+	c.srv.mu.Lock() // RemoveExport reads c.export
+	c.export = e
+	c.srv.mu.Unlock()
+	c.flags = c.transmissionFlags(e)
+}
+
+// transmissionFlags advertises exactly what the export's device supports.
+func (c *serverConn) transmissionFlags(e *Export) uint16 {
+	caps := e.Device.Capabilities()
+	f := FlagHasFlags | FlagSendCache
+	if caps.ReadOnly || e.ReadOnly {
+		f |= FlagReadOnly
+	} else {
+		f |= FlagSendTrim | FlagSendWriteZeroes | FlagSendFastZero
+	}
+	if caps.Flush {
+		f |= FlagSendFlush
+	}
+	if caps.FUA {
+		f |= FlagSendFUA
+	}
+	if c.structured {
+		f |= FlagSendDF
+	}
+	if caps.MultiConn {
+		f |= FlagCanMultiConn
+	}
+	return f
+}
+
+func (c *serverConn) optMetaContext(opt uint32, data []byte) error {
+	if !c.structured {
+		return optErr(repErrInvalid, "%s needs structured replies first", optName(opt))
+	}
+	name, rest, err := parseName(data)
+	if err != nil {
+		return err
+	}
+	if len(rest) < 4 {
+		return optErr(repErrInvalid, "%s: truncated query count", optName(opt))
+	}
+	nq := binary.BigEndian.Uint32(rest)
+	rest = rest[4:]
+	var queries []string
+	for i := uint32(0); i < nq; i++ {
+		q, r, err := parseName(rest)
+		if err != nil {
+			return err
+		}
+		queries = append(queries, q)
+		rest = r
+	}
+	if len(rest) != 0 {
+		return optErr(repErrInvalid, "%s: %d bytes of trailing data", optName(opt), len(rest))
+	}
+	if opt == optSetMetaContext {
+		c.metaSet = false // replaced even on failure
+	}
+	if c.srv.lookup(name) == nil {
+		return optErr(repErrUnknown, "no export named %q", name)
+	}
+	match := false
+	if len(queries) == 0 {
+		match = opt == optListMetaContext
+	}
+	for _, q := range queries {
+		if q == MetaBaseAllocation || (opt == optListMetaContext && q == "base:") {
+			match = true
+		}
+	}
+	if match {
+		var id uint32
+		if opt == optSetMetaContext {
+			id = 1
+			c.metaSet, c.metaExport = true, name
+		}
+		b := binary.BigEndian.AppendUint32(nil, id)
+		if err := c.optReply(opt, repMetaContext, append(b, MetaBaseAllocation...)); err != nil {
+			return err
+		}
+	}
+	return c.optReply(opt, repAck, nil)
+}

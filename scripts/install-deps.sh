@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and benchmarks use (real NBD peers,
+# filesystems, namespaces), when any is missing. Needs root or sudo.
+set -euo pipefail
+pkgs=(nbdkit libnbd-bin qemu-utils fio fuse3 e2fsprogs iproute2 iptables util-linux)
+# command each package provides, to check without dpkg queries
+declare -A probe=([nbdkit]=nbdkit [libnbd-bin]=nbdinfo [qemu-utils]=qemu-img [fio]=fio [fuse3]=fusermount3
+  [e2fsprogs]=mkfs.ext4 [iproute2]=ip [iptables]=iptables [util-linux]=losetup)
+missing=()
+for p in "${pkgs[@]}"; do
+  command -v "${probe[$p]}" >/dev/null 2>&1 || missing+=("$p")
+done
+# nbdfuse ships in its own package on newer Debian, in libnbd-bin on bookworm.
+if ! command -v nbdfuse >/dev/null 2>&1; then
+  missing+=(libnbd-bin)
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if ! command -v nbdfuse >/dev/null 2>&1; then
+  $SUDO apt-get install -y -qq --no-install-recommends nbdfuse >/dev/null || true
+fi
