@@ -471,7 +471,7 @@ func (c *Client) readSimple(h []byte) error {
 	}
 	if errv != 0 {
 		cl.err = &ProtocolError{Errno: wireToErrno(errv)}
-	} else if cl.req.typ == cmdRead {
+	} else if cl.dst != nil { // read or checksum payload
 		if _, err := io.ReadFull(c.br, cl.dst); err != nil {
 			cl.err = err
 			cl.ready <- struct{}{}
@@ -516,7 +516,7 @@ func (c *Client) chunkPayload(cl *call, typ uint16, length uint32) error {
 			return errors.New("NONE chunk with payload")
 		}
 	case replyTypeOffsetData:
-		if length < 8 || cl.req.typ != cmdRead {
+		if length < 8 || cl.dst == nil {
 			return errors.New("unexpected OFFSET_DATA chunk")
 		}
 		var ob [8]byte
@@ -635,6 +635,15 @@ func (c *Client) split(typ, flags uint16, p []byte, off, length int64) error {
 		}
 	}
 	return firstErr
+}
+
+// Checksums asks a hacs server for device.Checksums of a range (up to
+// device.MaxChecksumSpan bytes) into out.
+func (c *Client) Checksums(off, length int64, out []byte) error {
+	if length <= 0 || length > device.MaxChecksumSpan || len(out) != device.ChecksumLen(length) {
+		return fmt.Errorf("nbd checksums: bad span %d: %w", length, syscall.EINVAL)
+	}
+	return c.do(cmdChecksum, 0, uint64(off), uint32(length), nil, out)
 }
 
 // Flush implements device.Device.

@@ -96,6 +96,10 @@ const (
 	cmdCache       uint16 = 5
 	cmdWriteZeroes uint16 = 6
 	cmdBlockStatus uint16 = 7
+	// cmdChecksum is a hacs extension used between hacs nodes: the reply
+	// payload is device.Checksums of the range (standard clients never
+	// send it).
+	cmdChecksum uint16 = 0x4843
 )
 
 // Command flags.

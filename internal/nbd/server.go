@@ -22,6 +22,9 @@ type Export struct {
 	Device      device.Device
 	// ReadOnly exports refuse writes even when the device accepts them.
 	ReadOnly bool
+	// Release, if set, is called once when the connection that opened a
+	// resolved export ends (see Server.Resolve).
+	Release func()
 }
 
 // Server serves NBD exports on any number of listeners. It is safe for
@@ -34,6 +37,11 @@ type Server struct {
 	// MaxInflightBytes bounds the payload memory one connection may hold in
 	// requests being served (default 64 MiB; at least MaxPayload).
 	MaxInflightBytes int64
+	// Resolve, if set, is asked for export names that were not added with
+	// AddExport. Each successful call opens the export for one connection
+	// (or one NBD_OPT_INFO); its Release is called when that ends. Its
+	// error message is sent to the client.
+	Resolve func(name string) (*Export, error)
 
 	mu        sync.Mutex
 	exports   map[string]*Export
@@ -110,6 +118,30 @@ func (s *Server) lookup(name string) *Export {
 		return s.exports[s.def]
 	}
 	return nil
+}
+
+// open finds a static export or resolves a dynamic one.
+func (s *Server) open(name string) (*Export, error) {
+	if e := s.lookup(name); e != nil {
+		return e, nil
+	}
+	if s.Resolve == nil {
+		return nil, fmt.Errorf("no export named %q", name)
+	}
+	e, err := s.Resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil || e.Device == nil {
+		return nil, fmt.Errorf("no export named %q", name)
+	}
+	return e, nil
+}
+
+func (e *Export) release() {
+	if e != nil && e.Release != nil {
+		e.Release()
+	}
 }
 
 func (s *Server) exportList() []*Export {
@@ -254,6 +286,9 @@ func (c *serverConn) serve() {
 	}
 	c.nc.SetDeadline(time.Now().Add(timeout))
 	ok, err := c.handshake()
+	if !ok && c.export != nil {
+		c.export.release()
+	}
 	if err != nil {
 		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			c.log.Warn("nbd handshake ended", "err", err)
@@ -265,7 +300,9 @@ func (c *serverConn) serve() {
 	}
 	c.nc.SetDeadline(time.Time{})
 	c.log.Debug("nbd transmission started", "export", c.export.Name, "structured", c.structured)
-	if err := c.transmit(); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+	err = c.transmit()
+	c.export.release()
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		c.log.Warn("nbd connection ended", "export", c.export.Name, "err", err)
 	}
 }
@@ -348,9 +385,9 @@ func (c *serverConn) handshake() (bool, error) {
 func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 	switch opt {
 	case optExportName:
-		e := c.srv.lookup(string(data))
-		if e == nil {
-			return false, fmt.Errorf("EXPORT_NAME: no export named %q", data)
+		e, err := c.srv.open(string(data))
+		if err != nil {
+			return false, fmt.Errorf("EXPORT_NAME: %w", err)
 		}
 		c.selectExport(e)
 		out := make([]byte, 10, 134)
@@ -359,7 +396,7 @@ func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 		if !c.noZeroes {
 			out = out[:134]
 		}
-		_, err := c.nc.Write(out)
+		_, err = c.nc.Write(out)
 		return err == nil, err
 	case optAbort:
 		c.optReply(opt, repAck, nil)
@@ -439,9 +476,12 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	if len(rest) != 2*nreq {
 		return false, optErr(repErrInvalid, "%s: %d information requests need %d bytes, got %d", optName(opt), nreq, 2*nreq, len(rest))
 	}
-	e := c.srv.lookup(name)
-	if e == nil {
-		return false, optErr(repErrUnknown, "no export named %q", name)
+	e, err := c.srv.open(name)
+	if err != nil {
+		return false, optErr(repErrUnknown, "%v", err)
+	}
+	if opt == optInfo {
+		defer e.release()
 	}
 	wantName, wantDesc := false, false
 	for i := 0; i < nreq; i++ {
@@ -552,7 +592,7 @@ func (c *serverConn) optMetaContext(opt uint32, data []byte) error {
 	if opt == optSetMetaContext {
 		c.metaSet = false // replaced even on failure
 	}
-	if c.srv.lookup(name) == nil {
+	if c.srv.lookup(name) == nil && c.srv.Resolve == nil {
 		return optErr(repErrUnknown, "no export named %q", name)
 	}
 	match := false

@@ -101,7 +101,7 @@ func (c *serverConn) validate(req request) (uint32, string) {
 		allowed |= cmdFlagNoHole | cmdFlagFastZero
 	case cmdBlockStatus:
 		allowed |= cmdFlagReqOne
-	case cmdWrite, cmdFlush, cmdTrim, cmdCache:
+	case cmdWrite, cmdFlush, cmdTrim, cmdCache, cmdChecksum:
 	default:
 		return errInval, fmt.Sprintf("unknown command %d", req.typ)
 	}
@@ -137,6 +137,10 @@ func (c *serverConn) validate(req request) (uint32, string) {
 	case cmdCache:
 		if outOfRange {
 			return errInval, "cache beyond the end of the export"
+		}
+	case cmdChecksum:
+		if req.length == 0 || req.length > device.MaxChecksumSpan || outOfRange {
+			return errInval, "checksum range invalid"
 		}
 	case cmdBlockStatus:
 		if !c.metaSet {
@@ -186,6 +190,9 @@ func (c *serverConn) handle(req request, payload *[]byte) {
 		}
 	case cmdBlockStatus:
 		c.handleBlockStatus(req)
+		return
+	case cmdChecksum:
+		c.handleChecksum(req)
 		return
 	}
 	if err != nil {
@@ -296,6 +303,23 @@ func (c *serverConn) sendSparseRead(m *outMsg, req request, data []byte) {
 		}
 		start = ends[i]
 	}
+	c.send.send(m)
+}
+
+func (c *serverConn) handleChecksum(req request) {
+	sums := make([]byte, device.ChecksumLen(int64(req.length)))
+	if err := device.Checksums(c.export.Device, int64(req.offset), int64(req.length), sums); err != nil {
+		c.replyErr(req, err)
+		return
+	}
+	m := newMsg(nil)
+	if c.structured {
+		m.hdr = appendChunkHeader(m.hdr[:0], req.cookie, replyFlagDone, replyTypeOffsetData, uint32(8+len(sums)))
+		m.hdr = binary.BigEndian.AppendUint64(m.hdr, req.offset)
+	} else {
+		m.hdr = appendSimpleReply(m.hdr[:0], req.cookie, 0)
+	}
+	m.iov = append(m.iov[:0], m.hdr, sums)
 	c.send.send(m)
 }
 
