@@ -88,9 +88,9 @@ type LegState int
 
 // Replica states.
 const (
-	InSync     LegState = iota // holds every acknowledged write
-	Outdated                   // misses writes; not receiving new ones
-	Resyncing                  // receiving new writes and being caught up
+	InSync    LegState = iota // holds every acknowledged write
+	Outdated                  // misses writes; not receiving new ones
+	Resyncing                 // receiving new writes and being caught up
 )
 
 func (s LegState) String() string {
@@ -468,7 +468,7 @@ func (m *Mirror) chunkRange(off, n int64) (int, int) {
 	if n == 0 {
 		return int(off / ChunkSize), int(off / ChunkSize)
 	}
-	return int(off / ChunkSize), int((off + n - 1) / ChunkSize) + 1
+	return int(off / ChunkSize), int((off+n-1)/ChunkSize) + 1
 }
 
 // write runs a modifying op on every target replica.
