@@ -71,9 +71,11 @@ func (m *Mirror) resyncLoop(l *leg) {
 			m.event(l.ID, "resync-started", fmt.Sprintf("%d bytes written while it was away to copy, %d bytes to compare by checksum",
 				int64(l.dirty.len())*ChunkSize, int64(l.suspect.len())*ChunkSize))
 		}
-		err := m.copyDirty(l, l.suspect, true)
+		// Known-dirty chunks first, so that comparing the suspect ones
+		// afterwards finds them equal instead of sending them twice.
+		err := m.copyDirty(l, l.dirty, false)
 		if err == nil {
-			err = m.copyDirty(l, l.dirty, false)
+			err = m.copyDirty(l, l.suspect, true)
 		}
 		if err == nil {
 			err = m.promote(l)
