@@ -131,8 +131,8 @@ func (c *replCluster) dial(primary string) *nbd.Client {
 type history struct {
 	ackedBytes atomic.Int64
 	mu         sync.Mutex
-	acked   map[int]uint64
-	pending map[int][]uint64
+	acked      map[int]uint64
+	pending    map[int][]uint64
 }
 
 func tagBlock(tag uint64) []byte {
