@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/hacs/hacs/internal/device"
 	"github.com/hacs/hacs/internal/nbd"
+	"github.com/hacs/hacs/internal/store"
 )
 
 func newServeCmd() *cobra.Command {
@@ -24,17 +27,23 @@ func newServeCmd() *cobra.Command {
 		name     string
 		desc     string
 		readOnly bool
+		poolDir  string
 	)
 	cmd := &cobra.Command{
-		Use:   "serve FILE",
+		Use:   "serve FILE | serve --pool DIR VOLUME",
 		Short: "Export one local file (or block device) over NBD, without a cluster",
 		Long: `Export one local file over NBD, the job nbdkit file and qemu-nbd do.
 
 The file is created sparse when it does not exist and --size is given. Trim
 punches holes, write-zeroes uses fallocate, block status reports holes and
 data (SEEK_DATA/SEEK_HOLE) and flush is fdatasync. The export answers both its
-name and the default (empty) name. Stop it with Ctrl-C (SIGINT) or SIGTERM.`,
+name and the default (empty) name. Stop it with Ctrl-C (SIGINT) or SIGTERM.
+
+With --pool DIR, the argument names a thin volume of the storage pool in DIR
+instead (see internal/store). With --size, the pool directory and the volume
+are created when missing.`,
 		Example: `  hacs serve disk.img --size 10G
+  hacs serve --pool /var/lib/hacs/pool vm1 --size 10G
   hacs serve disk.img --listen 127.0.0.1:10809 --name vm1
   hacs serve disk.img --listen unix:/run/hacs/vm1.sock
   nbdinfo nbd://127.0.0.1:10809/vm1`,
@@ -47,7 +56,13 @@ name and the default (empty) name. Stop it with Ctrl-C (SIGINT) or SIGTERM.`,
 					return fmt.Errorf("--size: %w", err)
 				}
 			}
-			dev, err := device.OpenFile(args[0], size, readOnly)
+			var dev device.Device
+			var err error
+			if poolDir != "" {
+				dev, err = openPoolVolume(poolDir, args[0], size, readOnly)
+			} else {
+				dev, err = device.OpenFile(args[0], size, readOnly)
+			}
 			if err != nil {
 				return err
 			}
@@ -85,7 +100,38 @@ name and the default (empty) name. Stop it with Ctrl-C (SIGINT) or SIGTERM.`,
 	cmd.Flags().StringVar(&name, "name", "", "export name (the export also answers the empty name)")
 	cmd.Flags().StringVar(&desc, "description", "", "export description shown to clients")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes")
+	cmd.Flags().StringVar(&poolDir, "pool", "", "export VOLUME of the storage pool in this directory instead of a file")
 	return cmd
+}
+
+// openPoolVolume opens a pool volume, creating the pool and the volume when
+// size is given and they do not exist.
+func openPoolVolume(dir, name string, size int64, readOnly bool) (*store.Volume, error) {
+	var p *store.Pool
+	var err error
+	if size > 0 && !readOnly {
+		p, err = store.OpenOrCreatePool(dir, store.PoolOptions{})
+	} else {
+		p, err = store.OpenPool(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if size > 0 && !readOnly {
+		err := p.CreateVolume(name, size)
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, err
+		}
+	}
+	v, err := p.OpenVolume(name, store.Options{ReadOnly: readOnly})
+	if err != nil {
+		return nil, err
+	}
+	if size > 0 && v.Size() != size {
+		v.Close()
+		return nil, fmt.Errorf("volume %s of pool %s: existing size %d differs from requested size %d", name, dir, v.Size(), size)
+	}
+	return v, nil
 }
 
 // listenAddr listens on HOST:PORT or unix:PATH.

@@ -311,11 +311,11 @@ func TestSnapshotDeleteRevertClone(t *testing.T) {
 	}{
 		{"delete oldest", []step{W(0, 65536), {op: "snap", arg: "a"}, W(4096, 8192), {op: "snap", arg: "b"}, W(100, 10), {op: "del", arg: "a"}}},
 		{"delete newest into head", []step{W(0, 65536), {op: "snap", arg: "a"}, W(4096, 100), {op: "del", arg: "a"}, W(0, 3)}},
-		{"delete middle", []step{W(0, 1 << 20), {op: "snap", arg: "a"}, W(8192, 1 << 19), {op: "snap", arg: "b"}, {op: "trim", off: 0, n: 1 << 20}, {op: "snap", arg: "c"}, W(77, 5000), {op: "del", arg: "b"}, {op: "del", arg: "c"}, {op: "del", arg: "a"}}},
-		{"trim over snapshot then delete", []step{W(0, 1 << 20), {op: "snap", arg: "a"}, {op: "trim", off: 4096, n: 1 << 19}, {op: "del", arg: "a"}, {op: "reopen"}}},
-		{"revert", []step{W(0, 65536), {op: "snap", arg: "a"}, W(0, 1 << 20), {op: "revert", arg: "a"}, W(5, 5)}},
+		{"delete middle", []step{W(0, 1<<20), {op: "snap", arg: "a"}, W(8192, 1<<19), {op: "snap", arg: "b"}, {op: "trim", off: 0, n: 1 << 20}, {op: "snap", arg: "c"}, W(77, 5000), {op: "del", arg: "b"}, {op: "del", arg: "c"}, {op: "del", arg: "a"}}},
+		{"trim over snapshot then delete", []step{W(0, 1<<20), {op: "snap", arg: "a"}, {op: "trim", off: 4096, n: 1 << 19}, {op: "del", arg: "a"}, {op: "reopen"}}},
+		{"revert", []step{W(0, 65536), {op: "snap", arg: "a"}, W(0, 1<<20), {op: "revert", arg: "a"}, W(5, 5)}},
 		{"revert needs force", []step{W(0, 4096), {op: "snap", arg: "a"}, W(0, 8192), {op: "snap", arg: "b"}, {op: "revert", arg: "a", fail: true}, {op: "revertf", arg: "a"}, {op: "reopen"}}},
-		{"clone", []step{W(0, 65536), {op: "trim", off: 4096, n: 4096}, {op: "snap", arg: "a"}, W(0, 1 << 20), {op: "clone", arg: "a"}}},
+		{"clone", []step{W(0, 65536), {op: "trim", off: 4096, n: 4096}, {op: "snap", arg: "a"}, W(0, 1<<20), {op: "clone", arg: "a"}}},
 		{"grow and shrink", []step{W(0, 65536), {op: "snap", arg: "a"}, {op: "grow", n: 4 << 20}, W(3<<20, 65536), {op: "snap", arg: "b"}, {op: "reopen"}, {op: "shrink", n: 1 << 20}, {op: "reopen"}}},
 		{"many snapshots", func() []step {
 			var s []step
