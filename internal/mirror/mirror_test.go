@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -508,5 +509,50 @@ func TestMetaRoundTrip(t *testing.T) {
 	b[66] ^= 1 // inside the activity log
 	if _, err := decodeMeta(b); err == nil {
 		t.Fatal("corrupt record accepted")
+	}
+}
+
+func TestReplicaDiskFullIsDroppedAndVolumeKeepsServing(t *testing.T) {
+	const size = 8 << 20
+	ids := []string{"a", "b", "c"}
+	reps := newMemReplicas(size, ids...)
+	store := NewMemStore()
+	_, err := Init(context.Background(), store, "vol", "a", ids)
+	must(t, err)
+	var mu sync.Mutex
+	var msgs []string
+	m := openMirror(t, store, "a", size, reps.config("a", ids...), func(c *Config) {
+		c.OnEvent = func(e Event) { mu.Lock(); msgs = append(msgs, e.Kind+" "+e.Replica+": "+e.Message); mu.Unlock() }
+	})
+	// The primary's own disk fills up: it leaves the in-sync set and the
+	// volume goes on serving reads and writes from b and c.
+	reps.devs["a"].FailWrites(fmt.Errorf("pool full: %w", syscall.ENOSPC))
+	p := bytes.Repeat([]byte{4}, 8192)
+	must(t, m.WriteAt(p, 4096, false))
+	st, _ := store.Load(context.Background(), "vol")
+	if st.Has("a") || !st.Has("b") || !st.Has("c") {
+		t.Fatalf("in-sync set %v", st.InSync)
+	}
+	got := make([]byte, 8192)
+	must(t, m.ReadAt(got, 4096))
+	if !bytes.Equal(got, p) {
+		t.Fatal("read after local disk full returned wrong data")
+	}
+	mu.Lock()
+	found := false
+	for _, s := range msgs {
+		if strings.Contains(s, "replica-failed a") && strings.Contains(s, "pool full") {
+			found = true
+		}
+	}
+	mu.Unlock()
+	if !found {
+		t.Fatalf("no event names the replica and the cause: %q", msgs)
+	}
+	// Space returns: a resyncs and rejoins.
+	reps.devs["a"].FailWrites(nil)
+	waitFor(t, "a back in sync", func() bool { st, _ := store.Load(context.Background(), "vol"); return st.Has("a") })
+	if !bytes.Equal(dataOf(t, reps.devs["a"], size), dataOf(t, reps.devs["b"], size)) {
+		t.Fatal("a differs after its disk had space again")
 	}
 }
