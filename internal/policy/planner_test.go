@@ -1,0 +1,63 @@
+package policy
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the expected actions of the corpus from the planner's output")
+
+// corpusCase is one saved cluster state with the actions expected from it,
+// in the spirit of Pacemaker's scheduler regression tests.
+type corpusCase struct {
+	Description string   `json:"description"`
+	State       State    `json:"state"`
+	Expected    []Action `json:"expected"`
+}
+
+func TestCorpus(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 40 {
+		t.Fatalf("corpus has %d cases, want at least 40", len(files))
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var c corpusCase
+			if err := json.Unmarshal(b, &c); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			got := Plan(c.State)
+			if *update {
+				c.Expected = got
+				out, _ := json.MarshalIndent(c, "", "  ")
+				os.WriteFile(f, append(out, '\n'), 0o644)
+				return
+			}
+			if len(got) == 0 && len(c.Expected) == 0 {
+				return
+			}
+			if !reflect.DeepEqual(got, c.Expected) {
+				g, _ := json.MarshalIndent(got, "", "  ")
+				e, _ := json.MarshalIndent(c.Expected, "", "  ")
+				t.Fatalf("%s\ngot:\n%s\nwant:\n%s", c.Description, g, e)
+			}
+			// Determinism: the same state plans the same way again.
+			if again := Plan(c.State); !reflect.DeepEqual(again, got) {
+				t.Fatal("planner is not deterministic")
+			}
+		})
+	}
+}
