@@ -1,0 +1,259 @@
+// Package attach is the vhost side of a volume: a device that follows the
+// volume's primary through failover. Each request goes to the current
+// primary over NBD; when the primary dies, is fenced, or stalls, the request
+// is sent again to whichever node the cluster names next, so a client sees a
+// pause, never an I/O error, and never a lost write (an acknowledged write is
+// on every in-sync replica, so on the new primary too). The follower is then
+// exported locally (NBD on a Unix socket or TCP) and, optionally, as a plain
+// file through FUSE for hosts without the nbd kernel module.
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hacs/hacs/internal/device"
+	"github.com/hacs/hacs/internal/nbd"
+)
+
+// Target is where the volume is served now.
+type Target struct {
+	Network string // "tcp" or "unix"
+	Addr    string
+	Export  string
+	Epoch   uint64 // for logs: which primary this is
+}
+
+// Resolver names the volume's current primary. It may block until one is
+// known, or fail (the follower retries until its pause limit).
+type Resolver func(ctx context.Context) (Target, error)
+
+// Follower is a device.Device that follows a volume's primary.
+type Follower struct {
+	resolve Resolver
+	log     *slog.Logger
+	// MaxPause bounds how long a request waits for a primary before it
+	// fails with EIO (default 2 minutes).
+	MaxPause time.Duration
+
+	size int64
+	caps device.Capabilities
+
+	mu     sync.Mutex
+	cur    *nbd.Client
+	target Target
+	gen    uint64 // bumped on every reconnect
+	closed bool
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Failovers counts reconnections after the first.
+	failovers int
+}
+
+// NewFollower connects to the current primary and returns the follower.
+func NewFollower(ctx context.Context, resolve Resolver, logger *slog.Logger) (*Follower, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	f := &Follower{resolve: resolve, log: logger, MaxPause: 2 * time.Minute}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	c, t, err := f.connect(ctx)
+	if err != nil {
+		f.cancel()
+		return nil, err
+	}
+	f.cur, f.target = c, t
+	f.size = c.Size()
+	f.caps = c.Capabilities()
+	f.caps.MultiConn = true // every request goes through this one follower
+	f.log.Info("attached", "primary", t.Addr, "export", t.Export, "epoch", t.Epoch, "size", f.size)
+	return f, nil
+}
+
+func (f *Follower) connect(ctx context.Context) (*nbd.Client, Target, error) {
+	t, err := f.resolve(ctx)
+	if err != nil {
+		return nil, t, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export})
+	if err != nil {
+		return nil, t, err
+	}
+	if f.size != 0 && c.Size() != f.size {
+		c.Close()
+		return nil, t, fmt.Errorf("primary at %s serves %d bytes, volume had %d", t.Addr, c.Size(), f.size)
+	}
+	return c, t, nil
+}
+
+// client returns the current connection and its generation.
+func (f *Follower) client() (*nbd.Client, uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, 0, device.ErrClosed
+	}
+	return f.cur, f.gen, nil
+}
+
+// reconnect replaces the connection of generation gen (if nobody did yet)
+// with one to the current primary, waiting until deadline.
+func (f *Follower) reconnect(gen uint64, cause error, deadline time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return device.ErrClosed
+	}
+	if f.gen != gen {
+		return nil // another request already moved on
+	}
+	if f.cur != nil {
+		f.cur.Close()
+		f.cur = nil
+	}
+	f.log.Warn("primary unavailable, following the volume", "primary", f.target.Addr, "epoch", f.target.Epoch, "cause", cause)
+	start := time.Now()
+	backoff := 20 * time.Millisecond
+	for {
+		ctx, cancel := context.WithDeadline(f.ctx, deadline)
+		c, t, err := f.connect(ctx)
+		cancel()
+		if err == nil {
+			f.cur, f.target = c, t
+			f.gen++
+			f.failovers++
+			f.log.Info("reattached", "primary", t.Addr, "epoch", t.Epoch, "paused", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if time.Now().Add(backoff).After(deadline) || f.ctx.Err() != nil {
+			return fmt.Errorf("no primary reachable after %v: %v: %w", time.Since(start).Round(time.Millisecond), err, syscall.EIO)
+		}
+		f.mu.Unlock()
+		time.Sleep(backoff)
+		f.mu.Lock()
+		if f.closed {
+			return device.ErrClosed
+		}
+		if f.gen != gen {
+			return nil
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+// retryable tells failures that a new primary can cure from the client's
+// own mistakes (EINVAL, ENOSPC, EPERM), which are returned as they are.
+func retryable(c *nbd.Client, err error) bool {
+	if c.Err() != nil {
+		return true // the connection broke
+	}
+	var pe *nbd.ProtocolError
+	if errors.As(err, &pe) {
+		return pe.Errno == syscall.ESHUTDOWN || pe.Errno == syscall.EIO
+	}
+	return true
+}
+
+// do runs op against the current primary until it succeeds, fails with a
+// client error, or no primary appears within MaxPause.
+func (f *Follower) do(op func(c *nbd.Client) error) error {
+	var deadline time.Time
+	for {
+		c, gen, err := f.client()
+		if err != nil {
+			return err
+		}
+		if c != nil {
+			err = op(c)
+			if err == nil || !retryable(c, err) {
+				return err
+			}
+		} else {
+			err = errors.New("not connected")
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(f.MaxPause)
+		}
+		if rerr := f.reconnect(gen, err, deadline); rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// Target returns the primary the follower uses now.
+func (f *Follower) Target() Target {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.target
+}
+
+// Failovers is how many times the follower moved to another primary.
+func (f *Follower) Failovers() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failovers
+}
+
+// Size implements device.Device.
+func (f *Follower) Size() int64 { return f.size }
+
+// Capabilities implements device.Device.
+func (f *Follower) Capabilities() device.Capabilities { return f.caps }
+
+// ReadAt implements device.Device.
+func (f *Follower) ReadAt(p []byte, off int64) error {
+	return f.do(func(c *nbd.Client) error { return c.ReadAt(p, off) })
+}
+
+// WriteAt implements device.Device.
+func (f *Follower) WriteAt(p []byte, off int64, fua bool) error {
+	return f.do(func(c *nbd.Client) error { return c.WriteAt(p, off, fua) })
+}
+
+// Flush implements device.Device.
+func (f *Follower) Flush() error { return f.do(func(c *nbd.Client) error { return c.Flush() }) }
+
+// Trim implements device.Device.
+func (f *Follower) Trim(off, n int64) error {
+	return f.do(func(c *nbd.Client) error { return c.Trim(off, n) })
+}
+
+// WriteZeroes implements device.Device.
+func (f *Follower) WriteZeroes(off, n int64, fl device.ZeroFlags) error {
+	return f.do(func(c *nbd.Client) error { return c.WriteZeroes(off, n, fl) })
+}
+
+// Extents implements device.Device.
+func (f *Follower) Extents(off, n int64) ([]device.Extent, error) {
+	var exts []device.Extent
+	err := f.do(func(c *nbd.Client) error {
+		var err error
+		exts, err = c.Extents(off, n)
+		return err
+	})
+	return exts, err
+}
+
+// Close flushes and disconnects.
+func (f *Follower) Close() error {
+	ferr := f.Flush()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	f.cancel()
+	if f.cur != nil {
+		f.cur.Close()
+	}
+	return ferr
+}
