@@ -327,7 +327,7 @@ type nbdNode struct {
 	sock string
 }
 
-func newNBDNode(t *testing.T, name string) *nbdNode {
+func newNBDNode(t testing.TB, name string) *nbdNode {
 	t.Helper()
 	dir := t.TempDir()
 	h, err := replica.NewHost(filepath.Join(dir, "state"), replica.DirOpener{Dir: filepath.Join(dir, "data")})
