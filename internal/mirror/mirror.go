@@ -109,6 +109,7 @@ type leg struct {
 	suspect   *bitmap
 	lastErr   string
 	resyncing atomic.Bool // a resync goroutine owns it
+	removed   atomic.Bool // taken out of the volume: its resync ends
 	// progress
 	resyncTotal atomic.Int64
 	resyncDone  atomic.Int64
@@ -718,6 +719,87 @@ func (m *Mirror) readOp(op func(device.Device) error) error {
 			return err
 		}
 	}
+}
+
+// AddReplica adds a replica to the volume (re-replication). Its history
+// is unknown, so it is brought in sync by a full checksum compare (holes are
+// never sent), in the background; it joins the in-sync set when done.
+func (m *Mirror) AddReplica(r Replica) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fenced.Load() {
+		return ErrFenced
+	}
+	for _, l := range m.legs {
+		if l.ID == r.ID {
+			return fmt.Errorf("volume %s already has a replica on %s", m.cfg.Volume, r.ID)
+		}
+	}
+	if len(m.legs) >= MaxReplicas {
+		return fmt.Errorf("volume %s already has %d replicas, the most there may be", m.cfg.Volume, MaxReplicas)
+	}
+	l := &leg{Replica: r, state: Outdated, dirty: newBitmap(m.chunks), suspect: newBitmap(m.chunks)}
+	l.suspect.setAll(m.chunks)
+	m.legs = append(m.legs, l)
+	m.event(r.ID, "replica-added", "new replica: full checksum resync before it joins the in-sync set")
+	m.startResync(l)
+	return nil
+}
+
+// RemoveReplica takes a replica out of the volume. An in-sync replica leaves
+// the in-sync set through the store first; the last in-sync replica cannot
+// be removed.
+func (m *Mirror) RemoveReplica(id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fenced.Load() {
+		return ErrFenced
+	}
+	i := slices.IndexFunc(m.legs, func(l *leg) bool { return l.ID == id })
+	if i < 0 {
+		return nil // already gone: idempotent
+	}
+	l := m.legs[i]
+	if l.state == InSync {
+		var keep []string
+		for _, o := range m.legs {
+			if o.state == InSync && o != l {
+				keep = append(keep, o.ID)
+			}
+		}
+		if len(keep) == 0 {
+			return fmt.Errorf("volume %s: %s is its last in-sync replica and cannot be removed", m.cfg.Volume, id)
+		}
+		if err := m.updateInSync(keep); err != nil {
+			return err
+		}
+	}
+	if l.state == Resyncing {
+		m.stripeUsers.Add(-1)
+	}
+	l.removed.Store(true)
+	if l.dev != nil {
+		l.dev.Close()
+		l.dev = nil
+	}
+	m.legs = slices.Delete(m.legs, i, i+1)
+	delete(m.al.dirty, id)
+	if f := m.commitLocked(m.targetsLocked()); len(f) > 0 {
+		return m.dropLocked(legsOf(f), errors.New("metadata write failed"))
+	}
+	m.event(id, "replica-removed", fmt.Sprintf("replica removed; in sync now: %v", m.inSyncIDs()))
+	return nil
+}
+
+// Replicas lists the replica ids of the volume.
+func (m *Mirror) Replicas() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var ids []string
+	for _, l := range m.legs {
+		ids = append(ids, l.ID)
+	}
+	return ids
 }
 
 // Close stops the mirror: resyncs end and replica devices are closed. It

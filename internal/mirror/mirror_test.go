@@ -556,3 +556,40 @@ func TestReplicaDiskFullIsDroppedAndVolumeKeepsServing(t *testing.T) {
 		t.Fatal("a differs after its disk had space again")
 	}
 }
+
+func TestAddAndRemoveReplica(t *testing.T) {
+	const size = 16 << 20
+	reps := newMemReplicas(size, "a", "b", "c")
+	store := NewMemStore()
+	_, err := Init(context.Background(), store, "vol", "a", []string{"a", "b"})
+	must(t, err)
+	all := reps.config("a", "a", "b", "c")
+	m := openMirror(t, store, "a", size, all[:2], nil)
+	rng := rand.New(rand.NewPCG(11, 11))
+	randomWrites(t, m, rng, 100, size)
+	// Re-replication: c joins, is compared in full, and enters the set.
+	must(t, m.AddReplica(all[2]))
+	if err := m.AddReplica(all[2]); err == nil {
+		t.Fatal("adding c twice succeeded")
+	}
+	waitFor(t, "c in sync", func() bool { st, _ := store.Load(context.Background(), "vol"); return st.Has("c") })
+	must(t, m.Flush())
+	want := dataOf(t, m, size)
+	if !bytes.Equal(dataOf(t, reps.devs["c"], size), want) {
+		t.Fatal("added replica differs")
+	}
+	// b is removed: it leaves the in-sync set; writes no longer reach it.
+	must(t, m.RemoveReplica("b"))
+	must(t, m.RemoveReplica("b")) // idempotent
+	if st, _ := store.Load(context.Background(), "vol"); st.Has("b") || len(st.InSync) != 2 {
+		t.Fatalf("in-sync after removal: %v", st.InSync)
+	}
+	must(t, m.WriteAt([]byte("only a and c"), 0, false))
+	if got := dataOf(t, reps.devs["b"], 12); string(got) == "only a and c" {
+		t.Fatal("write reached a removed replica")
+	}
+	must(t, m.RemoveReplica("c"))
+	if err := m.RemoveReplica("a"); err == nil {
+		t.Fatal("removed the last in-sync replica")
+	}
+}

@@ -38,7 +38,7 @@ func (m *Mirror) sleep(d time.Duration) bool {
 }
 
 func (m *Mirror) resyncLoop(l *leg) {
-	for m.ctx.Err() == nil && !m.fenced.Load() {
+	for m.ctx.Err() == nil && !m.fenced.Load() && !l.removed.Load() {
 		m.mu.RLock()
 		connected := l.dev != nil
 		m.mu.RUnlock()
@@ -60,6 +60,11 @@ func (m *Mirror) resyncLoop(l *leg) {
 				continue
 			}
 			m.mu.Lock()
+			if l.removed.Load() {
+				m.mu.Unlock()
+				dev.Close()
+				return
+			}
 			l.dev = dev
 			l.state = Resyncing
 			m.stripeUsers.Add(1)
@@ -90,7 +95,7 @@ func (m *Mirror) resyncLoop(l *leg) {
 			m.fence(fmt.Sprintf("replica %s refused our epoch: %v", l.ID, err))
 			return
 		}
-		if m.ctx.Err() != nil {
+		if m.ctx.Err() != nil || l.removed.Load() {
 			return
 		}
 		m.mu.Lock()
