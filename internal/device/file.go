@@ -128,7 +128,7 @@ func (d *File) WriteAt(p []byte, off int64, fua bool) error {
 			if err == unix.EINTR {
 				continue
 			}
-			return fmt.Errorf("write %s at %d: %w", d.f.Name(), off, normalizeSpace(err))
+			return fmt.Errorf("write %s at %d: %w", d.f.Name(), off, NormalizeSpace(err))
 		}
 		p, off = p[n:], off+int64(n)
 	}
@@ -138,10 +138,10 @@ func (d *File) WriteAt(p []byte, off int64, fua bool) error {
 	return nil
 }
 
-// normalizeSpace maps quota and file-size errors onto ENOSPC, as NBD asks.
-func normalizeSpace(err error) error {
+// NormalizeSpace maps quota and file-size errors onto ENOSPC, as NBD asks.
+func NormalizeSpace(err error) error {
 	if errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG) {
-		return fmt.Errorf("%v: %w", err, syscall.ENOSPC)
+		return fmt.Errorf("%w: %w", err, syscall.ENOSPC)
 	}
 	return err
 }
@@ -240,7 +240,7 @@ func (d *File) fallocate(mode uint32, off, length int64) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("fallocate %s [%d,+%d): %w", d.f.Name(), off, length, normalizeSpace(err))
+			return fmt.Errorf("fallocate %s [%d,+%d): %w", d.f.Name(), off, length, NormalizeSpace(err))
 		}
 		return nil
 	}

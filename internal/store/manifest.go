@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/hacs/hacs/internal/fsutil"
 )
 
 const (
@@ -112,43 +114,12 @@ func verifySum(v any, stored string, set func(string)) error {
 	return nil
 }
 
-// writeAtomic replaces path with data: temporary file, fsync, rename, fsync
-// of the directory. A crash leaves either the old or the new content.
+// writeAtomic replaces path with data durably (see fsutil).
 func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, normalizeSpace(err))
-	}
-	return syncDir(dir)
+	return normalizeSpace(fsutil.WriteFileAtomic(path, data, 0o600))
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return fsutil.SyncDir(dir) }
 
 func encodeManifest(m *manifest) ([]byte, error) {
 	return sealJSON(m, func(s string) { m.Checksum = s })

@@ -688,11 +688,6 @@ func (v *Volume) Close() error {
 }
 
 // normalizeSpace maps quota and file-size errors onto ENOSPC.
-func normalizeSpace(err error) error {
-	if errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG) {
-		return fmt.Errorf("%w: %w", err, syscall.ENOSPC)
-	}
-	return err
-}
+func normalizeSpace(err error) error { return device.NormalizeSpace(err) }
 
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
