@@ -20,7 +20,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 demo: build
-	bash scripts/demo.sh
+	$(BIN) demo
 
 bench: build deps
 	bash scripts/bench.sh
