@@ -48,7 +48,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newServeCmd(), newReplicaCmd(), newPoolCmd())
+	root.AddCommand(newServeCmd(), newReplicaCmd(), newPoolCmd(), newAgentCmd())
 	return root
 }
 

@@ -1,0 +1,350 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hacs/hacs/internal/cluster"
+)
+
+func newAgentCmd() *cobra.Command {
+	var (
+		cfg                 cluster.Config
+		roles, endpoints    string
+		labels              []string
+		etcdHeartbeat       time.Duration
+		etcdElectionTimeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "agent --data-dir DIR [--join HOST:PORT --token TOKEN]",
+		Short: "Run the node daemon: cluster membership, quorum, the embedded cluster store",
+		Long: `hacs agent is the node daemon. Started with no cluster to join, it creates a
+new cluster with an embedded etcd and prints a join token; started with --join
+(the API address of any member) and --token, it joins that cluster. The first
+three nodes (five with --voters 5 on the first node) become voting etcd
+members, further nodes etcd clients. Restarting with the same --data-dir
+rejoins as the same node.
+
+Node liveness is an etcd lease (--lease-ttl): a node that cannot renew it stops
+serving before it can expire for the others.`,
+		Example: `  # first node: creates the cluster and prints the join token
+  hacs agent --data-dir /var/lib/hacs --name n1 --api 10.0.0.1:7700
+  # other nodes
+  hacs agent --data-dir /var/lib/hacs --name n2 --join 10.0.0.1:7700 --token hacs1.…
+  # two storage nodes and a witness
+  hacs agent --data-dir /var/lib/hacs --name w --roles witness --join 10.0.0.1:7700 --token …`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if cmd.Flags().Changed("roles") {
+				if cfg.Roles, err = cluster.ParseRoles(roles); err != nil {
+					return fmt.Errorf("--roles: %w", err)
+				}
+			}
+			if cfg.Labels, err = cluster.ParseLabels(labels); err != nil {
+				return fmt.Errorf("--labels: %w", err)
+			}
+			if endpoints != "" {
+				for _, e := range strings.Split(endpoints, ",") {
+					if e = strings.TrimSpace(e); e != "" {
+						if !strings.Contains(e, "://") {
+							e = "http://" + e
+						}
+						cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, e)
+					}
+				}
+			}
+			cfg.EtcdHeartbeat, cfg.EtcdElectionTimeout = etcdHeartbeat, etcdElectionTimeout
+			cfg.Version = Version
+			cfg.Out = cmd.OutOrStdout()
+			cfg.Logger = slog.Default()
+			return runAgent(cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory holding all the node's state (identity, etcd data); required")
+	f.StringVar(&cfg.Name, "name", "", "node name (default: the host name; fixed once the node exists)")
+	f.StringVar(&cfg.Join, "join", "", "API address HOST:PORT of any member, to join its cluster (with --token)")
+	f.StringVar(&cfg.Token, "token", "", "join token printed by the first node (also in DATA_DIR/join-token on every member)")
+	f.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated client URLs of an external etcd cluster to use instead of the embedded one")
+	f.StringVar(&cfg.APIAddr, "api", "", "HTTP API listen address (default "+cluster.DefaultAPIAddr+"; also served on DATA_DIR/api.sock)")
+	f.StringVar(&cfg.PeerListen, "peer-listen", "", "embedded etcd peer (raft) listen address (default "+cluster.DefaultPeerListen+")")
+	f.StringVar(&cfg.ClientListen, "client-listen", "", "embedded etcd client listen address (default "+cluster.DefaultClientListen+")")
+	f.StringVar(&cfg.Advertise, "advertise", "", "host or IP the other nodes reach this node at, when listening on a wildcard address")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cluster.DefaultLeaseTTL, "liveness lease TTL, whole seconds: a dead node is noticed within about this time")
+	f.StringVar(&roles, "roles", "storage,vhost", "node roles: storage, vhost (comma-separated), or witness (votes only)")
+	f.StringArrayVar(&labels, "labels", nil, "node labels for failure domains, such as zone=a,rack=r1 (repeatable)")
+	f.IntVar(&cfg.Voters, "voters", cluster.DefaultVoters, "number of voting etcd members, 3 or 5 (when creating the cluster)")
+	f.DurationVar(&etcdHeartbeat, "etcd-heartbeat", cluster.DefaultEtcdHeartbeat, "embedded etcd heartbeat interval")
+	f.DurationVar(&etcdElectionTimeout, "etcd-election-timeout", cluster.DefaultEtcdElectionTimeout, "embedded etcd election timeout")
+	f.StringVar(&cfg.EtcdLogLevel, "etcd-log-level", "error", "embedded etcd log level: debug, info, warn, error")
+	f.BoolVar(&cfg.EtcdUnsafeNoFsync, "etcd-unsafe-no-fsync", false, "disable fsync in the embedded etcd (tests only: loses data on power failure)")
+	f.MarkHidden("etcd-unsafe-no-fsync")
+	cmd.AddCommand(newAgentStatusCmd(), newAgentNodesCmd(), newAgentRemoveCmd(), newAgentStandbyCmd(), newAgentEventsCmd())
+	return cmd
+}
+
+func runAgent(cfg cluster.Config) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	n, err := cluster.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := n.Start(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		slog.Info("stopping the agent")
+	case <-n.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	n.Stop(sctx)
+	return n.Err()
+}
+
+// agentClient talks to an agent's API, over its Unix socket (--data-dir) or
+// TCP (--api).
+type agentClient struct {
+	base string
+	hc   *http.Client
+}
+
+type agentTarget struct{ api, dataDir string }
+
+func (t *agentTarget) flags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&t.api, "api", "", "API address HOST:PORT of the agent to ask")
+	cmd.Flags().StringVar(&t.dataDir, "data-dir", "", "data directory of a local agent (its API socket is used)")
+}
+
+func (t *agentTarget) client() (*agentClient, error) {
+	switch {
+	case t.api != "" && t.dataDir != "":
+		return nil, errors.New("give --api or --data-dir, not both")
+	case t.api != "":
+		return &agentClient{base: "http://" + t.api, hc: &http.Client{Timeout: 30 * time.Second}}, nil
+	case t.dataDir != "":
+		sock := filepath.Join(t.dataDir, cluster.APISocket)
+		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}
+		return &agentClient{base: "http://agent", hc: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
+	}
+	return nil, errors.New("which agent? give --api HOST:PORT or --data-dir DIR")
+}
+
+func (c *agentClient) do(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the agent: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newAgentStatusCmd() *cobra.Command {
+	var t agentTarget
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show an agent's own view: phase, serving, DC, lease",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := t.client()
+			if err != nil {
+				return err
+			}
+			var st cluster.Status
+			if err := c.do("GET", "/v1/status", nil, &st); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "node %s (id %s) in cluster %s, version %s, pid %d\n", st.Name, st.ID, st.Cluster, st.Version, st.Pid)
+			fmt.Fprintf(w, "phase: %s\n", st.Phase)
+			if st.Error != "" {
+				fmt.Fprintf(w, "error: %s\n", st.Error)
+			}
+			fmt.Fprintf(w, "serving: %v (%s)\n", st.Serving.Serving, st.Serving.Reason)
+			fmt.Fprintf(w, "DC: %s (this node: %v)\n", st.Leadership.DC, st.Leadership.IsDC)
+			fmt.Fprintf(w, "roles: %v, voter: %v\n", st.Roles, st.Voter)
+			return nil
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newAgentNodesCmd() *cobra.Command {
+	var t agentTarget
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "nodes",
+		Short: "List the cluster's nodes as an agent sees them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := t.client()
+			if err != nil {
+				return err
+			}
+			var m cluster.Membership
+			if err := c.do("GET", "/v1/nodes", nil, &m); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), m)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tROLES\tVOTER\tAPI\tLABELS")
+			for _, n := range m.Nodes {
+				var ls []string
+				for k, v := range n.Labels {
+					ls = append(ls, k+"="+v)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s\t%s\n", n.Name, n.State, n.Roles, n.Voter, n.APIAddr, strings.Join(ls, ","))
+			}
+			if m.Stale {
+				fmt.Fprintln(tw, "(stale: this agent cannot reach a quorum)")
+			}
+			return tw.Flush()
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newAgentRemoveCmd() *cobra.Command {
+	var t agentTarget
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a node from the cluster (its identity can never rejoin)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := t.client()
+			if err != nil {
+				return err
+			}
+			q := ""
+			if force {
+				q = "?force=true"
+			}
+			if err := c.do("DELETE", "/v1/nodes/"+url.PathEscape(args[0])+q, nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node %s removed\n", args[0])
+			return nil
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().BoolVar(&force, "force", false, "remove the node even though it is online (it stops)")
+	return cmd
+}
+
+func newAgentStandbyCmd() *cobra.Command {
+	var t agentTarget
+	var off bool
+	cmd := &cobra.Command{
+		Use:   "standby NAME",
+		Short: "Put a node in standby (no new work, hands its primaries over), or back with --off",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := t.client()
+			if err != nil {
+				return err
+			}
+			return c.do("POST", "/v1/nodes/"+url.PathEscape(args[0])+"/standby", map[string]bool{"standby": !off}, nil)
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().BoolVar(&off, "off", false, "make the node active again")
+	return cmd
+}
+
+func newAgentEventsCmd() *cobra.Command {
+	var t agentTarget
+	var limit int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Show the cluster event log",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := t.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Events []cluster.Event `json:"events"`
+			}
+			if err := c.do("GET", fmt.Sprintf("/v1/events?limit=%d", limit), nil, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), out.Events)
+			}
+			for _, e := range out.Events {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s  %-8s %-18s %s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Node, e.Kind, e.Message)
+			}
+			return nil
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().IntVar(&limit, "limit", 50, "show the newest N events (0: all)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

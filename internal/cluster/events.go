@@ -1,0 +1,177 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Event is one entry of the cluster event log: append-only keys under
+// /hacs/events/, ordered by time (the writer's clock).
+type Event struct {
+	Time     time.Time         `json:"time"`
+	Node     string            `json:"node"`
+	Kind     string            `json:"kind"`
+	Resource string            `json:"resource,omitempty"`
+	Message  string            `json:"message"`
+	Fields   map[string]string `json:"fields,omitempty"`
+	// Key and Rev are filled when an event is read back.
+	Key string `json:"key,omitempty"`
+	Rev int64  `json:"rev,omitempty"`
+}
+
+// Event kinds written by this package. Other layers add their own (such as
+// "volume-failover"); kinds are short, lower-case, dash-separated.
+const (
+	EventClusterCreated  = "cluster-created"
+	EventNodeJoined      = "node-joined"
+	EventNodeStarted     = "node-started"
+	EventNodeStopped     = "node-stopped"
+	EventNodeOnline      = "node-online"
+	EventNodeOffline     = "node-offline"
+	EventNodeRemoved     = "node-removed"
+	EventNodeStandby     = "node-standby"
+	EventNodeActive      = "node-active"
+	EventServingLost     = "serving-lost"
+	EventServingRegained = "serving-regained"
+	EventLeaseExpired    = "lease-expired"
+	EventDCElected       = "dc-elected"
+	EventDCLost          = "dc-lost"
+)
+
+// DefaultEventRetention is how many events the DC keeps.
+const DefaultEventRetention = 10000
+
+func eventKey(ev Event) string {
+	return fmt.Sprintf("%s%020d-%s-%s", PrefixEvents, ev.Time.UnixNano(), ev.Node, randomHex(3))
+}
+
+// AppendEvent writes ev to the event log (Time defaults to now).
+func AppendEvent(ctx context.Context, cli *clientv3.Client, ev Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	ev.Time = ev.Time.UTC()
+	ev.Key, ev.Rev = "", 0
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, eventKey(ev), string(b))
+	return err
+}
+
+// EventFilter selects events; zero fields match everything.
+type EventFilter struct {
+	Since    time.Time
+	Node     string
+	Kind     string
+	Resource string
+	// Limit keeps the newest Limit matching events (0: all).
+	Limit int
+}
+
+func (f EventFilter) match(ev Event) bool {
+	return (f.Node == "" || ev.Node == f.Node) && (f.Kind == "" || ev.Kind == f.Kind) &&
+		(f.Resource == "" || ev.Resource == f.Resource) && (f.Since.IsZero() || !ev.Time.Before(f.Since))
+}
+
+func decodeEvent(key, value []byte, rev int64) (Event, bool) {
+	var ev Event
+	if json.Unmarshal(value, &ev) != nil {
+		return Event{}, false
+	}
+	ev.Key, ev.Rev = string(key), rev
+	return ev, true
+}
+
+// ListEvents returns the matching events, oldest first, and the revision
+// they were read at (to Follow from).
+func ListEvents(ctx context.Context, cli *clientv3.Client, f EventFilter) ([]Event, int64, error) {
+	start := PrefixEvents
+	if !f.Since.IsZero() {
+		start = fmt.Sprintf("%s%020d", PrefixEvents, f.Since.UnixNano())
+	}
+	end := clientv3.GetPrefixRangeEnd(PrefixEvents)
+	var out []Event
+	var rev int64
+	// page backwards from the newest, so that Limit reads little
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(500)}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := cli.Get(ctx, start, opts...)
+		if err != nil {
+			return nil, 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			if ev, ok := decodeEvent(kv.Key, kv.Value, kv.ModRevision); ok && f.match(ev) {
+				out = append(out, ev)
+			}
+		}
+		if f.Limit > 0 && len(out) >= f.Limit {
+			out = out[:f.Limit]
+			break
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		end = string(resp.Kvs[len(resp.Kvs)-1].Key)
+	}
+	slices.Reverse(out)
+	return out, rev, nil
+}
+
+// FollowEvents calls fn for every matching event appended after revision
+// rev (from ListEvents), until ctx is done or the watch fails (then it
+// returns the error; a compaction means events were missed).
+func FollowEvents(ctx context.Context, cli *clientv3.Client, rev int64, f EventFilter, fn func(Event)) error {
+	wch := cli.Watch(clientv3.WithRequireLeader(ctx), PrefixEvents, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithFilterDelete())
+	for wr := range wch {
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		for _, e := range wr.Events {
+			if ev, ok := decodeEvent(e.Kv.Key, e.Kv.Value, e.Kv.ModRevision); ok && f.match(ev) {
+				fn(ev)
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+// TrimEvents deletes the oldest events beyond keep and returns how many it
+// deleted.
+func TrimEvents(ctx context.Context, cli *clientv3.Client, keep int) (int64, error) {
+	resp, err := cli.Get(ctx, PrefixEvents, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	excess := resp.Count - int64(keep)
+	if excess <= 0 {
+		return 0, nil
+	}
+	// the key of the first event to keep bounds the range to delete
+	kresp, err := cli.Get(ctx, PrefixEvents, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithLimit(excess+1), clientv3.WithRev(resp.Header.Revision))
+	if err != nil {
+		return 0, err
+	}
+	if int64(len(kresp.Kvs)) <= excess {
+		return 0, nil
+	}
+	firstKept := string(kresp.Kvs[excess].Key)
+	dresp, err := cli.Delete(ctx, PrefixEvents, clientv3.WithRange(firstKept))
+	if err != nil {
+		return 0, err
+	}
+	return dresp.Deleted, nil
+}
