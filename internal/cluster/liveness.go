@@ -263,6 +263,7 @@ func (n *Node) holdLease(ctx context.Context, lease clientv3.LeaseID, ttl time.D
 	results := make(chan kaResult, 8)
 	inflight := 0
 	failures := 0
+	var fencedAt time.Time
 	renew := func() {
 		inflight++
 		go func() {
@@ -301,7 +302,9 @@ func (n *Node) holdLease(ctx context.Context, lease clientv3.LeaseID, ttl time.D
 					n.log.Info("lease renewed again", "after_failures", failures)
 					failures = 0
 				}
-				if !n.IsServing() && time.Until(deadline) > interval {
+				// after a fence, only a renewal sent after it counts: no
+				// flapping on replies that were already in flight
+				if !n.IsServing() && r.sent.After(fencedAt) && time.Until(deadline) > interval {
 					n.setServing(true, "lease renewed: the quorum is reachable again")
 				}
 			case errors.Is(r.err, rpctypes.ErrLeaseNotFound):
@@ -315,6 +318,7 @@ func (n *Node) holdLease(ctx context.Context, lease clientv3.LeaseID, ttl time.D
 				}
 			}
 		case <-fence.C:
+			fencedAt = time.Now()
 			if n.IsServing() {
 				n.setServing(false, fmt.Sprintf("liveness lease not renewed for %v (TTL %v, safety margin %v): cannot reach a quorum", time.Since(lastOK).Round(time.Millisecond), ttl, margin))
 			}

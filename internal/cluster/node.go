@@ -568,6 +568,19 @@ func (n *Node) bringUp(ctx context.Context) error {
 	if err := n.nodesCache.WaitSynced(ctx, rev); err != nil {
 		return err
 	}
+	for {
+		n.mu.Lock()
+		ok, ch := n.membership.Rev >= rev, n.changes
+		n.mu.Unlock()
+		if ok {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	n.setPhase(PhaseRunning)
 	close(n.ready)
 	n.log.Info("node is up", "cluster", n.ClusterID(), "api", n.apiAddr, "voter", n.ident.Voter, "roles", n.cfg.Roles)

@@ -68,6 +68,16 @@ func decodeState(volume string, b []byte) (mirror.State, error) {
 // mirror.ErrEpochChanged.
 func (s *VolumeStore) Update(ctx context.Context, volume string, epoch uint64, fn func(*mirror.State) error) (mirror.State, error) {
 	for {
+		var guards []clientv3.Cmp
+		if s.guard != nil {
+			// checked first: a node that is not serving fails at once
+			// instead of waiting for a quorum it cannot reach
+			g, err := s.guard()
+			if err != nil {
+				return mirror.State{}, fmt.Errorf("volume %s: %w", volume, err)
+			}
+			guards = g
+		}
 		cur, modRev, err := s.load(ctx, volume)
 		if err != nil {
 			return mirror.State{}, err
@@ -85,14 +95,7 @@ func (s *VolumeStore) Update(ctx context.Context, volume string, epoch uint64, f
 			return mirror.State{}, err
 		}
 		key := VolumeStateKey(volume)
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", modRev)}
-		if s.guard != nil {
-			g, err := s.guard()
-			if err != nil {
-				return mirror.State{}, fmt.Errorf("volume %s: %w", volume, err)
-			}
-			cmps = append(cmps, g...)
-		}
+		cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", modRev)}, guards...)
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(key, string(b))).Else(clientv3.OpGet(key)).Commit()
 		if err != nil {
 			return mirror.State{}, fmt.Errorf("volume %s: committing its state to the cluster store: %w", volume, err)

@@ -1,0 +1,58 @@
+package cluster
+
+import (
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startTestEtcd runs a single-member embedded etcd for the test and
+// returns a client of it.
+func startTestEtcd(t testing.TB) (*embed.Etcd, *clientv3.Client) {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Dir = t.TempDir()
+	cfg.Name = "test"
+	peer, _ := url.Parse("http://" + freeAddr(t))
+	client, _ := url.Parse("http://" + freeAddr(t))
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
+	cfg.InitialCluster = "test=" + peer.String()
+	cfg.UnsafeNoFsync = true
+	cfg.TickMs, cfg.ElectionMs = 50, 500
+	lg, err := etcdLogger("error")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		t.Fatal("embedded etcd not ready after 30 s")
+	}
+	cli, err := newClient([]string{client.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return e, cli
+}
