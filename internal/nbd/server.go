@@ -37,6 +37,9 @@ type Server struct {
 	// MaxInflightBytes bounds the payload memory one connection may hold in
 	// requests being served (default 64 MiB; at least MaxPayload).
 	MaxInflightBytes int64
+	// Workers is how many requests of one connection are served at once
+	// (default DefaultWorkers).
+	Workers int
 	// Resolve, if set, is asked for export names that were not added with
 	// AddExport. Each successful call opens the export for one connection
 	// (or one NBD_OPT_INFO); its Release is called when that ends. Its
@@ -266,11 +269,14 @@ type serverConn struct {
 	br   *bufio.Reader
 	send sender
 
+	// the read side, taken by one worker at a time
+	readMu   sync.Mutex
+	readDone bool
+
 	// in-flight accounting
 	inflightMu   sync.Mutex
 	inflightCond *sync.Cond
 	inflight     int64
-	handlers     sync.WaitGroup
 }
 
 func (c *serverConn) serve() {

@@ -10,55 +10,66 @@ import (
 	"github.com/hacs/hacs/internal/device"
 )
 
-// transmit runs the transmission phase: it reads requests, validates them and
-// hands each to its own goroutine; replies go out in completion order.
+// transmit runs the transmission phase with a fixed set of long-lived
+// workers, the way nbdkit's threads work: each worker takes the read side,
+// reads one request (and its payload), lets go of it, serves the request and
+// sends the reply. Many requests are in flight at once and replies go out in
+// completion order, with no goroutine started per request.
 func (c *serverConn) transmit() error {
 	limit := c.srv.MaxInflightBytes
 	if limit < MaxPayload {
 		limit = 64 << 20
 	}
+	workers := c.srv.Workers
+	if workers <= 0 {
+		workers = DefaultWorkers
+	}
 	c.inflightCond = sync.NewCond(&c.inflightMu)
-	defer c.handlers.Wait()
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.worker(limit); err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// DefaultWorkers is how many requests one connection serves at once.
+const DefaultWorkers = 16
+
+// worker serves requests until the client disconnects or breaks the
+// protocol; then every worker ends once its current request is answered.
+func (c *serverConn) worker(limit int64) error {
 	var hdr [requestHeaderLen]byte
 	for {
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		c.readMu.Lock()
+		if c.readDone {
+			c.readMu.Unlock()
+			return nil
+		}
+		req, payload, weight, err := c.readRequest(hdr[:], limit)
+		if err != nil || req.typ == cmdDisc {
+			c.readDone = true // the others finish what they hold, then stop
+			c.readMu.Unlock()
 			return err
 		}
-		req, err := parseRequest(hdr[:])
-		if err != nil {
-			return err // cannot resynchronise the stream
-		}
-		var payload *[]byte
-		var weight int64 // payload bytes held by this request
-		if req.typ == cmdWrite {
-			if req.length > MaxPayload {
-				// Keep the stream in sync by consuming the payload, within
-				// reason; beyond that the client is hostile.
-				if req.length > 256<<20 {
-					return fmt.Errorf("write of %d bytes exceeds the maximum payload", req.length)
-				}
-				if _, err := io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
-					return err
-				}
-				c.replyError(req, errOverflow, fmt.Sprintf("write of %d bytes exceeds the maximum payload of %d", req.length, MaxPayload))
-				continue
-			}
-			weight = int64(req.length)
-			c.acquire(weight, limit)
-			payload = getBuf(int(req.length))
-			if _, err := io.ReadFull(c.br, *payload); err != nil {
-				putBuf(payload)
-				c.release(weight)
-				return err
-			}
-		} else if req.typ == cmdRead && req.length <= MaxPayload {
-			weight = int64(req.length)
-			c.acquire(weight, limit)
-		}
-		if req.typ == cmdDisc {
-			c.release(weight)
-			c.handlers.Wait()
-			return nil
+		c.readMu.Unlock()
+		if payload == nil && weight < 0 {
+			continue // already answered while reading
 		}
 		if errno, msg := c.validate(req); errno != 0 {
 			if payload != nil {
@@ -68,9 +79,46 @@ func (c *serverConn) transmit() error {
 			c.replyError(req, errno, msg)
 			continue
 		}
-		c.handlers.Add(1)
-		go c.handle(req, payload)
+		c.handle(req, payload)
 	}
+}
+
+// readRequest reads one request and its payload. Callers hold readMu. A
+// negative weight with a nil payload means the request was answered already
+// (an oversized write whose payload was discarded).
+func (c *serverConn) readRequest(hdr []byte, limit int64) (req request, payload *[]byte, weight int64, err error) {
+	if _, err = io.ReadFull(c.br, hdr); err != nil {
+		return req, nil, 0, err
+	}
+	if req, err = parseRequest(hdr); err != nil {
+		return req, nil, 0, err // cannot resynchronise the stream
+	}
+	switch {
+	case req.typ == cmdWrite && req.length > MaxPayload:
+		// Keep the stream in sync by consuming the payload, within
+		// reason; beyond that the client is hostile.
+		if req.length > 256<<20 {
+			return req, nil, 0, fmt.Errorf("write of %d bytes exceeds the maximum payload", req.length)
+		}
+		if _, err = io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
+			return req, nil, 0, err
+		}
+		c.replyError(req, errOverflow, fmt.Sprintf("write of %d bytes exceeds the maximum payload of %d", req.length, MaxPayload))
+		return req, nil, -1, nil
+	case req.typ == cmdWrite:
+		weight = int64(req.length)
+		c.acquire(weight, limit)
+		payload = getBuf(int(req.length))
+		if _, err = io.ReadFull(c.br, *payload); err != nil {
+			putBuf(payload)
+			c.release(weight)
+			return req, nil, 0, err
+		}
+	case req.typ == cmdRead && req.length <= MaxPayload:
+		weight = int64(req.length)
+		c.acquire(weight, limit)
+	}
+	return req, payload, weight, nil
 }
 
 func (c *serverConn) acquire(n, limit int64) {
@@ -155,7 +203,6 @@ func (c *serverConn) validate(req request) (uint32, string) {
 
 // handle executes one validated request and sends its reply.
 func (c *serverConn) handle(req request, payload *[]byte) {
-	defer c.handlers.Done()
 	dev := c.export.Device
 	off, n := int64(req.offset), int64(req.length)
 	var err error
