@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-func TestEvents(t *testing.T) {
+func TestClusterEvents(t *testing.T) {
 	_, cli := startTestEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -71,7 +71,7 @@ func TestEvents(t *testing.T) {
 	}
 }
 
-func TestCache(t *testing.T) {
+func TestClusterCache(t *testing.T) {
 	_, cli := startTestEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -49,7 +49,7 @@ func startNode(t testing.TB, cfg Config) *Node {
 	return n
 }
 
-func TestNodeSingle(t *testing.T) {
+func TestClusterNodeSingle(t *testing.T) {
 	cfg := testConfig(t, "solo")
 	cfg.Voters = 1
 	cfg.Labels = map[string]string{"zone": "z1"}
@@ -159,7 +159,7 @@ func waitCond(t testing.TB, d time.Duration, cond func() bool) {
 
 // TestNodeFencing: three in-process nodes; when two stop, the third stops
 // serving and coordinating, and the lease-guarded store refuses its writes.
-func TestNodeFencing(t *testing.T) {
+func TestClusterNodeFencing(t *testing.T) {
 	var lostAt time.Time
 	var mu sync.Mutex
 	c1 := testConfig(t, "f1")
@@ -229,7 +229,7 @@ func TestNodeFencing(t *testing.T) {
 // TestNodeExternal: nodes of a cluster on an external etcd (every node a
 // client): the first creates the cluster record, the second joins it by
 // pointing at the same store; a restart keeps the identity.
-func TestNodeExternal(t *testing.T) {
+func TestClusterNodeExternal(t *testing.T) {
 	e, _ := startTestEtcd(t)
 	ep := e.Config().AdvertiseClientUrls[0].String()
 	c1 := testConfig(t, "x1")

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-func TestParseToken(t *testing.T) {
+func TestClusterParseToken(t *testing.T) {
 	tok := Token{ClusterID: randomHex(8), Secret: newSecret()}
 	got, err := ParseToken(" " + tok.String() + "\n")
 	if err != nil || got != tok {
@@ -19,7 +19,7 @@ func TestParseToken(t *testing.T) {
 	}
 }
 
-func TestParseRolesLabels(t *testing.T) {
+func TestClusterParseRolesLabels(t *testing.T) {
 	r, err := ParseRoles("vhost, storage,storage")
 	if err != nil || len(r) != 2 || r[0] != RoleStorage || r[1] != RoleVHost {
 		t.Fatalf("roles %v %v", r, err)
@@ -50,7 +50,7 @@ func TestParseRolesLabels(t *testing.T) {
 	}
 }
 
-func TestConfigDefaults(t *testing.T) {
+func TestClusterConfigDefaults(t *testing.T) {
 	c := Config{DataDir: "/x"}
 	if err := c.setDefaults(); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 	"github.com/hacs/hacs/internal/mirror"
 )
 
-func TestVolumeStoreBasics(t *testing.T) {
+func TestClusterVolumeStoreBasics(t *testing.T) {
 	_, cli := startTestEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -109,7 +109,7 @@ func TestVolumeStoreBasics(t *testing.T) {
 // TestVolumeStoreConcurrent: many writers race at the same epoch; updates
 // that find the record changed are retried on the fresh state, so none is
 // lost; writers at a stale epoch are all refused.
-func TestVolumeStoreConcurrent(t *testing.T) {
+func TestClusterVolumeStoreConcurrent(t *testing.T) {
 	_, cli := startTestEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -182,7 +182,7 @@ func TestVolumeStoreConcurrent(t *testing.T) {
 
 // TestVolumeStoreGuard: a guard that fails (the node lost its lease) makes
 // the update fail with ErrNotServing, leaving the state untouched.
-func TestVolumeStoreGuard(t *testing.T) {
+func TestClusterVolumeStoreGuard(t *testing.T) {
 	_, cli := startTestEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
