@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -20,11 +21,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
+	"github.com/hacs/hacs/internal/store"
 )
 
 func newAgentCmd() *cobra.Command {
 	var (
+		rm                  rmFlags
 		cfg                 cluster.Config
 		roles, endpoints    string
 		labels              []string
@@ -74,10 +78,14 @@ serving before it can expire for the others.`,
 			cfg.Version = Version
 			cfg.Out = cmd.OutOrStdout()
 			cfg.Logger = slog.Default()
-			return runAgent(cfg)
+			return runAgent(cfg, rm)
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&rm.pool, "pool", "", "storage pool directory holding this node's replicas (default DATA_DIR/pool)")
+	f.StringVar(&rm.replicaListen, "replica-listen", "0.0.0.0:7703", "replica server address (primaries reach this node's replicas there)")
+	f.StringVar(&rm.exportListen, "export-listen", "0.0.0.0:10809", "NBD address of the volumes this node serves as primary")
+	f.DurationVar(&rm.replicaTimeout, "replica-timeout", 5*time.Second, "a replica that does not answer within this time leaves the in-sync set")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory holding all the node's state (identity, etcd data); required")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the host name; fixed once the node exists)")
 	f.StringVar(&cfg.Join, "join", "", "API address HOST:PORT of any member, to join its cluster (with --token)")
@@ -100,7 +108,13 @@ serving before it can expire for the others.`,
 	return cmd
 }
 
-func runAgent(cfg cluster.Config) error {
+// rmFlags configure the resource manager part of the agent.
+type rmFlags struct {
+	pool, replicaListen, exportListen string
+	replicaTimeout                    time.Duration
+}
+
+func runAgent(cfg cluster.Config, rm rmFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	n, err := cluster.New(cfg)
@@ -110,10 +124,42 @@ func runAgent(cfg cluster.Config) error {
 	if err := n.Start(ctx); err != nil {
 		return err
 	}
+	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
+		ExportListen: rm.exportListen, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default()}
+	if slices.Contains(n.Config().Roles, cluster.RoleStorage) {
+		dir := rm.pool
+		if dir == "" {
+			dir = filepath.Join(cfg.DataDir, "pool")
+		}
+		if acfg.Pool, err = store.OpenOrCreatePool(dir, store.PoolOptions{}); err != nil {
+			n.Stop(context.Background())
+			return fmt.Errorf("storage pool: %w", err)
+		}
+	}
+	a, err := agent.New(acfg)
+	if err != nil {
+		n.Stop(context.Background())
+		return err
+	}
+	rmDone := make(chan error, 1)
+	rctx, rcancel := context.WithCancel(ctx)
+	defer rcancel()
+	go func() { rmDone <- a.Run(rctx) }()
 	select {
 	case <-ctx.Done():
 		slog.Info("stopping the agent")
 	case <-n.Done():
+	case err := <-rmDone:
+		if err != nil {
+			slog.Error("resource manager stopped", "err", err)
+			n.Stop(context.Background())
+			return err
+		}
+	}
+	rcancel()
+	select {
+	case <-rmDone:
+	case <-time.After(10 * time.Second):
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

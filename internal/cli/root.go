@@ -48,7 +48,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newServeCmd(), newReplicaCmd(), newPoolCmd(), newAgentCmd())
+	root.AddCommand(newServeCmd(), newReplicaCmd(), newPoolCmd(), newAgentCmd(), newVolumeCmd("volume"), newDemoCmd())
 	return root
 }
 

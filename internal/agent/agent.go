@@ -1,0 +1,424 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/hacs/hacs/internal/cluster"
+	"github.com/hacs/hacs/internal/device"
+	"github.com/hacs/hacs/internal/mirror"
+	"github.com/hacs/hacs/internal/nbd"
+	"github.com/hacs/hacs/internal/replica"
+	"github.com/hacs/hacs/internal/store"
+)
+
+// Config configures an Agent.
+type Config struct {
+	Node *cluster.Node
+	// Pool holds this node's replicas (nil on nodes without the storage
+	// role).
+	Pool *store.Pool
+	// StateDir keeps the replica epoch records.
+	StateDir string
+	// ReplicaListen and ExportListen are the replica server's and the NBD
+	// export's addresses (HOST:PORT).
+	ReplicaListen string
+	ExportListen  string
+	// ReplicaTimeout drops a replica that does not answer in time
+	// (default 5s).
+	ReplicaTimeout time.Duration
+	// Tick is the period of the reconcile loops besides changes (default
+	// 1s).
+	Tick   time.Duration
+	Logger *slog.Logger
+}
+
+// Agent is the resource manager of one node.
+type Agent struct {
+	cfg  Config
+	node *cluster.Node
+	log  *slog.Logger
+	host *replica.Host
+	rsrv *nbd.Server
+	esrv *nbd.Server
+
+	replicaAddr string
+	exportAddr  string
+	vols        *cluster.Cache
+
+	mu    sync.Mutex
+	prims map[string]*primary
+	// failed remembers (volume, epoch) start failures already counted.
+	failed map[string]uint64
+	wg     sync.WaitGroup
+}
+
+type primary struct {
+	m     *mirror.Mirror
+	epoch uint64
+	size  int64
+}
+
+// New prepares an agent on a started node.
+func New(cfg Config) (*Agent, error) {
+	if cfg.ReplicaTimeout <= 0 {
+		cfg.ReplicaTimeout = 5 * time.Second
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{}}
+	if cfg.Pool != nil {
+		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
+		if err != nil {
+			return nil, err
+		}
+		a.host = h
+	}
+	return a, nil
+}
+
+// Run serves until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.host != nil {
+		ln, err := net.Listen("tcp", a.cfg.ReplicaListen)
+		if err != nil {
+			return fmt.Errorf("replica server: listen on %s: %w (choose another with --replica-listen)", a.cfg.ReplicaListen, err)
+		}
+		a.replicaAddr = ln.Addr().String()
+		a.rsrv = replica.NewServer(a.host, a.log)
+		go a.rsrv.Serve(ln)
+		defer a.rsrv.Close()
+	}
+	eln, err := net.Listen("tcp", a.cfg.ExportListen)
+	if err != nil {
+		return fmt.Errorf("NBD export: listen on %s: %w (choose another with --export-listen)", a.cfg.ExportListen, err)
+	}
+	a.exportAddr = eln.Addr().String()
+	a.esrv = nbd.NewServer(a.log)
+	go a.esrv.Serve(eln)
+	defer a.esrv.Close()
+
+	// Publish the replica address once this node holds its lease.
+	for {
+		if _, err := a.node.WaitServing(ctx); err != nil {
+			return err
+		}
+		err := a.node.UpdateSelf(ctx, func(c *cluster.NodeConfig) { c.ReplicaAddr = a.replicaAddr })
+		if err == nil {
+			break
+		}
+		a.log.Warn("publishing the replica address", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	a.vols = cluster.NewCache(ctx, a.node.Client(), cluster.PrefixVolumes, a.log)
+	a.registerAPI()
+	a.log.Info("resource manager running", "replica_addr", a.replicaAddr, "export_addr", a.exportAddr)
+
+	a.wg.Add(2)
+	go func() { defer a.wg.Done(); a.dcLoop(ctx) }()
+	go func() { defer a.wg.Done(); a.capacityLoop(ctx) }()
+	a.nodeLoop(ctx)
+	a.wg.Wait()
+	a.mu.Lock()
+	for name := range a.prims {
+		a.stopPrimaryLocked(name, "agent stopping", true)
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) self() string { return a.node.Name() }
+
+func (a *Agent) emit(kind, volume, msg string) {
+	a.log.Info(msg, "event", kind, "volume", volume)
+	a.node.Emit(kind, "volume/"+volume, msg, nil)
+}
+
+// capacityLoop publishes the pool's free space for placement.
+func (a *Agent) capacityLoop(ctx context.Context) {
+	if a.cfg.Pool == nil {
+		return
+	}
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		if st, err := a.cfg.Pool.Stats(); err == nil {
+			a.node.SetCapacity(ctx, cluster.Capacity{TotalBytes: st.Limit, FreeBytes: st.Limit - st.Promised})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// nodeLoop converges this node to the cluster state: serve the volumes it
+// is primary of, stop serving the others.
+func (a *Agent) nodeLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Tick)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		snap, changed := a.vols.Snapshot()
+		nodeChanged := a.node.Changes()
+		if snap.Synced {
+			a.reconcile(ctx, snap)
+			if i%5 == 0 && !snap.Stale {
+				a.cleanup(snap)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-nodeChanged:
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) {
+	views, errs := volumesFrom(snap)
+	for _, err := range errs {
+		a.log.Error("cluster store", "err", err)
+	}
+	serving := a.node.IsServing()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, p := range a.prims {
+		v := views[name]
+		switch {
+		case !serving:
+			a.stopPrimaryLocked(name, "this node lost its lease or quorum: it stops serving (self-fence)", false)
+		case v == nil || v.spec == nil || v.state == nil:
+			a.stopPrimaryLocked(name, "volume destroyed", true)
+		case p.m.Fenced():
+			a.stopPrimaryLocked(name, "fenced by a newer primary", false)
+		case v.state.Primary != a.self():
+			a.stopPrimaryLocked(name, fmt.Sprintf("primary moved to %q at epoch %d", v.state.Primary, v.state.Epoch), true)
+		case v.state.Epoch != p.epoch:
+			a.stopPrimaryLocked(name, fmt.Sprintf("epoch moved from %d to %d", p.epoch, v.state.Epoch), false)
+		}
+	}
+	if !serving || a.host == nil {
+		return
+	}
+	for name, v := range views {
+		if v.spec == nil || v.state == nil || v.placement == nil || v.state.Primary != a.self() {
+			continue
+		}
+		p := a.prims[name]
+		if p == nil {
+			if a.failed[name] == v.state.Epoch {
+				continue // counted already; the DC decides what next
+			}
+			if err := a.startPrimaryLocked(ctx, v); err != nil {
+				a.emit("volume-start-failed", name, fmt.Sprintf("cannot serve at epoch %d: %v", v.state.Epoch, err))
+				a.failed[name] = v.state.Epoch
+				a.recordFailure(ctx, name)
+			}
+			continue
+		}
+		a.syncReplicasLocked(ctx, v, p)
+		if v.export == nil || v.export.Node != a.self() || v.export.Epoch != p.epoch || v.export.Addr != a.exportAddr {
+			a.putExport(ctx, name, p.epoch)
+		}
+	}
+}
+
+// cleanup deletes local replicas of volumes that were destroyed or whose
+// replica moved away from this node (once nothing has them open).
+func (a *Agent) cleanup(snap cluster.Snapshot) {
+	if a.cfg.Pool == nil || !a.node.IsServing() {
+		return
+	}
+	views, errs := volumesFrom(snap)
+	if len(errs) > 0 {
+		return // never delete on a view we cannot fully read
+	}
+	local, err := a.cfg.Pool.Volumes()
+	if err != nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, lv := range local {
+		v := views[lv.Name]
+		gone := v == nil
+		moved := v != nil && v.placement != nil && !slices.Contains(v.placement.Replicas, a.self())
+		if (!gone && !moved) || a.prims[lv.Name] != nil {
+			continue
+		}
+		if err := a.cfg.Pool.DeleteVolume(lv.Name); err == nil {
+			why := "volume destroyed"
+			if moved {
+				why = "replica moved to other nodes"
+			}
+			a.emit("replica-deleted", lv.Name, "local replica deleted: "+why)
+		}
+	}
+}
+
+func (a *Agent) replicaFor(name string, size int64, node string) mirror.Replica {
+	if node == a.self() {
+		return mirror.Replica{ID: node, Local: true, Dial: func(ctx context.Context, epoch uint64) (device.Device, error) {
+			return a.host.Acquire(name, epoch, mirror.ReplicaSize(size))
+		}}
+	}
+	return mirror.Replica{ID: node, Dial: func(ctx context.Context, epoch uint64) (device.Device, error) {
+		info, ok := a.node.Members().Node(node)
+		if !ok {
+			return nil, fmt.Errorf("node %s is not a member", node)
+		}
+		if info.ReplicaAddr == "" {
+			return nil, fmt.Errorf("node %s has no replica server", node)
+		}
+		return nbd.Dial(ctx, "tcp", info.ReplicaAddr, nbd.ClientOptions{Export: replica.ExportName(name, epoch, mirror.ReplicaSize(size))})
+	}}
+}
+
+func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
+	var reps []mirror.Replica
+	for _, n := range v.placement.Replicas {
+		reps = append(reps, a.replicaFor(v.name, v.spec.Size, n))
+	}
+	if !slices.Contains(v.placement.Replicas, a.self()) {
+		return fmt.Errorf("this node holds no replica of %s", v.name)
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	name := v.name
+	m, err := mirror.Open(octx, mirror.Config{
+		Volume: name, Self: a.self(), Size: v.spec.Size, Replicas: reps, Store: a.node.Volumes(),
+		Timeout: a.cfg.ReplicaTimeout, Logger: a.log,
+		OnEvent: func(e mirror.Event) {
+			a.node.Emit(e.Kind, "volume/"+name, e.Message, map[string]string{"replica": e.Replica})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if m.Epoch() != v.state.Epoch {
+		m.Close()
+		return fmt.Errorf("state moved to epoch %d while starting", m.Epoch())
+	}
+	a.esrv.RemoveExport(name)
+	if err := a.esrv.AddExport(nbd.Export{Name: name, Description: "hacs volume " + name, Device: m}); err != nil {
+		m.Close()
+		return err
+	}
+	a.prims[name] = &primary{m: m, epoch: m.Epoch(), size: v.spec.Size}
+	delete(a.failed, name)
+	a.putExport(ctx, name, m.Epoch())
+	a.emit("volume-serving", name, fmt.Sprintf("serving as primary at epoch %d on %s (in sync: %v)", m.Epoch(), a.exportAddr, m.InSync()))
+	return nil
+}
+
+func (a *Agent) putExport(ctx context.Context, name string, epoch uint64) {
+	e := Export{Node: a.self(), Addr: a.exportAddr, Name: name, Epoch: epoch}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := a.node.Client().Put(pctx, exportKey(name), mustJSON(e)); err != nil {
+		a.log.Warn("publishing export", "volume", name, "err", err)
+	}
+}
+
+// stopPrimaryLocked stops serving a volume. graceful flushes first (the
+// primary moves on purpose); otherwise the mirror is dropped as it is
+// (fenced, or this node may not serve any more).
+func (a *Agent) stopPrimaryLocked(name, why string, graceful bool) {
+	p := a.prims[name]
+	if p == nil {
+		return
+	}
+	delete(a.prims, name)
+	a.esrv.RemoveExport(name)
+	if graceful {
+		p.m.Flush()
+	}
+	p.m.Close()
+	a.emit("volume-stopped", name, "stopped serving: "+why)
+}
+
+// syncReplicasLocked adds and removes mirror replicas to match placement.
+func (a *Agent) syncReplicasLocked(ctx context.Context, v *volumeView, p *primary) {
+	have := p.m.Replicas()
+	for _, n := range v.placement.Replicas {
+		if !slices.Contains(have, n) {
+			if err := p.m.AddReplica(a.replicaFor(v.name, p.size, n)); err != nil {
+				a.log.Warn("add replica", "volume", v.name, "node", n, "err", err)
+			}
+		}
+	}
+	for _, n := range have {
+		if !slices.Contains(v.placement.Replicas, n) && n != a.self() {
+			if err := p.m.RemoveReplica(n); err != nil {
+				a.log.Warn("remove replica", "volume", v.name, "node", n, "err", err)
+			}
+		}
+	}
+}
+
+// recordFailure counts a failure of the volume on this node.
+func (a *Agent) recordFailure(ctx context.Context, name string) {
+	cli := a.node.Client()
+	key := failureKey(name, a.self())
+	for i := 0; i < 5; i++ {
+		resp, err := cli.Get(ctx, key)
+		if err != nil {
+			return
+		}
+		var f struct {
+			Count int       `json:"count"`
+			Last  time.Time `json:"last"`
+		}
+		rev := int64(0)
+		if len(resp.Kvs) > 0 {
+			rev = resp.Kvs[0].ModRevision
+			jsonUnmarshal(resp.Kvs[0].Value, &f)
+		}
+		f.Count++
+		f.Last = time.Now().UTC()
+		tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpPut(key, mustJSON(f))).Commit()
+		if err == nil && tr.Succeeded {
+			return
+		}
+	}
+}
+
+// Primaries lists the volumes this node serves with their status.
+func (a *Agent) Primaries() map[string]mirror.Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]mirror.Status{}
+	for n, p := range a.prims {
+		out[n] = p.m.Status()
+	}
+	return out
+}
+
+func (a *Agent) mirrorOf(name string) (*mirror.Mirror, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p := a.prims[name]; p != nil {
+		return p.m, nil
+	}
+	return nil, errors.New("not the primary of " + name)
+}
+

@@ -1,0 +1,244 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hacs/hacs/internal/agent"
+)
+
+func newDemoCmd() *cobra.Command {
+	var (
+		nodes    int
+		dir      string
+		detach   bool
+		stopIt   bool
+		basePort int
+		sizeStr  string
+	)
+	cmd := &cobra.Command{
+		Use:   "demo [--nodes N] [--dir DIR] [--detach | --stop]",
+		Short: "Start a whole hacs cluster on this machine, serving a replicated volume",
+		Long: `Start N agents (default 3) as separate processes on loopback, with their
+data under DIR, create the volume "demo" (1 GiB, 2 replicas) and print what to
+try next: the NBD URI, how to attach, how to watch the cluster, how to kill a
+node and watch the volume fail over.
+
+In the foreground it runs until Ctrl-C and then stops everything it started.
+--detach returns once the volume is served; "hacs demo --dir DIR --stop"
+stops that cluster. Each agent's pid is in DIR/<node>/agent.pid and its log in
+DIR/<node>/agent.log.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			out := cmd.OutOrStdout()
+			if stopIt {
+				return stopDemo(out, dir)
+			}
+			if nodes < 1 || nodes > 9 {
+				return errors.New("--nodes must be between 1 and 9")
+			}
+			size, err := parseSize(sizeStr)
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			if pids := demoPids(dir); len(pids) > 0 {
+				return fmt.Errorf("a demo cluster already runs in %s (pids %v): stop it with `hacs demo --dir %s --stop`", dir, pids, dir)
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			port := func(i, k int) string { return "127.0.0.1:" + strconv.Itoa(basePort+10*i+k) }
+			var apis []string
+			started := 0
+			cleanup := func() {
+				if !detach {
+					fmt.Fprintln(out, "stopping the demo cluster")
+					stopDemo(out, dir)
+				}
+			}
+			for i := 1; i <= nodes; i++ {
+				name := fmt.Sprintf("node%d", i)
+				ndir := filepath.Join(dir, name)
+				if err := os.MkdirAll(ndir, 0o700); err != nil {
+					return err
+				}
+				args := []string{"agent", "--data-dir", ndir, "--name", name,
+					"--api", port(i, 0), "--peer-listen", port(i, 1), "--client-listen", port(i, 2),
+					"--replica-listen", port(i, 3), "--export-listen", port(i, 4)}
+				if i > 1 {
+					tok, err := os.ReadFile(filepath.Join(dir, "node1", "join-token"))
+					if err != nil {
+						cleanup()
+						return fmt.Errorf("reading node1's join token: %w", err)
+					}
+					args = append(args, "--join", apis[0], "--token", strings.TrimSpace(string(tok)))
+				}
+				logf, err := os.OpenFile(filepath.Join(ndir, "agent.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+				if err != nil {
+					return err
+				}
+				c := exec.Command(self, args...)
+				c.Stdout, c.Stderr = logf, logf
+				c.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // survives --detach
+				if err := c.Start(); err != nil {
+					logf.Close()
+					cleanup()
+					return err
+				}
+				logf.Close()
+				os.WriteFile(filepath.Join(ndir, "agent.pid"), []byte(strconv.Itoa(c.Process.Pid)+"\n"), 0o600)
+				go c.Wait()
+				started++
+				apis = append(apis, port(i, 0))
+				fmt.Fprintf(out, "started %s (pid %d, API %s)\n", name, c.Process.Pid, port(i, 0))
+				if err := waitAPI(ctx, apis[i-1], filepath.Join(ndir, "agent.log")); err != nil {
+					cleanup()
+					return err
+				}
+			}
+			api := newAPIClient(strings.Join(apis, ","))
+			req := agent.VolumeRequest{Name: "demo", Size: size, Replicas: min(2, nodes)}
+			if err := api.do(ctx, "POST", "/v1/volumes", req, nil); err != nil {
+				var se *apiStatusError
+				if !errors.As(err, &se) || se.Code != 409 {
+					cleanup()
+					return err
+				}
+			}
+			var v agent.VolumeInfo
+			deadline := time.Now().Add(60 * time.Second)
+			for {
+				if err := api.do(ctx, "GET", "/v1/volumes/demo", nil, &v); err == nil && v.Export != nil {
+					break
+				}
+				if time.Now().After(deadline) || ctx.Err() != nil {
+					cleanup()
+					return fmt.Errorf("volume demo not served after 60s (see %s/*/agent.log)", dir)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			cl := strings.Join(apis, ",")
+			fmt.Fprintf(out, `
+hacs demo cluster: %d nodes, data in %s
+volume "demo" (%s, %d replicas) is served by %s as nbd://%s/demo
+
+Try:
+  export HACS_CLUSTER=%s
+  hacs volume info demo                     # placement, primary, replica states
+  hacs volume list
+  nbdinfo nbd://%s/demo
+  hacs volume attach demo --listen unix:/tmp/hacs-demo.sock   # follows failover
+  qemu-io -f raw 'nbd+unix:///demo?socket=/tmp/hacs-demo.sock' -c 'write -P 0xab 0 1M'
+  kill -9 $(cat %s/%s/agent.pid)          # kill the primary's node: watch it fail over
+  hacs volume info demo
+
+`, nodes, dir, human(size), req.Replicas, v.Export.Node, v.Export.Addr, cl, v.Export.Addr, dir, v.Export.Node)
+			if detach {
+				fmt.Fprintf(out, "cluster API: %s\nstop it with: hacs demo --dir %s --stop\n", apis[0], dir)
+				return nil
+			}
+			fmt.Fprintln(out, "Ctrl-C stops the cluster.")
+			<-ctx.Done()
+			cleanup()
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&nodes, "nodes", 3, "number of agents")
+	cmd.Flags().StringVar(&dir, "dir", "/tmp/hacs-demo", "directory for the agents' data, logs and pid files")
+	cmd.Flags().BoolVar(&detach, "detach", false, "return once the volume is served, leaving the cluster running")
+	cmd.Flags().BoolVar(&stopIt, "stop", false, "stop the demo cluster running in --dir")
+	cmd.Flags().IntVar(&basePort, "base-port", 17700, "first of the loopback ports used (10 per node)")
+	cmd.Flags().StringVar(&sizeStr, "size", "1G", "size of the demo volume")
+	return cmd
+}
+
+func waitAPI(ctx context.Context, addr, logPath string) error {
+	api := newAPIClient(addr)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var st map[string]any
+		if err := api.do(ctx, "GET", "/v1/volumes", nil, &st); err == nil || isAPIAnswer(err) {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			tail, _ := os.ReadFile(logPath)
+			if len(tail) > 2000 {
+				tail = tail[len(tail)-2000:]
+			}
+			return fmt.Errorf("agent at %s did not come up; end of its log:\n%s", addr, tail)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func isAPIAnswer(err error) bool {
+	var se *apiStatusError
+	return errors.As(err, &se) && se.Code != 503
+}
+
+// demoPids lists the pids of running demo agents in dir.
+func demoPids(dir string) []int {
+	var pids []int
+	files, _ := filepath.Glob(filepath.Join(dir, "node*", "agent.pid"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if syscall.Kill(pid, 0) == nil && isHacsAgent(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// isHacsAgent checks that pid is still a hacs agent (not a reused pid).
+func isHacsAgent(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(b), "agent\x00")
+}
+
+func stopDemo(out io.Writer, dir string) error {
+	pids := demoPids(dir)
+	if len(pids) == 0 {
+		fmt.Fprintf(out, "no demo agent runs in %s\n", dir)
+		return nil
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, pid := range pids {
+		for syscall.Kill(pid, 0) == nil && isHacsAgent(pid) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if syscall.Kill(pid, 0) == nil && isHacsAgent(pid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "node*", "agent.pid"))
+	for _, f := range files {
+		os.Remove(f)
+	}
+	fmt.Fprintf(out, "stopped %d agent(s) in %s\n", len(pids), dir)
+	return nil
+}

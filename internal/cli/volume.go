@@ -1,0 +1,394 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hacs/hacs/internal/agent"
+	"github.com/hacs/hacs/internal/attach"
+	"github.com/hacs/hacs/internal/mirror"
+	"github.com/hacs/hacs/internal/nbd"
+	"github.com/hacs/hacs/internal/policy"
+)
+
+type volumeFlags struct {
+	cluster string
+	asJSON  bool
+}
+
+func (f *volumeFlags) client() *apiClient { return newAPIClient(f.cluster) }
+
+func (f *volumeFlags) print(cmd *cobra.Command, v any, table func(w io.Writer)) error {
+	if f.asJSON {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func (f *volumeFlags) names(ctx context.Context, spec string) ([]string, error) {
+	return expandNames(spec, func() ([]string, error) {
+		var vols []agent.VolumeInfo
+		if err := f.client().do(ctx, "GET", "/v1/volumes", nil, &vols); err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, v := range vols {
+			out = append(out, v.Spec.Name)
+		}
+		return out, nil
+	})
+}
+
+// eachName runs fn for every name, reporting each result, and fails if any
+// failed.
+func eachName(cmd *cobra.Command, names []string, fn func(name string) error) error {
+	failed := 0
+	for _, n := range names {
+		if err := fn(n); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", n, err)
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d failed", failed, len(names))
+	}
+	return nil
+}
+
+func newVolumeCmd(use string, aliases ...string) *cobra.Command {
+	f := &volumeFlags{}
+	cmd := &cobra.Command{
+		Use:     use,
+		Aliases: aliases,
+		Short:   "Manage replicated volumes: create, list, info, standby/active, prefer, verify, attach",
+		Long: `Manage the cluster's replicated volumes through any agent's API.
+
+Names accept the VHACS range syntax (vol1-3,vol5) and ALL where several are
+allowed. --cluster (or HACS_CLUSTER) takes one agent API address or a
+comma-separated list, tried in turn.`,
+	}
+	cmd.PersistentFlags().StringVar(&f.cluster, "cluster", "", "agent API address(es), HOST:PORT[,HOST:PORT...] (default $HACS_CLUSTER or "+DefaultCluster+")")
+	cmd.PersistentFlags().BoolVar(&f.asJSON, "json", false, "print JSON")
+	cmd.AddCommand(volCreateCmd(f), volListCmd(f), volInfoCmd(f), volDestroyCmd(f),
+		volSpecCmd(f, "standby", "Stop serving volumes (the primary stops; replicas stay)"),
+		volSpecCmd(f, "active", "Serve volumes again"),
+		volSpecCmd(f, "unfail", "Clear volumes' failure counts"),
+		volPreferCmd(f), volVerifyCmd(f), volAttachCmd(f))
+	return cmd
+}
+
+func volCreateCmd(f *volumeFlags) *cobra.Command {
+	var size, nodes, spread string
+	var replicas, threshold int
+	var standby bool
+	cmd := &cobra.Command{
+		Use:   "create NAMES --size SIZE [--replicas N] [--nodes NODES]",
+		Short: "Create volumes",
+		Example: `  hacs volume create vm1 --size 10G
+  hacs volume create vm1-3 --size 20G --replicas 3 --nodes node2,node1`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := parseSize(size)
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			if n%4096 != 0 {
+				return fmt.Errorf("--size: %d is not a multiple of 4 KiB", n)
+			}
+			names, err := expandNames(args[0], nil)
+			if err != nil {
+				return err
+			}
+			var prefer []string
+			if nodes != "" {
+				if prefer, err = expandNames(nodes, nil); err != nil {
+					return fmt.Errorf("--nodes: %w", err)
+				}
+			}
+			return eachName(cmd, names, func(name string) error {
+				req := agent.VolumeRequest{Name: name, Size: n, Replicas: replicas, Spread: spread, Stopped: standby,
+					Policy: policy.Constraints{Prefer: prefer, MigrationThreshold: threshold}}
+				if err := f.client().do(cmd.Context(), "POST", "/v1/volumes", req, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "created %s (%s, %d replicas)\n", name, human(n), max(replicas, 1))
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&size, "size", "s", "", "size, e.g. 10G (required)")
+	cmd.Flags().IntVarP(&replicas, "replicas", "r", 2, "number of replicas (1 to 5)")
+	cmd.Flags().StringVarP(&nodes, "nodes", "n", "", "preferred nodes, most preferred first (range syntax)")
+	cmd.Flags().StringVar(&spread, "spread", "", "node label to spread replicas over (e.g. zone)")
+	cmd.Flags().IntVar(&threshold, "migration-threshold", 0, "move away from a node after this many failures there (0: never)")
+	cmd.Flags().BoolVar(&standby, "standby", false, "create without serving it")
+	cmd.MarkFlagRequired("size")
+	return cmd
+}
+
+func volListCmd(f *volumeFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List volumes",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var vols []agent.VolumeInfo
+			if err := f.client().do(cmd.Context(), "GET", "/v1/volumes", nil, &vols); err != nil {
+				return err
+			}
+			return f.print(cmd, vols, func(w io.Writer) {
+				fmt.Fprintln(w, "NAME\tSIZE\tREPLICAS\tPRIMARY\tEPOCH\tIN-SYNC\tHEALTH\tEXPORT")
+				for _, v := range vols {
+					primary, epoch, insync, export := "-", "-", "-", "-"
+					if v.State != nil {
+						primary, epoch, insync = orDash(v.State.Primary), fmt.Sprint(v.State.Epoch), strings.Join(v.State.InSync, ",")
+					}
+					if v.Export != nil {
+						export = "nbd://" + v.Export.Addr + "/" + v.Export.Name
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", v.Spec.Name, human(v.Spec.Size), v.Spec.Replicas, primary, epoch, insync, v.Health, export)
+				}
+			})
+		},
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func volInfoCmd(f *volumeFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "info NAME",
+		Short: "Show a volume: placement, primary, replica states, resync progress, why degraded",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var v agent.VolumeInfo
+			if err := f.client().do(cmd.Context(), "GET", "/v1/volumes/"+args[0], nil, &v); err != nil {
+				return err
+			}
+			return f.print(cmd, v, func(w io.Writer) { printVolumeInfo(w, v) })
+		},
+	}
+}
+
+func printVolumeInfo(w io.Writer, v agent.VolumeInfo) {
+	fmt.Fprintf(w, "volume\t%s\nsize\t%s (%d bytes)\nreplicas\t%d\nhealth\t%s\n", v.Spec.Name, human(v.Spec.Size), v.Spec.Size, v.Spec.Replicas, v.Health)
+	if len(v.Spec.Policy.Prefer) > 0 {
+		fmt.Fprintf(w, "prefers\t%s\n", strings.Join(v.Spec.Policy.Prefer, ","))
+	}
+	fmt.Fprintf(w, "placement\t%s\n", orDash(strings.Join(v.Placement, ",")))
+	if v.State != nil {
+		fmt.Fprintf(w, "primary\t%s (epoch %d)\nin sync\t%s\n", orDash(v.State.Primary), v.State.Epoch, orDash(strings.Join(v.State.InSync, ",")))
+	}
+	if v.Export != nil {
+		fmt.Fprintf(w, "export\tnbd://%s/%s\n", v.Export.Addr, v.Export.Name)
+	}
+	if v.Degraded != nil {
+		fmt.Fprintf(w, "degraded\t%s (since %s)\n", v.Degraded.Reason, v.Degraded.Since.Format(time.RFC3339))
+	}
+	for node, fl := range v.Failures {
+		fmt.Fprintf(w, "failures\t%s: %d (last %s)\n", node, fl.Count, fl.Last.Format(time.RFC3339))
+	}
+	if v.Mirror != nil {
+		fmt.Fprintln(w, "\nREPLICA\tSTATE\tCONNECTED\tOUT-OF-SYNC\tRESYNC")
+		for _, r := range v.Mirror.Replicas {
+			resync := "-"
+			if r.State == "resyncing" {
+				resync = fmt.Sprintf("%.0f%% %s/s eta %v", r.Percent(), human(int64(r.Rate)), r.ETA.Round(time.Second))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\n", r.ID, r.State, r.Connected, human(r.OutOfSync), resync)
+		}
+	}
+}
+
+func volDestroyCmd(f *volumeFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "destroy NAMES",
+		Aliases: []string{"delete", "rm"},
+		Short:   "Destroy volumes and their replicas",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			names, err := f.names(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return eachName(cmd, names, func(name string) error {
+				if err := f.client().do(cmd.Context(), "DELETE", "/v1/volumes/"+name, nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "destroyed %s\n", name)
+				return nil
+			})
+		},
+	}
+}
+
+func volSpecCmd(f *volumeFlags, verb, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   verb + " NAMES",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			names, err := f.names(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return eachName(cmd, names, func(name string) error {
+				if err := f.client().do(cmd.Context(), "POST", "/v1/volumes/"+name+"/"+verb, nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", name, verb)
+				return nil
+			})
+		},
+	}
+}
+
+func volPreferCmd(f *volumeFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "prefer NODES NAMES",
+		Short:   "Set the preferred nodes of volumes, most preferred first",
+		Example: "  hacs volume prefer node2,node1 vm1-3",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			nodes, err := expandNames(args[0], nil)
+			if err != nil {
+				return err
+			}
+			names, err := f.names(cmd.Context(), args[1])
+			if err != nil {
+				return err
+			}
+			return eachName(cmd, names, func(name string) error {
+				return f.client().do(cmd.Context(), "POST", "/v1/volumes/"+name+"/prefer", map[string]any{"nodes": nodes}, nil)
+			})
+		},
+	}
+}
+
+func volVerifyCmd(f *volumeFlags) *cobra.Command {
+	var repair bool
+	cmd := &cobra.Command{
+		Use:   "verify NAME [--repair]",
+		Short: "Compare every in-sync replica with the primary by checksums (online)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := "/v1/volumes/" + args[0] + "/verify"
+			if repair {
+				path += "?repair=1"
+			}
+			var rep mirror.VerifyReport
+			if err := f.client().do(cmd.Context(), "POST", path, nil, &rep); err != nil {
+				return err
+			}
+			err := f.print(cmd, rep, func(w io.Writer) {
+				fmt.Fprintf(w, "compared %s of %v against %s: %d difference(s)\n", human(rep.Bytes), rep.Compared, rep.Source, len(rep.Differences))
+				for _, d := range rep.Differences {
+					fmt.Fprintf(w, "  %s\t[%d, +%d)\n", d.Replica, d.Offset, d.Length)
+				}
+				if rep.Repaired > 0 {
+					fmt.Fprintf(w, "repaired %s\n", human(rep.Repaired))
+				}
+			})
+			if err == nil && len(rep.Differences) > 0 && !repair {
+				return errors.New("replicas differ (run with --repair to copy the primary's data over them)")
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&repair, "repair", false, "copy the primary's data over every difference")
+	return cmd
+}
+
+func volAttachCmd(f *volumeFlags) *cobra.Command {
+	var listen, fuseDir string
+	var maxPause time.Duration
+	cmd := &cobra.Command{
+		Use:   "attach NAME [--listen unix:PATH | HOST:PORT] [--fuse DIR]",
+		Short: "Serve a volume locally, following its primary through failover",
+		Long: `Run, on this host, a local NBD endpoint for a volume that forwards to the
+volume's current primary. When the primary dies, requests in flight are sent
+again to the new one: clients see a pause, never an I/O error. With --fuse DIR
+the volume also appears as the regular file DIR/NAME (losetup + mount give a
+block device and a filesystem without the nbd kernel module). Ctrl-C (or
+SIGTERM) detaches cleanly: flush, unmount, disconnect.`,
+		Example: `  hacs volume attach vm1 --listen unix:/run/hacs/vm1.sock
+  qemu-system-x86_64 -drive file=nbd+unix:///vm1?socket=/run/hacs/vm1.sock,format=raw ...
+  hacs volume attach vm1 --fuse /mnt/hacs && losetup -f --show /mnt/hacs/vm1`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			c := f.client()
+			resolve := func(ctx context.Context) (attach.Target, error) {
+				var v agent.VolumeInfo
+				if err := c.do(ctx, "GET", "/v1/volumes/"+name, nil, &v); err != nil {
+					return attach.Target{}, err
+				}
+				if v.Export == nil {
+					return attach.Target{}, fmt.Errorf("volume %s has no primary serving it (health %s)", name, v.Health)
+				}
+				return attach.Target{Network: "tcp", Addr: v.Export.Addr, Export: v.Export.Name, Epoch: v.Export.Epoch}, nil
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			fl, err := attach.NewFollower(ctx, resolve, slog.Default())
+			if err != nil {
+				return err
+			}
+			fl.MaxPause = maxPause
+			defer fl.Close()
+			var ln interface{ Close() error }
+			if listen != "" {
+				l, err := listenAddr(listen)
+				if err != nil {
+					return err
+				}
+				srv := nbd.NewServer(slog.Default())
+				srv.AddExport(nbd.Export{Name: name, Description: "hacs volume " + name + " (attached)", Device: fl})
+				go srv.Serve(l)
+				defer srv.Close()
+				ln = l
+				fmt.Fprintf(cmd.OutOrStdout(), "attached %s: %s\n", name, uriFor(l.Addr(), name))
+			}
+			if fuseDir != "" {
+				v, err := attach.MountFileView(fuseDir, name, fl)
+				if err != nil {
+					return err
+				}
+				defer v.Unmount()
+				fmt.Fprintf(cmd.OutOrStdout(), "attached %s: file %s\n", name, v.Path)
+			}
+			if ln == nil && fuseDir == "" {
+				return errors.New("give --listen and/or --fuse")
+			}
+			<-ctx.Done()
+			fmt.Fprintf(cmd.OutOrStdout(), "detaching %s (flushing)\n", name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "local NBD endpoint: unix:PATH or HOST:PORT")
+	cmd.Flags().StringVar(&fuseDir, "fuse", "", "also show the volume as the file DIR/NAME (FUSE)")
+	cmd.Flags().DurationVar(&maxPause, "max-pause", 2*time.Minute, "longest pause before a request fails when no primary serves the volume")
+	return cmd
+}
