@@ -421,4 +421,3 @@ func (a *Agent) mirrorOf(name string) (*mirror.Mirror, error) {
 	}
 	return nil, errors.New("not the primary of " + name)
 }
-
