@@ -171,8 +171,8 @@ func waitAPI(ctx context.Context, addr, logPath string) error {
 	api := newAPIClient(addr)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		var st map[string]any
-		if err := api.do(ctx, "GET", "/v1/volumes", nil, &st); err == nil || isAPIAnswer(err) {
+		var vols []agent.VolumeInfo
+		if err := api.do(ctx, "GET", "/v1/volumes", nil, &vols); err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -184,11 +184,6 @@ func waitAPI(ctx context.Context, addr, logPath string) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func isAPIAnswer(err error) bool {
-	var se *apiStatusError
-	return errors.As(err, &se) && se.Code != 503
 }
 
 // demoPids lists the pids of running demo agents in dir.
