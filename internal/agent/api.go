@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -44,36 +43,11 @@ type VolumeInfo struct {
 	Health string `json:"health"`
 }
 
-type apiError struct {
-	code int
-	msg  string
-}
-
-func (e *apiError) Error() string { return e.msg }
-
-func errf(code int, format string, args ...any) error {
-	return &apiError{code: code, msg: fmt.Sprintf(format, args...)}
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
-}
-
-func writeErr(w http.ResponseWriter, err error) {
-	code := http.StatusInternalServerError
-	var ae *apiError
-	switch {
-	case errors.As(err, &ae):
-		code = ae.code
-	case errors.Is(err, cluster.ErrNotServing), errors.Is(err, context.DeadlineExceeded):
-		code = http.StatusServiceUnavailable
-	}
-	writeJSON(w, code, map[string]string{"error": err.Error()})
-}
+var (
+	errf      = cluster.HTTPError
+	writeJSON = cluster.WriteJSON
+	writeErr  = cluster.WriteError
+)
 
 func (a *Agent) registerAPI() {
 	mux := a.node.Mux()
@@ -280,6 +254,11 @@ func (a *Agent) callPrimary(ctx context.Context, node, method, path string, out 
 }
 
 func (a *Agent) handleDestroy(w http.ResponseWriter, r *http.Request) {
+	a.deleteKeys(w, r, "/", "volume-destroyed", "destroyed")
+}
+
+// deleteKeys deletes every key of the named volume under sub.
+func (a *Agent) deleteKeys(w http.ResponseWriter, r *http.Request, sub, kind, done string) {
 	name := r.PathValue("name")
 	if _, err := a.volume(r.Context(), name); err != nil {
 		writeErr(w, err)
@@ -287,12 +266,12 @@ func (a *Agent) handleDestroy(w http.ResponseWriter, r *http.Request) {
 	}
 	cctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	if _, err := a.node.Client().Delete(cctx, cluster.PrefixVolumes+name+"/", clientv3.WithPrefix()); err != nil {
+	if _, err := a.node.Client().Delete(cctx, cluster.PrefixVolumes+name+sub, clientv3.WithPrefix()); err != nil {
 		writeErr(w, err)
 		return
 	}
-	a.emit("volume-destroyed", name, "destroyed")
-	writeJSON(w, http.StatusOK, map[string]string{"destroyed": name})
+	a.emit(kind, name, done)
+	writeJSON(w, http.StatusOK, map[string]string{"volume": name, "done": done})
 }
 
 // handleSpec changes a volume's spec atomically.
@@ -346,19 +325,7 @@ func (a *Agent) setPrefer(s *Spec, body []byte) error {
 }
 
 func (a *Agent) handleUnfail(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if _, err := a.volume(r.Context(), name); err != nil {
-		writeErr(w, err)
-		return
-	}
-	cctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-	defer cancel()
-	if _, err := a.node.Client().Delete(cctx, cluster.PrefixVolumes+name+"/failures/", clientv3.WithPrefix()); err != nil {
-		writeErr(w, err)
-		return
-	}
-	a.emit("volume-unfail", name, "failure counts cleared")
-	writeJSON(w, http.StatusOK, map[string]string{"unfailed": name})
+	a.deleteKeys(w, r, "/failures/", "volume-unfail", "failure counts cleared")
 }
 
 func (a *Agent) handleVerify(w http.ResponseWriter, r *http.Request) {

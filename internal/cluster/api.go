@@ -77,6 +77,17 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /v1/events", n.handleEvents)
 }
 
+// WriteJSON writes v as an indented JSON answer with the status code: the
+// one way every hacs API handler answers.
+func WriteJSON(w http.ResponseWriter, code int, v any) { writeJSON(w, code, v) }
+
+// WriteError answers {"error": ...} with the status an error carries
+// (HTTPError), 503 when this node cannot serve, else 500.
+func WriteError(w http.ResponseWriter, err error) { writeError(w, err) }
+
+// HTTPError is an error that carries the HTTP status to answer with.
+func HTTPError(code int, format string, args ...any) error { return errStatus(code, format, args...) }
+
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)

@@ -60,6 +60,17 @@ func (r *memReplicas) config(self string, ids ...string) []Replica {
 	return out
 }
 
+// newVolume opens a mirror on replica "a" over in-memory replicas ids, all
+// in sync, with a fresh in-memory store.
+func newVolume(t *testing.T, size int64, ids []string, tweak func(*Config)) (*memReplicas, *MemStore, *Mirror) {
+	t.Helper()
+	reps := newMemReplicas(size, ids...)
+	store := NewMemStore()
+	_, err := Init(context.Background(), store, "vol", "a", ids)
+	must(t, err)
+	return reps, store, openMirror(t, store, "a", size, reps.config("a", ids...), tweak)
+}
+
 func openMirror(t *testing.T, store StateStore, self string, size int64, reps []Replica, tweak func(*Config)) *Mirror {
 	t.Helper()
 	cfg := Config{Volume: "vol", Self: self, Size: size, Replicas: reps, Store: store, Logger: quiet,
@@ -220,11 +231,7 @@ func TestFailedReplicaIsDroppedThenResyncsOnlyDirty(t *testing.T) {
 func TestResyncWhileWriting(t *testing.T) {
 	const size = 32 << 20
 	ids := []string{"a", "b"}
-	reps := newMemReplicas(size, ids...)
-	store := NewMemStore()
-	_, err := Init(context.Background(), store, "vol", "a", ids)
-	must(t, err)
-	m := openMirror(t, store, "a", size, reps.config("a", ids...), func(c *Config) { c.ResyncRate = 64 << 20 })
+	reps, store, m := newVolume(t, size, ids, func(c *Config) { c.ResyncRate = 64 << 20 })
 	reps.setDown("b", true)
 	reps.devs["b"].FailAll(device.ErrInjected)
 	rng := rand.New(rand.NewPCG(3, 3))
@@ -252,11 +259,7 @@ func TestResyncWhileWriting(t *testing.T) {
 func TestWriteNotAcknowledgedWhenStoreUnreachable(t *testing.T) {
 	const size = 8 << 20
 	ids := []string{"a", "b"}
-	reps := newMemReplicas(size, ids...)
-	store := NewMemStore()
-	_, err := Init(context.Background(), store, "vol", "a", ids)
-	must(t, err)
-	m := openMirror(t, store, "a", size, reps.config("a", ids...), nil)
+	reps, store, m := newVolume(t, size, ids, nil)
 	must(t, m.WriteAt([]byte("x"), 0, false))
 	// b fails and the store is cut off: the write must fail, b stays in
 	// the in-sync set, nothing is acknowledged that b lacks.
@@ -284,11 +287,7 @@ func TestWriteNotAcknowledgedWhenStoreUnreachable(t *testing.T) {
 func TestTimeoutDropsSlowReplica(t *testing.T) {
 	const size = 8 << 20
 	ids := []string{"a", "b"}
-	reps := newMemReplicas(size, ids...)
-	store := NewMemStore()
-	_, err := Init(context.Background(), store, "vol", "a", ids)
-	must(t, err)
-	m := openMirror(t, store, "a", size, reps.config("a", ids...), func(c *Config) { c.Timeout = 200 * time.Millisecond })
+	reps, store, m := newVolume(t, size, ids, func(c *Config) { c.Timeout = 200 * time.Millisecond })
 	reps.devs["b"].Hang()
 	reps.setDown("b", true)
 	start := time.Now()
@@ -305,11 +304,7 @@ func TestTimeoutDropsSlowReplica(t *testing.T) {
 func TestAllReplicasFailedStalls(t *testing.T) {
 	const size = 8 << 20
 	ids := []string{"a", "b"}
-	reps := newMemReplicas(size, ids...)
-	store := NewMemStore()
-	_, err := Init(context.Background(), store, "vol", "a", ids)
-	must(t, err)
-	m := openMirror(t, store, "a", size, reps.config("a", ids...), nil)
+	reps, store, m := newVolume(t, size, ids, nil)
 	reps.devs["a"].FailAll(device.ErrInjected)
 	reps.devs["b"].FailAll(device.ErrInjected)
 	if err := m.WriteAt([]byte("x"), 0, false); !errors.Is(err, ErrNoQuorm) {
@@ -404,11 +399,7 @@ func TestStalePrimaryIsFenced(t *testing.T) {
 func TestCrashRecoveryReconcilesHotRegions(t *testing.T) {
 	const size = 32 << 20
 	ids := []string{"a", "b", "c"}
-	reps := newMemReplicas(size, ids...)
-	store := NewMemStore()
-	_, err := Init(context.Background(), store, "vol", "a", ids)
-	must(t, err)
-	m := openMirror(t, store, "a", size, reps.config("a", ids...), nil)
+	reps, store, m := newVolume(t, size, ids, nil)
 	rng := rand.New(rand.NewPCG(5, 5))
 	randomWrites(t, m, rng, 100, size)
 	must(t, m.Flush())
@@ -427,7 +418,7 @@ func TestCrashRecoveryReconcilesHotRegions(t *testing.T) {
 	reps.devs["c"].WriteAt(bytes.Repeat([]byte{0xcc}, 3000), off+100000, false)
 
 	// b takes over: after Open, all replicas are identical.
-	_, err = TakeOver(context.Background(), store, "vol", "b")
+	_, err := TakeOver(context.Background(), store, "vol", "b")
 	must(t, err)
 	nm := openMirror(t, store, "b", size, reps.config("b", ids...), nil)
 	want := dataOf(t, reps.devs["b"], size)
@@ -446,11 +437,7 @@ func TestCrashRecoveryReconcilesHotRegions(t *testing.T) {
 func TestVerifyFindsAndRepairs(t *testing.T) {
 	const size = 8 << 20
 	ids := []string{"a", "b"}
-	reps := newMemReplicas(size, ids...)
-	store := NewMemStore()
-	_, err := Init(context.Background(), store, "vol", "a", ids)
-	must(t, err)
-	m := openMirror(t, store, "a", size, reps.config("a", ids...), nil)
+	reps, _, m := newVolume(t, size, ids, nil)
 	must(t, m.WriteAt(bytes.Repeat([]byte{9}, 1<<20), 0, false))
 	// Silent corruption on b.
 	reps.devs["b"].WriteAt([]byte("bitrot"), 70000, false)
@@ -515,13 +502,9 @@ func TestMetaRoundTrip(t *testing.T) {
 func TestReplicaDiskFullIsDroppedAndVolumeKeepsServing(t *testing.T) {
 	const size = 8 << 20
 	ids := []string{"a", "b", "c"}
-	reps := newMemReplicas(size, ids...)
-	store := NewMemStore()
-	_, err := Init(context.Background(), store, "vol", "a", ids)
-	must(t, err)
 	var mu sync.Mutex
 	var msgs []string
-	m := openMirror(t, store, "a", size, reps.config("a", ids...), func(c *Config) {
+	reps, store, m := newVolume(t, size, ids, func(c *Config) {
 		c.OnEvent = func(e Event) { mu.Lock(); msgs = append(msgs, e.Kind+" "+e.Replica+": "+e.Message); mu.Unlock() }
 	})
 	// The primary's own disk fills up: it leaves the in-sync set and the

@@ -79,23 +79,7 @@ func (s *Snapshot) ReadAt(p []byte, off int64) error {
 	if s.closed {
 		return device.ErrClosed
 	}
-	end := off + n
-	for pos := off; pos < end; {
-		src := s.src(pos >> blockShift)
-		next := (pos>>blockShift + 1) << blockShift
-		for next < end && s.src(next>>blockShift) == src {
-			next += blockSize
-		}
-		stop := min(next, end)
-		buf := p[pos-off : stop-off]
-		if src == nil {
-			clear(buf)
-		} else if err := src.dev.ReadAt(buf, pos); err != nil {
-			return err
-		}
-		pos = stop
-	}
-	return nil
+	return readLayers(p, off, s.src)
 }
 
 // Extents implements device.Device.

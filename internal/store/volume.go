@@ -322,11 +322,17 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 	if v.closed.Load() {
 		return device.ErrClosed
 	}
-	end := off + n
+	return readLayers(p, off, v.source)
+}
+
+// readLayers reads [off, off+len(p)) block run by block run from the layer
+// that source names for each block (nil: a hole, reads as zeroes).
+func readLayers(p []byte, off int64, source func(block int64) *layer) error {
+	end := off + int64(len(p))
 	for pos := off; pos < end; {
-		src := v.source(pos >> blockShift)
+		src := source(pos >> blockShift)
 		next := (pos>>blockShift + 1) << blockShift
-		for next < end && v.source(next>>blockShift) == src {
+		for next < end && source(next>>blockShift) == src {
 			next += blockSize
 		}
 		stop := min(next, end)
