@@ -21,8 +21,13 @@ import (
 //	GET    /v1/status                   this node: phase, serving, DC, lease
 //	GET    /v1/nodes                    the membership view
 //	POST   /v1/nodes/{name}/standby     {"standby": true|false}
+//	POST   /v1/nodes/{name}/roles       {"roles": [...]} or {"add": [...], "remove": [...]}
 //	DELETE /v1/nodes/{name}[?force=1]   remove a node from the cluster
 //	GET    /v1/events[?limit=N&node=&kind=&resource=&since=RFC3339]
+//	GET    /v1/token                    the join token (local API socket only)
+//
+// Administrative changes are recorded in the event log with who made them
+// (the ActorHeader the CLI sends, and the client's address).
 
 // APISocket is the name of the Unix socket the API is also served on, in
 // the data directory (for local tools, and for tests across network
@@ -72,9 +77,11 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("POST /v1/join", n.handleJoin)
 	n.mux.HandleFunc("GET /v1/status", n.handleStatus)
 	n.mux.HandleFunc("GET /v1/nodes", n.handleNodes)
-	n.mux.HandleFunc("POST /v1/nodes/{name}/standby", n.handleStandby)
-	n.mux.HandleFunc("DELETE /v1/nodes/{name}", n.handleRemove)
+	n.mux.HandleFunc("POST /v1/nodes/{name}/standby", withActor(n.handleStandby))
+	n.mux.HandleFunc("POST /v1/nodes/{name}/roles", withActor(n.handleRoles))
+	n.mux.HandleFunc("DELETE /v1/nodes/{name}", withActor(n.handleRemove))
 	n.mux.HandleFunc("GET /v1/events", n.handleEvents)
+	n.mux.HandleFunc("GET /v1/token", n.handleToken)
 }
 
 // WriteJSON writes v as an indented JSON answer with the status code: the

@@ -273,7 +273,8 @@ func (n *Node) SetStandby(ctx context.Context, name string, standby bool) error 
 	if len(r.Kvs) == 0 {
 		return errStatus(http.StatusNotFound, "no node named %s in the cluster", name)
 	}
-	b, _ := json.Marshal(NodeAdmin{Standby: standby, UpdatedAt: time.Now().UTC(), UpdatedBy: n.ident.Name})
+	by := actor(ctx, n.ident.Name)
+	b, _ := json.Marshal(NodeAdmin{Standby: standby, UpdatedAt: time.Now().UTC(), UpdatedBy: by})
 	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(NodeConfigKey(name)), ">", 0)).
 		Then(clientv3.OpPut(NodeAdminKey(name), string(b))).Commit()
 	if err != nil {
@@ -282,11 +283,11 @@ func (n *Node) SetStandby(ctx context.Context, name string, standby bool) error 
 	if !tr.Succeeded {
 		return errStatus(http.StatusNotFound, "no node named %s in the cluster", name)
 	}
-	kind, msg := EventNodeActive, fmt.Sprintf("node %s is active", name)
+	kind, msg := EventNodeActive, fmt.Sprintf("node %s is active (set by %s)", name, by)
 	if standby {
-		kind, msg = EventNodeStandby, fmt.Sprintf("node %s is in standby", name)
+		kind, msg = EventNodeStandby, fmt.Sprintf("node %s is in standby (set by %s)", name, by)
 	}
-	n.emit(Event{Kind: kind, Message: msg, Fields: map[string]string{"subject": name}})
+	n.emit(Event{Kind: kind, Message: msg, Fields: map[string]string{"subject": name, "by": by}})
 	return nil
 }
 
@@ -343,7 +344,8 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) error {
 			}
 		}
 	}
-	tomb, _ := json.Marshal(map[string]any{"name": name, "removed_at": time.Now().UTC(), "removed_by": n.ident.Name})
+	by := actor(ctx, n.ident.Name)
+	tomb, _ := json.Marshal(map[string]any{"name": name, "removed_at": time.Now().UTC(), "removed_by": by})
 	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(NodeConfigKey(name)), ">", 0)).Then(
 		clientv3.OpPut(RemovedKey(cfg.ID), string(tomb)),
 		clientv3.OpDelete(NodePrefix(name), clientv3.WithPrefix()),
@@ -354,7 +356,7 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) error {
 	if !tr.Succeeded {
 		return errStatus(http.StatusNotFound, "node %s disappeared while being removed", name)
 	}
-	n.emit(Event{Kind: EventNodeRemoved, Message: fmt.Sprintf("node %s (id %s) removed from the cluster by %s", name, cfg.ID, n.ident.Name), Fields: map[string]string{"subject": name}})
+	n.emit(Event{Kind: EventNodeRemoved, Message: fmt.Sprintf("node %s (id %s) removed from the cluster by %s", name, cfg.ID, by), Fields: map[string]string{"subject": name, "by": by}})
 	n.refreshEndpoints(ctx)
 	return nil
 }

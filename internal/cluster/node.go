@@ -110,10 +110,14 @@ type Node struct {
 
 	membership  Membership
 	transitions map[string]time.Time
+	// rolesGiven: Config.Roles was set (--roles); otherwise a restarted
+	// node keeps the roles of its record (changed with ChangeRoles).
+	rolesGiven bool
 }
 
 // New checks cfg and returns a node ready to Start.
 func New(cfg Config) (*Node, error) {
+	rolesGiven := len(cfg.Roles) > 0
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -131,6 +135,7 @@ func New(cfg Config) (*Node, error) {
 		phase:       PhaseStarting,
 		servingCtx:  canceled,
 		transitions: map[string]time.Time{},
+		rolesGiven:  rolesGiven,
 	}
 	n.lifeCtx, n.lifeCancel = context.WithCancel(context.Background())
 	n.leaseCtx, n.leaseStop = context.WithCancel(n.lifeCtx)
@@ -719,10 +724,14 @@ func (n *Node) register(ctx context.Context) error {
 			return permanent(fmt.Errorf("the cluster already has a node named %s (id %s; this node is id %s): remove it first with `hacs agent remove %s` on a member, or give this node another name", id.Name, old.ID, id.NodeID, id.Name))
 		}
 	}
+	roles := slices.Clone(n.cfg.Roles)
+	if !n.rolesGiven && len(old.Roles) > 0 && old.HasRole(RoleWitness) == slices.Contains(roles, RoleWitness) {
+		roles = old.Roles // as set by an administrator (hacs node setrole)
+	}
 	cfg := NodeConfig{
 		ID:          id.NodeID,
 		Name:        id.Name,
-		Roles:       slices.Clone(n.cfg.Roles),
+		Roles:       roles,
 		Labels:      maps.Clone(n.cfg.Labels),
 		APIAddr:     n.apiAddr,
 		ReplicaAddr: old.ReplicaAddr,
