@@ -44,6 +44,7 @@ type agent struct {
 	name                 string
 	dir                  string
 	api, peer, client    string
+	replica, export      string   // the resource manager's listeners ("" = default)
 	extra                []string // flags added at every start
 	netns                string   // network namespace to run in ("" = this one)
 	p                    *proc
@@ -56,6 +57,7 @@ func newAgent(t testing.TB, name string, extra ...string) *agent {
 	return &agent{
 		t: t, name: name, dir: shortTempDir(t),
 		api: freeTCPAddr(t), peer: freeTCPAddr(t), client: freeTCPAddr(t),
+		replica: freeTCPAddr(t), export: freeTCPAddr(t),
 		extra: extra,
 	}
 }
@@ -63,6 +65,9 @@ func newAgent(t testing.TB, name string, extra ...string) *agent {
 func (a *agent) args(join, token string, more ...string) []string {
 	args := []string{"agent", "--data-dir", a.dir, "--name", a.name, "--api", a.api,
 		"--peer-listen", a.peer, "--client-listen", a.client, "--etcd-unsafe-no-fsync"}
+	if a.replica != "" {
+		args = append(args, "--replica-listen", a.replica, "--export-listen", a.export)
+	}
 	if join != "" {
 		args = append(args, "--join", join, "--token", token)
 	}

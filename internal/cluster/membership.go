@@ -345,19 +345,30 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) error {
 		}
 	}
 	by := actor(ctx, n.ident.Name)
+	// stop using the removed member's endpoint before writing on
+	n.refreshEndpoints(ctx)
 	tomb, _ := json.Marshal(map[string]any{"name": name, "removed_at": time.Now().UTC(), "removed_by": by})
-	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(NodeConfigKey(name)), ">", 0)).Then(
-		clientv3.OpPut(RemovedKey(cfg.ID), string(tomb)),
-		clientv3.OpDelete(NodePrefix(name), clientv3.WithPrefix()),
-	).Commit()
-	if err != nil {
-		return err
-	}
-	if !tr.Succeeded {
-		return errStatus(http.StatusNotFound, "node %s disappeared while being removed", name)
+	for {
+		tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(NodeConfigKey(name)), ">", 0)).Then(
+			clientv3.OpPut(RemovedKey(cfg.ID), string(tomb)),
+			clientv3.OpDelete(NodePrefix(name), clientv3.WithPrefix()),
+		).Else(clientv3.OpGet(RemovedKey(cfg.ID))).Commit()
+		if err != nil {
+			// the removed member may have answered and stopped: retry
+			if !sleepCtx(ctx, 200*time.Millisecond) {
+				return errStatus(http.StatusServiceUnavailable, "recording the removal of node %s: %v", name, err)
+			}
+			continue
+		}
+		if !tr.Succeeded {
+			if r := tr.Responses[0].GetResponseRange(); r == nil || len(r.Kvs) == 0 {
+				return errStatus(http.StatusNotFound, "node %s disappeared while being removed", name)
+			}
+			// an earlier attempt went through
+		}
+		break
 	}
 	n.emit(Event{Kind: EventNodeRemoved, Message: fmt.Sprintf("node %s (id %s) removed from the cluster by %s", name, cfg.ID, by), Fields: map[string]string{"subject": name, "by": by}})
-	n.refreshEndpoints(ctx)
 	return nil
 }
 
