@@ -232,7 +232,7 @@ func (c *agentClient) do(method, path string, body, out any) error {
 	return nil
 }
 
-func printJSON(w io.Writer, v any) error {
+func agentPrintJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
@@ -255,7 +255,7 @@ func newAgentStatusCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), st)
+				return agentPrintJSON(cmd.OutOrStdout(), st)
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "node %s (id %s) in cluster %s, version %s, pid %d\n", st.Name, st.ID, st.Cluster, st.Version, st.Pid)
@@ -291,7 +291,7 @@ func newAgentNodesCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), m)
+				return agentPrintJSON(cmd.OutOrStdout(), m)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tROLES\tVOTER\tAPI\tLABELS")
@@ -381,7 +381,7 @@ func newAgentEventsCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), out.Events)
+				return agentPrintJSON(cmd.OutOrStdout(), out.Events)
 			}
 			for _, e := range out.Events {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s  %-8s %-18s %s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Node, e.Kind, e.Message)
