@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,6 +21,7 @@ import (
 // rmCluster is a cluster of `hacs agent` processes on loopback running the
 // resource manager.
 type rmCluster struct {
+	extra []string // more agent flags
 	t     *testing.T
 	dir   string
 	procs map[string]*proc
@@ -27,8 +29,8 @@ type rmCluster struct {
 	token string
 }
 
-func newRMCluster(t *testing.T, n int) *rmCluster {
-	c := &rmCluster{t: t, dir: shortTempDir(t), procs: map[string]*proc{}, ports: map[string][5]string{}}
+func newRMCluster(t *testing.T, n int, extra ...string) *rmCluster {
+	c := &rmCluster{t: t, dir: shortTempDir(t), procs: map[string]*proc{}, ports: map[string][5]string{}, extra: extra}
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("n%d", i)
 		var p [5]string
@@ -48,6 +50,7 @@ func (c *rmCluster) start(name string) {
 	args := []string{"agent", "--data-dir", filepath.Join(c.dir, name), "--name", name,
 		"--api", p[0], "--peer-listen", p[1], "--client-listen", p[2], "--replica-listen", p[3], "--export-listen", p[4],
 		"--replica-timeout", "2s"}
+	args = append(args, c.extra...)
 	if name != "n1" {
 		if c.token == "" {
 			b, err := os.ReadFile(filepath.Join(c.dir, "n1", "join-token"))
@@ -249,4 +252,52 @@ func TestResourceManagerFailover(t *testing.T) {
 	if err := cl3.ReadAt(got, 4<<20); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("data after standby move: %v", err)
 	}
+}
+
+func TestReReplicationAndSurplusRemoval(t *testing.T) {
+	c := newRMCluster(t, 3, "--re-replicate-after", "3s")
+	if code, err := c.call("POST", "/v1/volumes", rm.VolumeRequest{Name: "rr", Size: 32 << 20, Replicas: 2}, nil); err != nil || code != 201 {
+		t.Fatalf("create: %d %v", code, err)
+	}
+	v := c.waitServed("rr", 0)
+	cl := c.dial(v)
+	data := bytes.Repeat([]byte{0x5a}, 3<<20)
+	if err := cl.WriteAt(data, 1<<20, true); err != nil {
+		t.Fatal(err)
+	}
+	var secondary string
+	for _, p := range v.Placement {
+		if p != v.Export.Node {
+			secondary = p
+		}
+	}
+	// The secondary's node stays down longer than re-replicate-after: a
+	// new replica is built on the third node.
+	c.kill(secondary)
+	c.waitFor("a replacement replica in sync", 90*time.Second, func() bool {
+		v := c.volume("rr")
+		return v.State != nil && len(v.State.InSync) == 2 && !slices.Contains(v.State.InSync, secondary)
+	})
+	got := make([]byte, len(data))
+	if err := cl.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data after re-replication: %v", err)
+	}
+	var rep struct {
+		Differences []any    `json:"differences"`
+		Compared    []string `json:"compared"`
+	}
+	if code, err := c.call("POST", "/v1/volumes/rr/verify", nil, &rep); err != nil || code != 200 || len(rep.Differences) != 0 || len(rep.Compared) != 1 {
+		t.Fatalf("verify after re-replication: %d %v %+v", code, err, rep)
+	}
+	// The old node returns: its surplus replica is removed and deleted.
+	c.start(secondary)
+	c.waitFor("placement back to 2 replicas without "+secondary, 60*time.Second, func() bool {
+		v := c.volume("rr")
+		return len(v.Placement) == 2 && !slices.Contains(v.Placement, secondary)
+	})
+	leftover := filepath.Join(c.dir, secondary, "pool", "volumes", "rr")
+	c.waitFor("the surplus replica deleted on "+secondary, 60*time.Second, func() bool {
+		_, err := os.Stat(leftover)
+		return os.IsNotExist(err)
+	})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/hacs/hacs/internal/device"
 	"github.com/hacs/hacs/internal/mirror"
 	"github.com/hacs/hacs/internal/nbd"
+	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/replica"
 	"github.com/hacs/hacs/internal/store"
 )
@@ -37,8 +38,11 @@ type Config struct {
 	ReplicaTimeout time.Duration
 	// Tick is the period of the reconcile loops besides changes (default
 	// 1s).
-	Tick   time.Duration
-	Logger *slog.Logger
+	Tick time.Duration
+	// Settings are the planner's cluster-wide defaults, used while this
+	// node is the DC.
+	Settings policy.Settings
+	Logger   *slog.Logger
 }
 
 // Agent is the resource manager of one node.
@@ -309,6 +313,11 @@ func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
 		Timeout: a.cfg.ReplicaTimeout, Logger: a.log,
 		OnEvent: func(e mirror.Event) {
 			a.node.Emit(e.Kind, "volume/"+name, e.Message, map[string]string{"replica": e.Replica})
+			if e.Kind == "replica-failed" && e.Replica == a.self() {
+				// Our own disk failed under the volume: a failure here
+				// (migration-threshold moves it away).
+				go a.recordFailure(context.Background(), name)
+			}
 		},
 	})
 	if err != nil {

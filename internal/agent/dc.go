@@ -47,7 +47,7 @@ func (a *Agent) dcLoop(ctx context.Context) {
 
 // clusterState builds the planner's input.
 func (a *Agent) clusterState(views map[string]*volumeView) policy.State {
-	st := policy.State{Now: time.Now().UTC()}
+	st := policy.State{Now: time.Now().UTC(), Settings: a.cfg.Settings}
 	for _, n := range a.node.Members().Nodes {
 		pn := policy.Node{Name: n.Name, Online: n.Online, Standby: n.Standby, Labels: n.Labels}
 		for _, r := range n.Roles {

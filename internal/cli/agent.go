@@ -23,6 +23,7 @@ import (
 
 	"github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
+	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/store"
 )
 
@@ -86,6 +87,7 @@ serving before it can expire for the others.`,
 	f.StringVar(&rm.replicaListen, "replica-listen", "0.0.0.0:7703", "replica server address (primaries reach this node's replicas there)")
 	f.StringVar(&rm.exportListen, "export-listen", "0.0.0.0:10809", "NBD address of the volumes this node serves as primary")
 	f.DurationVar(&rm.replicaTimeout, "replica-timeout", 5*time.Second, "a replica that does not answer within this time leaves the in-sync set")
+	f.DurationVar(&rm.reReplicateAfter, "re-replicate-after", policy.DefaultReReplicateAfter, "when this node is the DC: a node down this long has its replicas rebuilt elsewhere")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory holding all the node's state (identity, etcd data); required")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the host name; fixed once the node exists)")
 	f.StringVar(&cfg.Join, "join", "", "API address HOST:PORT of any member, to join its cluster (with --token)")
@@ -111,7 +113,7 @@ serving before it can expire for the others.`,
 // rmFlags configure the resource manager part of the agent.
 type rmFlags struct {
 	pool, replicaListen, exportListen string
-	replicaTimeout                    time.Duration
+	replicaTimeout, reReplicateAfter  time.Duration
 }
 
 func runAgent(cfg cluster.Config, rm rmFlags) error {
@@ -125,7 +127,8 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 		return err
 	}
 	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
-		ExportListen: rm.exportListen, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default()}
+		ExportListen: rm.exportListen, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
+		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter)}}
 	if slices.Contains(n.Config().Roles, cluster.RoleStorage) {
 		dir := rm.pool
 		if dir == "" {
