@@ -781,9 +781,8 @@ func TestClusterRemove(t *testing.T) {
 	}
 	n3.term()
 	waitState(t, 2*time.Second, []*agent{n1, n2}, "n3", cluster.StateOffline)
-	r := runCmdTimeout(t, 30*time.Second, hacsBin, "agent", "remove", "n3", "--api", n2.api)
-	if r.code != 0 {
-		t.Fatalf("hacs agent remove: %v", r)
+	if err := n2.call("DELETE", "/v1/nodes/n3", nil, nil); err != nil {
+		t.Fatalf("removing n3: %v", err)
 	}
 	for _, a := range []*agent{n1, n2} {
 		waitFor(t, 5*time.Second, "n3 gone from "+a.name, func() error {
