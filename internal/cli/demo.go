@@ -25,6 +25,7 @@ func newDemoCmd() *cobra.Command {
 		dir      string
 		detach   bool
 		stopIt   bool
+		restart  string
 		basePort int
 		sizeStr  string
 	)
@@ -45,6 +46,9 @@ DIR/<node>/agent.log.`,
 			out := cmd.OutOrStdout()
 			if stopIt {
 				return stopDemo(out, dir)
+			}
+			if restart != "" {
+				return restartDemoNode(out, dir, restart)
 			}
 			if nodes < 1 || nodes > 9 {
 				return errors.New("--nodes must be between 1 and 9")
@@ -88,21 +92,20 @@ DIR/<node>/agent.log.`,
 					}
 					args = append(args, "--join", apis[0], "--token", strings.TrimSpace(string(tok)))
 				}
-				logf, err := os.OpenFile(filepath.Join(ndir, "agent.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-				if err != nil {
+				// Remember how the node was started, for --start NODE
+				// (the join flags are not needed to restart).
+				restartArgs := args
+				if i > 1 {
+					restartArgs = args[:len(args)-4]
+				}
+				if err := os.WriteFile(filepath.Join(ndir, "agent.args"), []byte(strings.Join(restartArgs, "\n")+"\n"), 0o600); err != nil {
 					return err
 				}
-				c := exec.Command(self, args...)
-				c.Stdout, c.Stderr = logf, logf
-				c.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // survives --detach
-				if err := c.Start(); err != nil {
-					logf.Close()
+				c, err := startDemoAgent(self, ndir, args)
+				if err != nil {
 					cleanup()
 					return err
 				}
-				logf.Close()
-				os.WriteFile(filepath.Join(ndir, "agent.pid"), []byte(strconv.Itoa(c.Process.Pid)+"\n"), 0o600)
-				go c.Wait()
 				started++
 				apis = append(apis, port(i, 0))
 				fmt.Fprintf(out, "started %s (pid %d, API %s)\n", name, c.Process.Pid, port(i, 0))
@@ -162,9 +165,63 @@ Try:
 	cmd.Flags().StringVar(&dir, "dir", "/tmp/hacs-demo", "directory for the agents' data, logs and pid files")
 	cmd.Flags().BoolVar(&detach, "detach", false, "return once the volume is served, leaving the cluster running")
 	cmd.Flags().BoolVar(&stopIt, "stop", false, "stop the demo cluster running in --dir")
+	cmd.Flags().StringVar(&restart, "start", "", "start one node of the demo cluster in --dir again (after killing it)")
 	cmd.Flags().IntVar(&basePort, "base-port", 17700, "first of the loopback ports used (10 per node)")
 	cmd.Flags().StringVar(&sizeStr, "size", "1G", "size of the demo volume")
 	return cmd
+}
+
+// startDemoAgent starts one agent in its own session (it survives the
+// demo command with --detach), logging to DIR/agent.log.
+func startDemoAgent(self, ndir string, args []string) (*exec.Cmd, error) {
+	logf, err := os.OpenFile(filepath.Join(ndir, "agent.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	c := exec.Command(self, args...)
+	c.Stdout, c.Stderr = logf, logf
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	os.WriteFile(filepath.Join(ndir, "agent.pid"), []byte(strconv.Itoa(c.Process.Pid)+"\n"), 0o600)
+	go c.Wait()
+	return c, nil
+}
+
+// restartDemoNode starts a stopped node of a demo cluster again.
+func restartDemoNode(out io.Writer, dir, node string) error {
+	ndir := filepath.Join(dir, node)
+	b, err := os.ReadFile(filepath.Join(ndir, "agent.args"))
+	if err != nil {
+		return fmt.Errorf("no demo node %s in %s: %w", node, dir, err)
+	}
+	if pb, err := os.ReadFile(filepath.Join(ndir, "agent.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(pb))); err == nil && syscall.Kill(pid, 0) == nil && isHacsAgent(pid) {
+			return fmt.Errorf("%s is running already (pid %d)", node, pid)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	args := strings.Split(strings.TrimSpace(string(b)), "\n")
+	c, err := startDemoAgent(self, ndir, args)
+	if err != nil {
+		return err
+	}
+	api := ""
+	for i, a := range args {
+		if a == "--api" && i+1 < len(args) {
+			api = args[i+1]
+		}
+	}
+	if err := waitAPI(context.Background(), api, filepath.Join(ndir, "agent.log")); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "started %s again (pid %d, API %s)\n", node, c.Process.Pid, api)
+	return nil
 }
 
 func waitAPI(ctx context.Context, addr, logPath string) error {
