@@ -2,21 +2,14 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -98,7 +91,7 @@ serving before it can expire for the others.`,
 	f.StringVar(&cfg.ClientListen, "client-listen", "", "embedded etcd client listen address (default "+cluster.DefaultClientListen+")")
 	f.StringVar(&cfg.Advertise, "advertise", "", "host or IP the other nodes reach this node at, when listening on a wildcard address")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cluster.DefaultLeaseTTL, "liveness lease TTL, whole seconds: a dead node is noticed within about this time")
-	f.StringVar(&roles, "roles", "storage,vhost", "node roles: storage, vhost (comma-separated), or witness (votes only)")
+	f.StringVar(&roles, "roles", "storage,vhost", "node roles: storage, vhost (comma-separated), or witness (votes only); without --roles, a restarted node keeps the roles set with hacs node setrole/delrole")
 	f.StringArrayVar(&labels, "labels", nil, "node labels for failure domains, such as zone=a,rack=r1 (repeatable)")
 	f.IntVar(&cfg.Voters, "voters", cluster.DefaultVoters, "number of voting etcd members, 3 or 5 (when creating the cluster)")
 	f.DurationVar(&etcdHeartbeat, "etcd-heartbeat", cluster.DefaultEtcdHeartbeat, "embedded etcd heartbeat interval")
@@ -106,7 +99,7 @@ serving before it can expire for the others.`,
 	f.StringVar(&cfg.EtcdLogLevel, "etcd-log-level", "error", "embedded etcd log level: debug, info, warn, error")
 	f.BoolVar(&cfg.EtcdUnsafeNoFsync, "etcd-unsafe-no-fsync", false, "disable fsync in the embedded etcd (tests only: loses data on power failure)")
 	f.MarkHidden("etcd-unsafe-no-fsync")
-	cmd.AddCommand(newAgentStatusCmd(), newAgentNodesCmd(), newAgentRemoveCmd(), newAgentStandbyCmd(), newAgentEventsCmd())
+	cmd.AddCommand(legacyAgentCmds()...)
 	return cmd
 }
 
@@ -170,230 +163,76 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	return n.Err()
 }
 
-// agentClient talks to an agent's API, over its Unix socket (--data-dir) or
-// TCP (--api).
-type agentClient struct {
-	base string
-	hc   *http.Client
-}
-
-type agentTarget struct{ api, dataDir string }
-
-func (t *agentTarget) flags(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&t.api, "api", "", "API address HOST:PORT of the agent to ask")
-	cmd.Flags().StringVar(&t.dataDir, "data-dir", "", "data directory of a local agent (its API socket is used)")
-}
-
-func (t *agentTarget) client() (*agentClient, error) {
-	switch {
-	case t.api != "" && t.dataDir != "":
-		return nil, errors.New("give --api or --data-dir, not both")
-	case t.api != "":
-		return &agentClient{base: "http://" + t.api, hc: &http.Client{Timeout: 30 * time.Second}}, nil
-	case t.dataDir != "":
-		sock := filepath.Join(t.dataDir, cluster.APISocket)
-		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}}
-		return &agentClient{base: "http://agent", hc: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
-	}
-	return nil, errors.New("which agent? give --api HOST:PORT or --data-dir DIR")
-}
-
-func (c *agentClient) do(method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = strings.NewReader(string(b))
-	}
-	req, err := http.NewRequest(method, c.base+path, rd)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the agent: %w", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
-		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
-	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
-}
-
-func agentPrintJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-func newAgentStatusCmd() *cobra.Command {
-	var t agentTarget
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show an agent's own view: phase, serving, DC, lease",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := t.client()
-			if err != nil {
-				return err
-			}
-			var st cluster.Status
-			if err := c.do("GET", "/v1/status", nil, &st); err != nil {
-				return err
-			}
-			if asJSON {
-				return agentPrintJSON(cmd.OutOrStdout(), st)
-			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "node %s (id %s) in cluster %s, version %s, pid %d\n", st.Name, st.ID, st.Cluster, st.Version, st.Pid)
-			fmt.Fprintf(w, "phase: %s\n", st.Phase)
-			if st.Error != "" {
-				fmt.Fprintf(w, "error: %s\n", st.Error)
-			}
-			fmt.Fprintf(w, "serving: %v (%s)\n", st.Serving.Serving, st.Serving.Reason)
-			fmt.Fprintf(w, "DC: %s (this node: %v)\n", st.Leadership.DC, st.Leadership.IsDC)
-			fmt.Fprintf(w, "roles: %v, voter: %v\n", st.Roles, st.Voter)
-			return nil
-		},
-	}
-	t.flags(cmd)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
-}
-
-func newAgentNodesCmd() *cobra.Command {
-	var t agentTarget
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "nodes",
-		Short: "List the cluster's nodes as an agent sees them",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := t.client()
-			if err != nil {
-				return err
-			}
-			var m cluster.Membership
-			if err := c.do("GET", "/v1/nodes", nil, &m); err != nil {
-				return err
-			}
-			if asJSON {
-				return agentPrintJSON(cmd.OutOrStdout(), m)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tROLES\tVOTER\tAPI\tLABELS")
-			for _, n := range m.Nodes {
-				var ls []string
-				for k, v := range n.Labels {
-					ls = append(ls, k+"="+v)
+// legacyAgentCmds are the management commands that used to live under
+// `hacs agent`, kept hidden for scripts: they are the hacs node, cluster
+// and events commands, with --api as another name of --cluster.
+func legacyAgentCmds() []*cobra.Command {
+	legacy := func(c *cobra.Command, now string) *cobra.Command {
+		c.Hidden = true
+		c.Flags().StringVar(new(string), "api", "", "API address HOST:PORT of the agent to ask (same as --cluster)")
+		c.PreRunE = func(cmd *cobra.Command, args []string) error {
+			fmt.Fprintf(cmd.ErrOrStderr(), "hacs: `%s` is deprecated: use `%s`\n", cmd.CommandPath(), now)
+			if api := cmd.Flags().Lookup("api"); api.Changed {
+				if cmd.Flags().Changed("cluster") {
+					return usagef("--api and --cluster are the same flag: give one")
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s\t%s\n", n.Name, n.State, n.Roles, n.Voter, n.APIAddr, strings.Join(ls, ","))
-			}
-			if m.Stale {
-				fmt.Fprintln(tw, "(stale: this agent cannot reach a quorum)")
-			}
-			return tw.Flush()
-		},
-	}
-	t.flags(cmd)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
-}
-
-func newAgentRemoveCmd() *cobra.Command {
-	var t agentTarget
-	var force bool
-	cmd := &cobra.Command{
-		Use:   "remove NAME",
-		Short: "Remove a node from the cluster (its identity can never rejoin)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := t.client()
-			if err != nil {
-				return err
-			}
-			q := ""
-			if force {
-				q = "?force=true"
-			}
-			if err := c.do("DELETE", "/v1/nodes/"+url.PathEscape(args[0])+q, nil, nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "node %s removed\n", args[0])
-			return nil
-		},
-	}
-	t.flags(cmd)
-	cmd.Flags().BoolVar(&force, "force", false, "remove the node even though it is online (it stops)")
-	return cmd
-}
-
-func newAgentStandbyCmd() *cobra.Command {
-	var t agentTarget
-	var off bool
-	cmd := &cobra.Command{
-		Use:   "standby NAME",
-		Short: "Put a node in standby (no new work, hands its primaries over), or back with --off",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := t.client()
-			if err != nil {
-				return err
-			}
-			return c.do("POST", "/v1/nodes/"+url.PathEscape(args[0])+"/standby", map[string]bool{"standby": !off}, nil)
-		},
-	}
-	t.flags(cmd)
-	cmd.Flags().BoolVar(&off, "off", false, "make the node active again")
-	return cmd
-}
-
-func newAgentEventsCmd() *cobra.Command {
-	var t agentTarget
-	var limit int
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "events",
-		Short: "Show the cluster event log",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := t.client()
-			if err != nil {
-				return err
-			}
-			var out struct {
-				Events []cluster.Event `json:"events"`
-			}
-			if err := c.do("GET", fmt.Sprintf("/v1/events?limit=%d", limit), nil, &out); err != nil {
-				return err
-			}
-			if asJSON {
-				return agentPrintJSON(cmd.OutOrStdout(), out.Events)
-			}
-			for _, e := range out.Events {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s  %-8s %-18s %s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Node, e.Kind, e.Message)
+				return cmd.Flags().Set("cluster", api.Value.String())
 			}
 			return nil
-		},
+		}
+		return c
 	}
-	t.flags(cmd)
-	cmd.Flags().IntVar(&limit, "limit", 50, "show the newest N events (0: all)")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
+	withFlags := func(mk func(*apiFlags) *cobra.Command) *cobra.Command {
+		f := &apiFlags{}
+		c := mk(f)
+		f.register(c.Flags())
+		return c
+	}
+	status := withFlags(func(f *apiFlags) *cobra.Command {
+		return &cobra.Command{
+			Use:   "status",
+			Short: "Show one agent's own view: phase, serving, DC, lease",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, args []string) error {
+				var st cluster.Status
+				if err := f.client().do(cmd.Context(), "GET", "/v1/status", nil, &st); err != nil {
+					return err
+				}
+				if f.asJSON {
+					return printJSON(cmd.OutOrStdout(), st)
+				}
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "node %s (id %s) in cluster %s, version %s, pid %d\n", st.Name, st.ID, st.Cluster, st.Version, st.Pid)
+				fmt.Fprintf(w, "phase: %s\n", st.Phase)
+				if st.Error != "" {
+					fmt.Fprintf(w, "error: %s\n", st.Error)
+				}
+				fmt.Fprintf(w, "serving: %v (%s)\n", st.Serving.Serving, st.Serving.Reason)
+				fmt.Fprintf(w, "DC: %s (this node: %v)\n", st.Leadership.DC, st.Leadership.IsDC)
+				fmt.Fprintf(w, "roles: %v, voter: %v\n", st.Roles, st.Voter)
+				return nil
+			},
+		}
+	})
+	standby := withFlags(func(f *apiFlags) *cobra.Command {
+		c := nodeStandbyCmd(f, "standby", true)
+		off := c.Flags().Bool("off", false, "make the node active again")
+		run := c.RunE
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if *off {
+				return nodeStandbyCmd(f, "active", false).RunE(cmd, args)
+			}
+			return run(cmd, args)
+		}
+		return c
+	})
+	nodes := withFlags(nodeListCmd)
+	nodes.Use, nodes.Aliases = "nodes", nil
+	return []*cobra.Command{
+		legacy(status, "hacs cluster status"),
+		legacy(nodes, "hacs node list"),
+		legacy(withFlags(nodeRemoveCmd), "hacs node remove"),
+		legacy(standby, "hacs node standby / active"),
+		legacy(newEventsCmd(), "hacs events"),
+	}
 }

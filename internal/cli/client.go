@@ -7,40 +7,161 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"os/user"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/hacs/hacs/internal/cluster"
 )
 
 // DefaultCluster is the agent API the CLI talks to when neither --cluster
 // nor HACS_CLUSTER says otherwise.
 const DefaultCluster = "127.0.0.1:7700"
 
-// apiClient talks to the agents' HTTP API, trying each address in turn (like
-// etcdctl's --endpoints), so the CLI keeps working while a node is down.
+// apiFlags are the flags of every command that talks to the cluster:
+// which agent(s) to ask, and whether to print JSON.
+type apiFlags struct {
+	cluster string
+	dataDir string
+	asJSON  bool
+}
+
+const clusterFlagHelp = "agent API address(es) HOST:PORT[,HOST:PORT...], tried in turn (default $HACS_CLUSTER or " + DefaultCluster + ")"
+
+// register adds --cluster, --data-dir and --json to fs (a command's
+// persistent flags, so that its subcommands have them too).
+func (f *apiFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.cluster, "cluster", "", clusterFlagHelp)
+	fs.StringVar(&f.dataDir, "data-dir", "", "data directory of a local agent: talk to it over DATA_DIR/"+cluster.APISocket+" instead of TCP")
+	fs.BoolVar(&f.asJSON, "json", false, "print JSON instead of tables")
+}
+
+// client is the API client the flags select.
+func (f *apiFlags) client() *apiClient {
+	switch {
+	case f.cluster != "" && f.dataDir != "":
+		return &apiClient{err: usagef("--cluster and --data-dir exclude each other: give the agents' API addresses or a local agent's data directory")}
+	case f.dataDir != "":
+		return newAPIClient("unix:" + filepath.Join(f.dataDir, cluster.APISocket))
+	}
+	return newAPIClient(f.cluster)
+}
+
+// print writes v as indented JSON with --json, else the table.
+func (f *apiFlags) print(cmd *cobra.Command, v any, table func(w io.Writer)) error {
+	if f.asJSON {
+		return printJSON(cmd.OutOrStdout(), v)
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// apiClient talks to the agents' HTTP API, trying each endpoint in turn
+// (like etcdctl's --endpoints), so the CLI keeps working while a node is
+// down. An endpoint is HOST:PORT or unix:PATH (an agent's API socket).
 type apiClient struct {
 	endpoints []string
 	http      *http.Client
+	actor     string
+	err       error // a configuration error, returned by every call
 }
 
-func newAPIClient(flag string) *apiClient {
-	spec := flag
+func newAPIClient(spec string) *apiClient {
 	if spec == "" {
 		spec = os.Getenv("HACS_CLUSTER")
 	}
 	if spec == "" {
 		spec = DefaultCluster
 	}
-	var eps []string
+	c := &apiClient{actor: actorName()}
 	for _, e := range strings.Split(spec, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			eps = append(eps, strings.TrimPrefix(strings.TrimPrefix(e, "http://"), "https://"))
+		e = strings.TrimSpace(e)
+		e = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(e, "http://"), "https://"), "/")
+		if e == "" {
+			continue
 		}
+		if !strings.HasPrefix(e, "unix:") {
+			if _, _, err := net.SplitHostPort(e); err != nil {
+				c.err = usagef("--cluster / HACS_CLUSTER: %q is not HOST:PORT (or unix:PATH)", e)
+			}
+		}
+		c.endpoints = append(c.endpoints, e)
 	}
-	return &apiClient{endpoints: eps, http: &http.Client{Timeout: 10 * time.Minute}}
+	if len(c.endpoints) == 0 && c.err == nil {
+		c.err = usagef("--cluster / HACS_CLUSTER: no address in %q", spec)
+	}
+	dialer := &net.Dialer{Timeout: 3 * time.Second}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			// unix endpoints travel as the host "unix.<hex of the path>"
+			if h, ok := strings.CutPrefix(strings.TrimSuffix(addr, ":80"), "unix."); ok {
+				if p, err := hexDecode(h); err == nil {
+					return dialer.DialContext(ctx, "unix", p)
+				}
+			}
+			return dialer.DialContext(ctx, network, addr)
+		},
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
+	}
+	// long enough for a verify of a large volume; reads pass a shorter ctx
+	c.http = &http.Client{Timeout: 30 * time.Minute, Transport: tr}
+	return c
+}
+
+func hexDecode(s string) (string, error) {
+	b := make([]byte, len(s)/2)
+	for i := range b {
+		v, err := strconv.ParseUint(s[2*i:2*i+2], 16, 8)
+		if err != nil {
+			return "", err
+		}
+		b[i] = byte(v)
+	}
+	return string(b), nil
+}
+
+// baseURL of an endpoint.
+func baseURL(ep string) string {
+	if p, ok := strings.CutPrefix(ep, "unix:"); ok {
+		return fmt.Sprintf("http://unix.%x", p)
+	}
+	return "http://" + ep
+}
+
+// actorName is who the CLI runs as, sent with every request so that
+// changes are logged with their author.
+func actorName() string {
+	name := os.Getenv("USER")
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		name = u.Username
+	}
+	if name == "" {
+		name = "uid" + strconv.Itoa(os.Getuid())
+	}
+	host, _ := os.Hostname()
+	if host == "" {
+		return name
+	}
+	return name + "@" + host
 }
 
 // apiStatusError is an error answer from an agent.
@@ -51,8 +172,47 @@ type apiStatusError struct {
 
 func (e *apiStatusError) Error() string { return e.Msg }
 
-// do sends a request; body and out are JSON (either may be nil).
+// pin returns a client of the first endpoint whose agent answers and holds
+// its lease (so it sees the cluster as it is), or of the first that answers
+// at all; st is that agent's status. Successive reads through the pinned
+// client come from one agent's view.
+func (c *apiClient) pin(ctx context.Context) (*apiClient, cluster.Status, error) {
+	if c.err != nil {
+		return nil, cluster.Status{}, c.err
+	}
+	var first *apiClient
+	var firstSt cluster.Status
+	var errs []string
+	for _, ep := range c.endpoints {
+		one := &apiClient{endpoints: []string{ep}, http: c.http, actor: c.actor}
+		var st cluster.Status
+		if err := one.do(ctx, "GET", "/v1/status", nil, &st); err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		if st.Serving.Serving {
+			return one, st, nil
+		}
+		if first == nil {
+			first, firstSt = one, st
+		}
+	}
+	if first != nil {
+		return first, firstSt, nil
+	}
+	if len(c.endpoints) == 1 {
+		return nil, cluster.Status{}, errors.New(errs[0])
+	}
+	return nil, cluster.Status{}, fmt.Errorf("no agent answered: %s", strings.Join(errs, "; "))
+}
+
+// do sends a request; body and out are JSON (either may be nil). An agent
+// that cannot be reached, or answers 503 (it has no quorum), is skipped for
+// the next endpoint.
 func (c *apiClient) do(ctx context.Context, method, path string, body, out any) error {
+	if c.err != nil {
+		return c.err
+	}
 	var payload []byte
 	if body != nil {
 		var err error
@@ -62,20 +222,28 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 	}
 	var errs []string
 	for _, ep := range c.endpoints {
-		req, err := http.NewRequestWithContext(ctx, method, "http://"+ep+path, bytes.NewReader(payload))
+		req, err := http.NewRequestWithContext(ctx, method, baseURL(ep)+path, bytes.NewReader(payload))
 		if err != nil {
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(cluster.ActorHeader, c.actor)
 		resp, err := c.http.Do(req)
 		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%s: %w", ep, ctx.Err())
+			}
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
 			errs = append(errs, err.Error())
 			continue // next agent
 		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 		resp.Body.Close()
 		if err != nil {
-			errs = append(errs, err.Error())
+			errs = append(errs, ep+": "+err.Error())
 			continue
 		}
 		if resp.StatusCode == http.StatusServiceUnavailable && len(c.endpoints) > 1 {
@@ -87,14 +255,28 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 		}
 		if out != nil {
 			if err := json.Unmarshal(b, out); err != nil {
-				return fmt.Errorf("%s: unexpected answer: %w", ep, err)
+				return fmt.Errorf("%s: unexpected answer to %s %s: %w", ep, method, path, err)
 			}
 		}
 		return nil
 	}
-	return fmt.Errorf("no agent answered (tried %s): %s\nstart one with `hacs agent`, or point --cluster / HACS_CLUSTER at a running agent's API",
-		strings.Join(c.endpoints, ", "), strings.Join(errs, "; "))
+	return &unreachableError{endpoints: c.endpoints, errs: errs}
 }
+
+// unreachableError: no agent answered.
+type unreachableError struct {
+	endpoints, errs []string
+}
+
+func (e *unreachableError) Error() string {
+	hint := "start one with `hacs agent`, or point --cluster / HACS_CLUSTER at a running agent's API"
+	if len(e.endpoints) == 1 && strings.HasPrefix(e.endpoints[0], "unix:") {
+		hint = "is the agent of that --data-dir running?"
+	}
+	return fmt.Sprintf("no agent answered (tried %s): %s; %s", strings.Join(e.endpoints, ", "), e.reason(), hint)
+}
+
+func (e *unreachableError) reason() string { return strings.Join(e.errs, "; ") }
 
 func apiMessage(b []byte) string {
 	var e struct {
@@ -108,9 +290,13 @@ func apiMessage(b []byte) string {
 
 var rangeRE = regexp.MustCompile(`^(.*?)(\d+)-(\d+)$`)
 
+// maxRange bounds one range item (vm1-1000 is the largest).
+const maxRange = 1000
+
 // expandNames expands the VHACS range syntax: "node1-3,node5" is node1,
 // node2, node3, node5; leading zeros are kept ("vm01-03"). all, when not
-// nil, is what "ALL" means.
+// nil, is what "ALL" means. Every name must be a valid node or volume name
+// (cluster.ValidName).
 func expandNames(spec string, all func() ([]string, error)) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
@@ -127,35 +313,83 @@ func expandNames(spec string, all func() ([]string, error)) ([]string, error) {
 			continue
 		case item == "ALL":
 			if all == nil {
-				return nil, errors.New("ALL is not allowed here")
+				return nil, usagef("ALL is not allowed here: name them (range syntax such as node1-3,node5)")
 			}
 			names, err := all()
 			if err != nil {
 				return nil, err
+			}
+			if len(names) == 0 {
+				return nil, errors.New("ALL: there are none in the cluster")
 			}
 			for _, n := range names {
 				add(n)
 			}
 		case rangeRE.MatchString(item):
 			m := rangeRE.FindStringSubmatch(item)
-			lo, _ := strconv.Atoi(m[2])
-			hi, err := strconv.Atoi(m[3])
-			if err != nil || hi < lo || hi-lo > 1000 {
-				return nil, fmt.Errorf("invalid range %q: want PREFIXlow-high with low <= high (at most 1000 names)", item)
+			lo, err1 := strconv.Atoi(m[2])
+			hi, err2 := strconv.Atoi(m[3])
+			switch {
+			case err1 != nil || err2 != nil:
+				return nil, usagef("invalid range %q: numbers too large", item)
+			case hi < lo:
+				return nil, usagef("invalid range %q: %d is above %d (write low-high, such as %s%d-%d)", item, lo, hi, m[1], hi, lo)
+			case hi-lo >= maxRange:
+				return nil, usagef("invalid range %q: %d names, at most %d in one range", item, hi-lo+1, maxRange)
 			}
 			width := 0
 			if len(m[2]) > 1 && m[2][0] == '0' {
 				width = len(m[2])
 			}
 			for i := lo; i <= hi; i++ {
-				add(fmt.Sprintf("%s%0*d", m[1], width, i))
+				n := fmt.Sprintf("%s%0*d", m[1], width, i)
+				if err := validName(n); err != nil {
+					return nil, usagef("invalid range %q: %v", item, err)
+				}
+				add(n)
 			}
 		default:
+			if n := len(item); n > 1 && item[n-1] == '-' && item[n-2] >= '0' && item[n-2] <= '9' {
+				return nil, usagef("invalid range %q: the high end is missing (write low-high, such as %s3)", item, item)
+			}
+			if err := validName(item); err != nil {
+				return nil, usagef("%v", err)
+			}
 			add(item)
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no names in %q", spec)
+		return nil, usagef("no names in %q", spec)
 	}
 	return out, nil
+}
+
+// validName checks a node or volume name (cluster.ValidName).
+func validName(n string) error {
+	if cluster.ValidName("x", n) != nil {
+		return fmt.Errorf("invalid name %q: names are 1 to 63 lower-case letters, digits, '.', '_' or '-', starting and ending with a letter or digit", n)
+	}
+	return nil
+}
+
+// usageError is a mistake on the command line: exit code 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+// asUsage marks err as a usage error (nil stays nil).
+func asUsage(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return err
+	}
+	return &usageError{err}
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,23 +21,8 @@ import (
 	"github.com/hacs/hacs/internal/policy"
 )
 
-type volumeFlags struct {
-	cluster string
-	asJSON  bool
-}
-
-func (f *volumeFlags) client() *apiClient { return newAPIClient(f.cluster) }
-
-func (f *volumeFlags) print(cmd *cobra.Command, v any, table func(w io.Writer)) error {
-	if f.asJSON {
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	}
-	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	table(tw)
-	return tw.Flush()
-}
+// volumeFlags are the flags shared by the volume commands (client.go).
+type volumeFlags = apiFlags
 
 func (f *volumeFlags) names(ctx context.Context, spec string) ([]string, error) {
 	return expandNames(spec, func() ([]string, error) {
@@ -58,6 +41,12 @@ func (f *volumeFlags) names(ctx context.Context, spec string) ([]string, error) 
 // eachName runs fn for every name, reporting each result, and fails if any
 // failed.
 func eachName(cmd *cobra.Command, names []string, fn func(name string) error) error {
+	if len(names) == 1 {
+		if err := fn(names[0]); err != nil {
+			return fmt.Errorf("%s: %w", names[0], err)
+		}
+		return nil
+	}
 	failed := 0
 	for _, n := range names {
 		if err := fn(n); err != nil {
@@ -83,8 +72,7 @@ Names accept the VHACS range syntax (vol1-3,vol5) and ALL where several are
 allowed. --cluster (or HACS_CLUSTER) takes one agent API address or a
 comma-separated list, tried in turn.`,
 	}
-	cmd.PersistentFlags().StringVar(&f.cluster, "cluster", "", "agent API address(es), HOST:PORT[,HOST:PORT...] (default $HACS_CLUSTER or "+DefaultCluster+")")
-	cmd.PersistentFlags().BoolVar(&f.asJSON, "json", false, "print JSON")
+	f.register(cmd.PersistentFlags())
 	cmd.AddCommand(volCreateCmd(f), volListCmd(f), volInfoCmd(f), volDestroyCmd(f),
 		volSpecCmd(f, "standby", "Stop serving volumes (the primary stops; replicas stay)"),
 		volSpecCmd(f, "active", "Serve volumes again"),
@@ -147,6 +135,7 @@ func volListCmd(f *volumeFlags) *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List volumes",
+		Example: "  hacs volume list\n  hacs volume list --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var vols []agent.VolumeInfo
@@ -179,9 +168,10 @@ func orDash(s string) string {
 
 func volInfoCmd(f *volumeFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "info NAME",
-		Short: "Show a volume: placement, primary, replica states, resync progress, why degraded",
-		Args:  cobra.ExactArgs(1),
+		Use:     "info NAME",
+		Short:   "Show a volume: placement, primary, replica states, resync progress, why degraded",
+		Example: "  hacs volume info vm1\n  hacs volume info vm1 --json",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var v agent.VolumeInfo
 			if err := f.client().do(cmd.Context(), "GET", "/v1/volumes/"+args[0], nil, &v); err != nil {
@@ -227,6 +217,7 @@ func volDestroyCmd(f *volumeFlags) *cobra.Command {
 		Use:     "destroy NAMES",
 		Aliases: []string{"delete", "rm"},
 		Short:   "Destroy volumes and their replicas",
+		Example: "  hacs volume destroy vm1\n  hacs volume destroy vm1-3,vm5",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			names, err := f.names(cmd.Context(), args[0])
@@ -246,9 +237,10 @@ func volDestroyCmd(f *volumeFlags) *cobra.Command {
 
 func volSpecCmd(f *volumeFlags, verb, short string) *cobra.Command {
 	return &cobra.Command{
-		Use:   verb + " NAMES",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
+		Use:     verb + " NAMES",
+		Short:   short,
+		Example: fmt.Sprintf("  hacs volume %s vm1\n  hacs volume %s vm1-3,vm5\n  hacs volume %s ALL", verb, verb, verb),
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			names, err := f.names(cmd.Context(), args[0])
 			if err != nil {
@@ -290,9 +282,10 @@ func volPreferCmd(f *volumeFlags) *cobra.Command {
 func volVerifyCmd(f *volumeFlags) *cobra.Command {
 	var repair bool
 	cmd := &cobra.Command{
-		Use:   "verify NAME [--repair]",
-		Short: "Compare every in-sync replica with the primary by checksums (online)",
-		Args:  cobra.ExactArgs(1),
+		Use:     "verify NAME [--repair]",
+		Short:   "Compare every in-sync replica with the primary by checksums (online)",
+		Example: "  hacs volume verify vm1\n  hacs volume verify vm1 --repair",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := "/v1/volumes/" + args[0] + "/verify"
 			if repair {

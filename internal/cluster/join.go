@@ -255,7 +255,7 @@ func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, e
 		modRev = cr.Kvs[0].ModRevision
 		json.Unmarshal(cr.Kvs[0].Value, &old)
 		if old.ID != req.NodeID {
-			return nil, errStatus(http.StatusConflict, "the cluster already has a node named %s (id %s): give the joining node another --name, or first remove the old node with `hacs agent remove %s`", req.Name, old.ID, req.Name)
+			return nil, errStatus(http.StatusConflict, "the cluster already has a node named %s (id %s): give the joining node another --name, or first remove the old node with `hacs node remove %s`", req.Name, old.ID, req.Name)
 		}
 	}
 	n.mu.Lock()

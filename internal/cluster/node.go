@@ -206,7 +206,7 @@ func (n *Node) start(ctx context.Context) error {
 	if n.ident.Voter && !n.ident.External {
 		if n.ident.EtcdStarted {
 			if _, err := os.Stat(filepath.Join(n.ident.etcdDir(n.cfg.DataDir), "member")); err != nil {
-				return fmt.Errorf("the etcd data of this voting node (%s) is missing, so it cannot rejoin as the same etcd member: on another member run `hacs agent remove %s`, then remove %s and join again as a new node", n.ident.etcdDir(n.cfg.DataDir), n.ident.Name, n.cfg.DataDir)
+				return fmt.Errorf("the etcd data of this voting node (%s) is missing, so it cannot rejoin as the same etcd member: on another member run `hacs node remove %s`, then remove %s and join again as a new node", n.ident.etcdDir(n.cfg.DataDir), n.ident.Name, n.cfg.DataDir)
 			}
 		}
 		state := "existing"
@@ -721,7 +721,7 @@ func (n *Node) register(ctx context.Context) error {
 			return permanent(fmt.Errorf("node record %s is corrupt: %w", key, err))
 		}
 		if old.ID != id.NodeID {
-			return permanent(fmt.Errorf("the cluster already has a node named %s (id %s; this node is id %s): remove it first with `hacs agent remove %s` on a member, or give this node another name", id.Name, old.ID, id.NodeID, id.Name))
+			return permanent(fmt.Errorf("the cluster already has a node named %s (id %s; this node is id %s): remove it first with `hacs node remove %s` on a member, or give this node another name", id.Name, old.ID, id.NodeID, id.Name))
 		}
 	}
 	roles := slices.Clone(n.cfg.Roles)
