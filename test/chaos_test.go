@@ -1,0 +1,128 @@
+package test
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hacs/hacs/internal/cluster"
+)
+
+// The fault-injection suite (issue 9). Three agents in network namespaces,
+// two volumes of two replicas attached by two clients in namespaces of
+// their own, a workload of tagged-block reads and writes, and a nemesis
+// injecting faults drawn from a printed seed: SIGKILL, SIGSTOP longer than
+// the lease, isolation, 2|1 splits where the clients still reach the
+// minority, a client cut from the primary only, one-way drops, slow links,
+// restarts, and overlapping combinations. What is checked, and what each
+// guarantee of docs/GUARANTEES.md owes to it, is in chaoslib_test.go and in
+// that document's section "Under faults".
+//
+//	go test ./test/ -run TestChaosShort -v                   # the CI profile
+//	CHAOS_SEED=N go test ./test/ -run TestChaosShort -v      # replay a seed
+//	make chaos CHAOS_DURATION=2h                             # the long profile
+//
+// CHAOS_FAULTS=kill,pause limits the kinds drawn; CHAOS_OUT=DIR keeps the
+// report (history, events, agents' logs), which is otherwise kept only
+// when a violation is found. The same settings exist as flags
+// (-chaos.seed, -chaos.duration, -chaos.faults, -chaos.out).
+
+// TestChaosShort is the CI profile: about 150 s of fault rounds.
+func TestChaosShort(t *testing.T) {
+	runChaos(t, chaosProfile(t, false))
+}
+
+// TestChaosLong is the release profile, run by `make chaos` (30 minutes of
+// faults by default, CHAOS_DURATION to change it).
+func TestChaosLong(t *testing.T) {
+	if os.Getenv("CHAOS_LONG") == "" {
+		t.Skip("the long fault-injection profile runs with `make chaos` (CHAOS_LONG=1)")
+	}
+	runChaos(t, chaosProfile(t, true))
+}
+
+// TestChaosCheckers shows that the checkers catch what they are for, on
+// made-up histories: a stale read, a lost acknowledged write, a torn block,
+// overlapping primaries.
+func TestChaosCheckers(t *testing.T) {
+	s := int64(time.Second)
+	w1, w2 := chaosValue(0, 1), chaosValue(0, 2)
+	good := []chaosOp{
+		{Worker: 0, Block: 3, Write: true, Value: w1, Call: 1 * s, Return: 2 * s},
+		{Worker: 1, Block: 3, Value: w1, Call: 3 * s, Return: 4 * s},
+		{Worker: 0, Block: 3, Write: true, Value: w2, Call: 5 * s, Return: 8 * s},
+		{Worker: 1, Block: 3, Value: w2, Call: 6 * s, Return: 7 * s}, // concurrent with the write
+		{Worker: 2, Block: 3, Value: w2, Call: 9 * s, Return: 10 * s},
+		// a write that failed may or may not have happened
+		{Worker: 0, Block: 5, Write: true, Value: w1, Call: 1 * s, Return: -1, Err: "EIO"},
+		{Worker: 1, Block: 5, Value: 0, Call: 2 * s, Return: 3 * s},
+		{Worker: 1, Block: 5, Value: w1, Call: 4 * s, Return: 5 * s},
+	}
+	if v, _ := checkLinearizable(good, 10*time.Second, ""); len(v) != 0 {
+		t.Fatalf("a linearizable history was refused: %v", v)
+	}
+	// new value seen, then the old one again: a stale read
+	stale := append(good[:5:5], chaosOp{Worker: 1, Block: 3, Value: w1, Call: 11 * s, Return: 12 * s})
+	if v, _ := checkLinearizable(stale, 10*time.Second, ""); len(v) != 1 || !strings.Contains(v[0], "block 3") {
+		t.Fatalf("stale read not found: %v", v)
+	}
+	// a read of a value never written
+	if v, _ := checkLinearizable(append(good[:1:1], chaosOp{Worker: 1, Block: 3, Value: chaosValue(9, 9), Call: 3 * s, Return: 4 * s}), 10*time.Second, ""); len(v) != 1 {
+		t.Fatalf("phantom value not found: %v", v)
+	}
+
+	// final values: the last acknowledged write, or a later unknown one
+	final := [][]uint64{make([]uint64, 8)}
+	final[0][3], final[0][5] = w2, 0
+	if v := checkFinal(good, final, "t"); len(v) != 0 {
+		t.Fatalf("final values refused: %v", v)
+	}
+	final[0][3] = w1
+	if v := checkFinal(good, final, "t"); len(v) != 1 || !strings.Contains(v[0], "lost") {
+		t.Fatalf("lost write not found: %v", v)
+	}
+	final[0][3], final[0][6] = w2, w1
+	if v := checkFinal(good, final, "t"); len(v) != 1 || !strings.Contains(v[0], "never written") {
+		t.Fatalf("phantom block not found: %v", v)
+	}
+
+	// blocks: torn, misplaced, foreign
+	b := chaosPayload(1, 7, w2)
+	if v, err := decodeChaos(b, 1, 7); err != nil || v != w2 {
+		t.Fatalf("decode: %v %v", describeValue(v), err)
+	}
+	if _, err := decodeChaos(b, 1, 8); err == nil {
+		t.Fatal("misdirected block not found")
+	}
+	torn := append(chaosPayload(1, 7, w2)[:2048:2048], chaosPayload(1, 7, w1)[2048:]...)
+	if _, err := decodeChaos(torn, 1, 7); err == nil {
+		t.Fatal("torn block not found")
+	}
+
+	// tenures from events: n1 serves epoch 1; n2 takes over with epoch 2
+	// while n1 is still serving (outside any pause): a violation; the same
+	// overlap inside n1's SIGSTOP window is not.
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ev := func(sec float64, node, kind, msg string) cluster.Event {
+		return cluster.Event{Time: t0.Add(time.Duration(sec * float64(time.Second))), Node: node, Kind: kind, Resource: "volume/v", Message: msg}
+	}
+	events := []cluster.Event{
+		ev(0, "n1", "volume-serving", "serving as primary at epoch 1 on x (in sync: [n1 n2])"),
+		ev(10, "n2", "volume-serving", "serving as primary at epoch 2 on y (in sync: [n2])"),
+		ev(13, "n1", "volume-stopped", "stopped serving: fenced by a newer primary"),
+	}
+	ts := servingIntervals(events, nil, t0.Add(time.Minute))
+	if v, d := checkOverlaps(ts, nil, time.Second); len(v) != 1 || d != 3*time.Second {
+		t.Fatalf("overlap not found: %v %v", v, d)
+	}
+	frozen := map[string][]window{"n1": {{from: t0.Add(5 * time.Second), to: t0.Add(12800 * time.Millisecond)}}}
+	if v, d := checkOverlaps(ts, frozen, time.Second); len(v) != 0 || d != 200*time.Millisecond {
+		t.Fatalf("overlap inside a pause counted: %v %v", v, d)
+	}
+	// a SIGKILL ends a tenure without an event
+	ts = servingIntervals(events[:2], map[string][]time.Time{"n1": {t0.Add(9 * time.Second)}}, t0.Add(time.Minute))
+	if v, _ := checkOverlaps(ts, nil, 0); len(v) != 0 {
+		t.Fatalf("killed primary counted as serving: %v", v)
+	}
+}
