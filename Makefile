@@ -31,5 +31,14 @@ fuzz:
 	$(GO) test ./internal/nbd -run '^$$' -fuzz FuzzHandshake -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/nbd -run '^$$' -fuzz FuzzTransmission -fuzztime $(FUZZTIME)
 
+# The fault-injection suite's long profile (issue 9; needs root): faults for
+# CHAOS_DURATION; CHAOS_SEED=N replays a run's fault choices, CHAOS_FAULTS
+# (e.g. kill,pause,isolate) limits the kinds drawn, CHAOS_OUT=DIR keeps the
+# report. The short profile, TestChaosShort, runs with make test.
+CHAOS_DURATION ?= 30m
+.PHONY: chaos
+chaos: deps
+	CHAOS_LONG=1 CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test ./test/ -run '^TestChaosLong$$' -count=1 -v -timeout 0
+
 clean:
 	rm -rf bin

@@ -96,9 +96,13 @@ func chaosProfile(t testing.TB, long bool) chaosConfig {
 		MaxPause: 100 * time.Second, Kinds: chaosKinds, OverlapTolerance: time.Second,
 	}
 	if long {
+		// more writers, fewer operations each: the history of a long run
+		// stays within what the checker decides in minutes
 		c.Duration = 30 * time.Minute
 		c.Writers = 2
-		c.HoldMax = 20 * time.Second
+		c.OpPause = 20 * time.Millisecond
+		c.MaxOps = 2_000_000
+		c.HoldMax = 15 * time.Second
 	}
 	c.Seed = uint64(time.Now().UnixNano())
 	if s := os.Getenv("CHAOS_SEED"); s != "" {
@@ -1414,8 +1418,10 @@ func runChaos(t *testing.T, cfg chaosConfig) chaosSummary {
 	hist = slices.Clone(w.hist)
 	w.mu.Unlock()
 
+	checkStart := time.Now()
 	lin, unknown := checkLinearizable(hist, 30*time.Second, l.out)
 	violations = append(violations, lin...)
+	l.note("linearizability of %d operations checked in %v", len(hist), time.Since(checkStart).Round(time.Millisecond))
 
 	if err := l.collectEvents(); err != nil {
 		l.violation("reading the event log: %v", err)
@@ -1499,11 +1505,39 @@ func runChaos(t *testing.T, cfg chaosConfig) chaosSummary {
 			}
 		}
 	}
+	l.shutdown()
 	t.Log(s.String())
 	if len(s.Violations) > 0 {
 		t.Errorf("%d violation(s); replay with CHAOS_SEED=%d; history, events and logs in %s", len(s.Violations), cfg.Seed, l.out)
 	}
 	return s
+}
+
+// shutdown stops the attach processes, then every agent at once (one by
+// one, the last ones would wait for a quorum that is gone).
+func (l *chaosLab) shutdown() {
+	var ps []*proc
+	for _, c := range l.clients {
+		ps = append(ps, c.atts...)
+	}
+	stopAll(ps)
+	ps = nil
+	for _, n := range l.nodes {
+		if n.paused {
+			n.p.cmd.Process.Signal(syscall.SIGCONT)
+		}
+		ps = append(ps, n.p)
+	}
+	stopAll(ps)
+}
+
+func stopAll(ps []*proc) {
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.stop() }()
+	}
+	wg.Wait()
 }
 
 // readThroughOther puts the node of a volume's primary in standby, so that
