@@ -113,16 +113,16 @@ func TestChaosCheckers(t *testing.T) {
 		ev(13, "n1", "volume-stopped", "stopped serving: fenced by a newer primary"),
 	}
 	ts := servingIntervals(events, nil, t0.Add(time.Minute))
-	if v, d := checkOverlaps(ts, nil, time.Second); len(v) != 1 || d != 3*time.Second {
+	if v, d, _ := checkOverlaps(ts, nil, time.Second); len(v) != 1 || d != 3*time.Second {
 		t.Fatalf("overlap not found: %v %v", v, d)
 	}
 	frozen := map[string][]window{"n1": {{from: t0.Add(5 * time.Second), to: t0.Add(12800 * time.Millisecond)}}}
-	if v, d := checkOverlaps(ts, frozen, time.Second); len(v) != 0 || d != 200*time.Millisecond {
+	if v, d, _ := checkOverlaps(ts, frozen, time.Second); len(v) != 0 || d != 200*time.Millisecond {
 		t.Fatalf("overlap inside a pause counted: %v %v", v, d)
 	}
 	// a SIGKILL ends a tenure without an event
 	ts = servingIntervals(events[:2], map[string][]time.Time{"n1": {t0.Add(9 * time.Second)}}, t0.Add(time.Minute))
-	if v, _ := checkOverlaps(ts, nil, 0); len(v) != 0 {
+	if v, _, _ := checkOverlaps(ts, nil, 0); len(v) != 0 {
 		t.Fatalf("killed primary counted as serving: %v", v)
 	}
 }

@@ -1193,6 +1193,7 @@ type serving struct {
 	from, to   time.Time
 	open       bool // no end seen: ended by the end of the run
 	toExplicit bool
+	ended      string // what ended it
 }
 
 var (
@@ -1208,8 +1209,8 @@ func servingIntervals(events []cluster.Event, exits map[string][]time.Time, end 
 	sort.Slice(events, func(i, j int) bool { return events[i].Time.Before(events[j].Time) })
 	open := map[[2]string]*serving{}
 	var out []*serving
-	closeAt := func(s *serving, t time.Time, explicit bool) {
-		s.to, s.open, s.toExplicit = t, false, explicit
+	closeAt := func(s *serving, t time.Time, why string) {
+		s.to, s.open, s.toExplicit, s.ended = t, false, why != "", why
 		delete(open, [2]string{s.vol, s.node})
 	}
 	for _, ev := range events {
@@ -1226,14 +1227,15 @@ func servingIntervals(events []cluster.Event, exits map[string][]time.Time, end 
 			}
 			e, _ := strconv.ParseUint(m[1], 10, 64)
 			if s := open[k]; s != nil {
-				closeAt(s, ev.Time, false)
+				closeAt(s, ev.Time, "")
+				s.ended = "serving again"
 			}
 			s := &serving{vol: vol, node: ev.Node, epoch: e, from: ev.Time, open: true}
 			open[k] = s
 			out = append(out, s)
 		case "volume-stopped":
 			if s := open[k]; s != nil {
-				closeAt(s, ev.Time, true)
+				closeAt(s, ev.Time, ev.Message)
 			}
 		}
 	}
@@ -1241,14 +1243,14 @@ func servingIntervals(events []cluster.Event, exits map[string][]time.Time, end 
 	for _, s := range out {
 		for _, t := range exits[s.node] {
 			if t.After(s.from) && (s.open || t.Before(s.to)) {
-				s.to, s.open, s.toExplicit = t, false, false
+				s.to, s.open, s.toExplicit, s.ended = t, false, false, "process ended"
 			}
 		}
 	}
 	res := make([]serving, 0, len(out))
 	for _, s := range out {
 		if s.open {
-			s.to = end
+			s.to, s.ended = end, "end of the run"
 		}
 		res = append(res, *s)
 	}
@@ -1259,9 +1261,10 @@ func servingIntervals(events []cluster.Event, exits map[string][]time.Time, end 
 // on another node for longer than tolerance, once the windows in which the
 // older node's process was stopped are taken out. It returns the
 // violations and the longest overlap seen.
-func checkOverlaps(ts []serving, frozen map[string][]window, tolerance time.Duration) ([]string, time.Duration) {
+func checkOverlaps(ts []serving, frozen map[string][]window, tolerance time.Duration) ([]string, time.Duration, string) {
 	var out []string
 	var longest time.Duration
+	var longestDesc string
 	for _, a := range ts {
 		for _, b := range ts {
 			if a.vol != b.vol || a.node == b.node || b.epoch <= a.epoch {
@@ -1281,14 +1284,17 @@ func checkOverlaps(ts []serving, frozen map[string][]window, tolerance time.Dura
 			if d <= 0 {
 				continue
 			}
-			longest = max(longest, d)
+			desc := fmt.Sprintf("volume %s: %s served epoch %d until %s (%s) while %s served the newer epoch %d from %s (%v of overlap outside pauses)",
+				a.vol, a.node, a.epoch, a.to.Format("15:04:05.000"), a.ended, b.node, b.epoch, b.from.Format("15:04:05.000"), d.Round(time.Millisecond))
+			if d > longest {
+				longest, longestDesc = d, desc
+			}
 			if d > tolerance {
-				out = append(out, fmt.Sprintf("volume %s: %s served epoch %d until %s while %s served the newer epoch %d from %s (%v of overlap outside pauses)",
-					a.vol, a.node, a.epoch, a.to.Format("15:04:05.000"), b.node, b.epoch, b.from.Format("15:04:05.000"), d.Round(time.Millisecond)))
+				out = append(out, desc)
 			}
 		}
 	}
-	return out, longest
+	return out, longest, longestDesc
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -1433,8 +1439,11 @@ func runChaos(t *testing.T, cfg chaosConfig) chaosSummary {
 	}
 	l.mu.Unlock()
 	ts := servingIntervals(events, l.exits, time.Now())
-	ov, longestOverlap := checkOverlaps(ts, l.frozen, cfg.OverlapTolerance)
+	ov, longestOverlap, overlapDesc := checkOverlaps(ts, l.frozen, cfg.OverlapTolerance)
 	violations = append(violations, ov...)
+	if longestOverlap > 0 {
+		l.note("longest overlap of two tenures: %s", overlapDesc)
+	}
 	for _, v := range violations {
 		l.violation("%s", v)
 	}
@@ -1585,7 +1594,7 @@ func (l *chaosLab) readThroughOther(w *chaosWorkload, v int, hist []chaosOp, vio
 func tenuresJSON(ts []serving) []map[string]any {
 	var out []map[string]any
 	for _, s := range ts {
-		out = append(out, map[string]any{"volume": s.vol, "node": s.node, "epoch": s.epoch, "from": s.from, "to": s.to, "stopped_event": s.toExplicit})
+		out = append(out, map[string]any{"volume": s.vol, "node": s.node, "epoch": s.epoch, "from": s.from, "to": s.to, "stopped_event": s.toExplicit, "ended": s.ended})
 	}
 	return out
 }
