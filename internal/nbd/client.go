@@ -47,7 +47,7 @@ type Client struct {
 	info ExportInfo
 	meta uint32 // context id of base:allocation
 
-	wmu    sync.Mutex // serialises request writes
+	send   sender     // writes requests
 	mu     sync.Mutex // guards pending, cookie, err
 	cookie uint64
 	// pending maps cookies to calls awaiting replies.
@@ -113,6 +113,8 @@ func NewClient(nc net.Conn, opts ClientOptions) (*Client, error) {
 		return nil, fmt.Errorf("nbd handshake with %s: %w", nc.RemoteAddr(), err)
 	}
 	nc.SetDeadline(time.Time{})
+	c.send.w = nc
+	c.send.onErr = func(err error) { c.fail(fmt.Errorf("nbd send: %w", err)) }
 	go c.readLoop()
 	return c, nil
 }
@@ -356,20 +358,17 @@ func (c *Client) start(typ, flags uint16, off uint64, length uint32, payload, ds
 	c.pending[cl.req.cookie] = cl
 	c.mu.Unlock()
 
-	var hdr [requestHeaderLen]byte
-	cl.req.encode(hdr[:])
-	c.wmu.Lock()
-	var err error
+	// Requests go out through the same flat-combining sender the server
+	// uses for replies: concurrent requests share writev calls. payload
+	// stays referenced until written, which is before any reply.
+	m := newMsg(nil)
+	m.hdr = m.hdr[:requestHeaderLen]
+	cl.req.encode(m.hdr)
+	m.iov = append(m.iov, m.hdr)
 	if payload != nil {
-		bufs := net.Buffers{hdr[:], payload}
-		_, err = bufs.WriteTo(c.nc)
-	} else {
-		_, err = c.nc.Write(hdr[:])
+		m.iov = append(m.iov, payload)
 	}
-	c.wmu.Unlock()
-	if err != nil {
-		c.fail(fmt.Errorf("nbd send: %w", err))
-	}
+	c.send.send(m)
 	return cl, nil
 }
 
@@ -719,12 +718,12 @@ func (c *Client) Close() error {
 	}
 	c.closing = true
 	c.mu.Unlock()
-	var hdr [requestHeaderLen]byte
-	request{typ: cmdDisc}.encode(hdr[:])
-	c.wmu.Lock()
 	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	c.nc.Write(hdr[:])
-	c.wmu.Unlock()
+	m := newMsg(nil)
+	m.hdr = m.hdr[:requestHeaderLen]
+	request{typ: cmdDisc}.encode(m.hdr)
+	m.iov = append(m.iov, m.hdr)
+	c.send.send(m)
 	c.fail(device.ErrClosed)
 	return nil
 }

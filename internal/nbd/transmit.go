@@ -485,13 +485,17 @@ func newMsg(buf *[]byte) *outMsg {
 // connection idle writes its reply and every reply queued meanwhile, in one
 // writev, so many replies in flight share few system calls.
 type sender struct {
-	w     io.Writer
-	mu    sync.Mutex
-	queue []*outMsg
-	spare []*outMsg
-	busy  bool
-	err   error
-	bufs  net.Buffers
+	w io.Writer
+	// onErr, if set, learns of a failed write (once); the messages queued
+	// then are dropped.
+	onErr    func(error)
+	mu       sync.Mutex
+	queue    []*outMsg
+	spare    []*outMsg
+	busy     bool
+	err      error
+	reported bool
+	bufs     net.Buffers
 }
 
 func (s *sender) send(m *outMsg) {
@@ -532,5 +536,10 @@ func (s *sender) send(m *outMsg) {
 	}
 	s.queue = s.queue[:0]
 	s.busy = false
+	err, report := s.err, s.err != nil && !s.reported
+	s.reported = s.reported || report
 	s.mu.Unlock()
+	if report && s.onErr != nil {
+		s.onErr(err)
+	}
 }
