@@ -260,12 +260,14 @@ func TestCLIAgainstCluster(t *testing.T) {
 		t.Fatalf("check stderr: %q", last.stderr)
 	}
 	var chk struct {
-		Healthy  bool                                     `json:"healthy"`
+		Healthy  bool                                      `json:"healthy"`
 		Problems []struct{ Kind, Subject, Message string } `json:"problems"`
 	}
 	r = hacs("cluster", "check", "--json")
 	if err := json.Unmarshal([]byte(r.stdout), &chk); err != nil || r.code != 1 || chk.Healthy ||
-		!slices.ContainsFunc(chk.Problems, func(p struct{ Kind, Subject, Message string }) bool { return p.Kind == "node-offline" && p.Subject == node }) {
+		!slices.ContainsFunc(chk.Problems, func(p struct{ Kind, Subject, Message string }) bool {
+			return p.Kind == "node-offline" && p.Subject == node
+		}) {
 		t.Fatalf("check --json after the kill: %v %+v\n%v", err, chk, r)
 	}
 	// the other commands still answer
