@@ -169,10 +169,7 @@ func (v *clusterView) build(m cluster.Membership, vols []agent.VolumeInfo) {
 	v.Quorum.OK = v.Quorum.Serving && !v.Quorum.Stale && v.Quorum.VotersOnline*2 > v.Quorum.Voters
 	v.Volumes = make([]volumeRow, 0, len(vols))
 	for _, vi := range vols {
-		row := volumeRow{VolumeInfo: vi, ReplicaStates: replicaStates(vi)}
-		if vi.Export != nil {
-			row.URI = "nbd://" + vi.Export.Addr + "/" + vi.Export.Name
-		}
+		row := newVolumeRow(vi)
 		for _, r := range row.ReplicaStates {
 			if i, ok := idx[r.Node]; ok {
 				if r.Role == "P" {
@@ -183,6 +180,22 @@ func (v *clusterView) build(m cluster.Membership, vols []agent.VolumeInfo) {
 		}
 		v.Volumes = append(v.Volumes, row)
 	}
+}
+
+func newVolumeRow(vi agent.VolumeInfo) volumeRow {
+	row := volumeRow{VolumeInfo: vi, ReplicaStates: replicaStates(vi)}
+	if vi.Export != nil {
+		row.URI = "nbd://" + vi.Export.Addr + "/" + vi.Export.Name
+	}
+	return row
+}
+
+func volumeRows(vols []agent.VolumeInfo) []volumeRow {
+	rows := make([]volumeRow, len(vols))
+	for i, v := range vols {
+		rows[i] = newVolumeRow(v)
+	}
+	return rows
 }
 
 // replicaStates lists a volume's replicas: the placed nodes, in-sync set

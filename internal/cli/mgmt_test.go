@@ -403,12 +403,33 @@ func TestCLIAgainstSavedState(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &nvs); err != nil || len(nvs) != 2 {
 		t.Errorf("node info n1-2 --json: %v %s", err, r.stdout)
 	}
-	r = runCLI("node", "standby", "n1", "--json")
-	var res []result
-	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || len(res) != 1 || !res[0].OK {
-		t.Errorf("node standby --json: %v %s", err, r.stdout)
+	for _, args := range [][]string{{"node", "standby", "n1", "--json"}, {"storage", "-c", "vm7-8", "-s", "1G", "--json"}, {"volume", "destroy", "vm1", "--json"}} {
+		r = runCLI(args...)
+		var res []result
+		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || len(res) == 0 || !res[0].OK || r.code != 0 {
+			t.Errorf("%v: %v %+v", args, err, r)
+		}
 	}
 	api.takeWrites()
+	// volume info --json: name, size, epoch, primary, replicas (node,
+	// state, progress) and the NBD URI
+	r = runCLI("volume", "info", "vm1", "--json")
+	var vi struct {
+		Spec struct {
+			Name string `json:"name"`
+			Size int64  `json:"size"`
+		} `json:"spec"`
+		State struct {
+			Epoch   uint64 `json:"epoch"`
+			Primary string `json:"primary"`
+		} `json:"state"`
+		Replicas []replicaState `json:"replica_states"`
+		URI      string         `json:"uri"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &vi); err != nil || vi.Spec.Name != "vm1" || vi.Spec.Size == 0 || vi.State.Epoch == 0 ||
+		vi.State.Primary != "n2" || len(vi.Replicas) != 2 || vi.Replicas[1].State != "failed" || !strings.HasPrefix(vi.URI, "nbd://") {
+		t.Errorf("volume info --json: %v %+v", err, vi)
+	}
 }
 
 func checkGolden(t *testing.T, name, got string) {

@@ -58,9 +58,9 @@ type result struct {
 	Error  string `json:"error,omitempty"`
 }
 
-// forEach applies fn to every name: a line per name (or a JSON list with
-// --json), and an error if any failed.
-func forEach(cmd *cobra.Command, f *apiFlags, names []string, fn func(name string) (string, any, error)) error {
+// forEach applies fn to every name: its line per name (or a JSON list of
+// the results with --json), and an error if any failed.
+func forEach(cmd *cobra.Command, asJSON bool, names []string, fn func(name string) (string, any, error)) error {
 	var results []result
 	failed := 0
 	for _, n := range names {
@@ -69,15 +69,15 @@ func forEach(cmd *cobra.Command, f *apiFlags, names []string, fn func(name strin
 		if err != nil {
 			failed++
 			r.Error = err.Error()
-			if !f.asJSON && len(names) > 1 {
+			if !asJSON && len(names) > 1 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", n, err)
 			}
-		} else if !f.asJSON {
+		} else if !asJSON && msg != "" {
 			fmt.Fprintln(cmd.OutOrStdout(), msg)
 		}
 		results = append(results, r)
 	}
-	if f.asJSON {
+	if asJSON {
 		if err := printJSON(cmd.OutOrStdout(), results); err != nil {
 			return err
 		}
@@ -235,7 +235,7 @@ func nodeStandbyCmd(f *apiFlags, verb string, standby bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return forEach(cmd, f, names, func(name string) (string, any, error) {
+			return forEach(cmd, f.asJSON, names, func(name string) (string, any, error) {
 				var out map[string]any
 				err := c.do(cmd.Context(), "POST", "/v1/nodes/"+url.PathEscape(name)+"/standby", map[string]bool{"standby": standby}, &out)
 				return fmt.Sprintf("node %s: %s", name, verb), out, err
@@ -304,7 +304,7 @@ role is fixed when the agent starts.`,
 			if err != nil {
 				return err
 			}
-			return forEach(cmd, f, names, func(name string) (string, any, error) {
+			return forEach(cmd, f.asJSON, names, func(name string) (string, any, error) {
 				var out struct {
 					Name  string         `json:"name"`
 					Roles []cluster.Role `json:"roles"`
@@ -343,7 +343,7 @@ accepted here.`,
 			if force {
 				q = "?force=true"
 			}
-			return forEach(cmd, f, names, func(name string) (string, any, error) {
+			return forEach(cmd, f.asJSON, names, func(name string) (string, any, error) {
 				ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
 				defer cancel()
 				err := c.do(ctx, "DELETE", "/v1/nodes/"+url.PathEscape(name)+q, nil, nil)

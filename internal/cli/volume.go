@@ -38,26 +38,19 @@ func (f *volumeFlags) names(ctx context.Context, spec string) ([]string, error) 
 	})
 }
 
-// eachName runs fn for every name, reporting each result, and fails if any
-// failed.
+// eachName runs fn for every name, reporting each result (with --json, a
+// JSON list of the results instead of fn's lines), and fails if any failed.
 func eachName(cmd *cobra.Command, names []string, fn func(name string) error) error {
-	if len(names) == 1 {
-		if err := fn(names[0]); err != nil {
-			return fmt.Errorf("%s: %w", names[0], err)
+	asJSON, _ := cmd.Flags().GetBool("json")
+	return forEach(cmd, asJSON, names, func(name string) (string, any, error) {
+		if !asJSON {
+			return "", nil, fn(name)
 		}
-		return nil
-	}
-	failed := 0
-	for _, n := range names {
-		if err := fn(n); err != nil {
-			fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", n, err)
-			failed++
-		}
-	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d failed", failed, len(names))
-	}
-	return nil
+		out := cmd.OutOrStdout()
+		cmd.SetOut(io.Discard)
+		defer cmd.SetOut(out)
+		return "", nil, fn(name)
+	})
 }
 
 func newVolumeCmd(use string, aliases ...string) *cobra.Command {
@@ -142,7 +135,7 @@ func volListCmd(f *volumeFlags) *cobra.Command {
 			if err := f.client().do(cmd.Context(), "GET", "/v1/volumes", nil, &vols); err != nil {
 				return err
 			}
-			return f.print(cmd, vols, func(w io.Writer) {
+			return f.print(cmd, volumeRows(vols), func(w io.Writer) {
 				fmt.Fprintln(w, "NAME\tSIZE\tREPLICAS\tPRIMARY\tEPOCH\tIN-SYNC\tHEALTH\tEXPORT")
 				for _, v := range vols {
 					primary, epoch, insync, export := "-", "-", "-", "-"
@@ -177,7 +170,7 @@ func volInfoCmd(f *volumeFlags) *cobra.Command {
 			if err := f.client().do(cmd.Context(), "GET", "/v1/volumes/"+args[0], nil, &v); err != nil {
 				return err
 			}
-			return f.print(cmd, v, func(w io.Writer) { printVolumeInfo(w, v) })
+			return f.print(cmd, newVolumeRow(v), func(w io.Writer) { printVolumeInfo(w, v) })
 		},
 	}
 }
