@@ -14,8 +14,10 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -111,11 +113,8 @@ func newAPIClient(spec string) *apiClient {
 	dialer := &net.Dialer{Timeout: 3 * time.Second}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			// unix endpoints travel as the host "unix.<hex of the path>"
-			if h, ok := strings.CutPrefix(strings.TrimSuffix(addr, ":80"), "unix."); ok {
-				if p, err := hexDecode(h); err == nil {
-					return dialer.DialContext(ctx, "unix", p)
-				}
+			if p, ok := socketPath(addr); ok {
+				return dialer.DialContext(ctx, "unix", p)
 			}
 			return dialer.DialContext(ctx, network, addr)
 		},
@@ -127,24 +126,42 @@ func newAPIClient(spec string) *apiClient {
 	return c
 }
 
-func hexDecode(s string) (string, error) {
-	b := make([]byte, len(s)/2)
-	for i := range b {
-		v, err := strconv.ParseUint(s[2*i:2*i+2], 16, 8)
-		if err != nil {
-			return "", err
-		}
-		b[i] = byte(v)
-	}
-	return string(b), nil
+// sockets are the Unix socket paths of unix:PATH endpoints; in URLs, the
+// n-th is the host "unix-n".
+var sockets struct {
+	sync.Mutex
+	paths []string
 }
 
 // baseURL of an endpoint.
 func baseURL(ep string) string {
-	if p, ok := strings.CutPrefix(ep, "unix:"); ok {
-		return fmt.Sprintf("http://unix.%x", p)
+	p, ok := strings.CutPrefix(ep, "unix:")
+	if !ok {
+		return "http://" + ep
 	}
-	return "http://" + ep
+	sockets.Lock()
+	defer sockets.Unlock()
+	i := slices.Index(sockets.paths, p)
+	if i < 0 {
+		i = len(sockets.paths)
+		sockets.paths = append(sockets.paths, p)
+	}
+	return fmt.Sprintf("http://unix-%d", i)
+}
+
+// socketPath is the socket of a "unix-n:80" dial address.
+func socketPath(addr string) (string, bool) {
+	n, ok := strings.CutPrefix(strings.TrimSuffix(addr, ":80"), "unix-")
+	i, err := strconv.Atoi(n)
+	if !ok || err != nil {
+		return "", false
+	}
+	sockets.Lock()
+	defer sockets.Unlock()
+	if i >= len(sockets.paths) {
+		return "", false
+	}
+	return sockets.paths[i], true
 }
 
 // actorName is who the CLI runs as, sent with every request so that

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -448,6 +449,36 @@ func checkGolden(t *testing.T, name, got string) {
 	}
 	if got != string(want) {
 		t.Errorf("%s differs from the golden file (-update rewrites it):\n--- got\n%s\n--- want\n%s", name, got, want)
+	}
+}
+
+// TestCLIUnixSocket: --data-dir talks to the agent's API socket, and
+// unix:PATH endpoints mix with TCP ones in --cluster.
+func TestCLIUnixSocket(t *testing.T) {
+	api := newFakeAPI(t, "degraded.json")
+	dir := t.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, cluster.APISocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(api.serve)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	t.Setenv("HACS_CLUSTER", "")
+	if r := runCLI("node", "list", "--data-dir", dir); r.code != 0 || !strings.Contains(r.stdout, "n3") {
+		t.Fatalf("--data-dir: %+v", r)
+	}
+	if r := runCLI("cluster", "status", "--cluster", "127.0.0.1:1,unix:"+filepath.Join(dir, cluster.APISocket)); r.code != 0 || !strings.Contains(r.stdout, "as seen by n1") {
+		t.Fatalf("unix: endpoint after a dead one: %+v", r)
+	}
+	if r := runCLI("node", "standby", "n2", "--data-dir", dir); r.code != 0 {
+		t.Fatalf("standby over the socket: %+v", r)
+	}
+	if w := api.takeWrites(); len(w) != 1 || w[0] != `POST /v1/nodes/n2/standby {"standby":true}` {
+		t.Fatalf("writes %v", w)
+	}
+	if r := runCLI("node", "list", "--data-dir", t.TempDir()); r.code != 1 || !strings.Contains(r.stderr, "is the agent of that --data-dir running?") {
+		t.Fatalf("no agent at --data-dir: %+v", r)
 	}
 }
 
