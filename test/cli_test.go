@@ -167,6 +167,9 @@ func TestCLIAgainstCluster(t *testing.T) {
 		t.Fatalf("cluster token %q, want %q", tok, c.token)
 	}
 	fails(2, "only on the agent's local API socket", "cluster", "token")
+	if r := ok("agent", "status", "--data-dir", filepath.Join(c.dir, "n3"), "--cluster", ""); !strings.Contains(r.stdout, "node n3") || !strings.Contains(r.stdout, "serving: true") {
+		t.Fatalf("agent status:\n%s", r.stdout)
+	}
 
 	// events, followed by a background process; the live monitor on a pipe
 	follow := startProc(t, false, hacsBin, "events", "--follow", "--json", "--limit", "1", "--interval", "200ms")

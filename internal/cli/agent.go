@@ -163,15 +163,19 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	return n.Err()
 }
 
-// legacyAgentCmds are the management commands that used to live under
-// `hacs agent`, kept hidden for scripts: they are the hacs node, cluster
-// and events commands, with --api as another name of --cluster.
+// legacyAgentCmds are `hacs agent status` (one agent's own view) and the
+// management commands that used to live under `hacs agent`, kept hidden
+// for scripts: they are the hacs node and events commands. --api is
+// another name of --cluster.
 func legacyAgentCmds() []*cobra.Command {
 	legacy := func(c *cobra.Command, now string) *cobra.Command {
-		c.Hidden = true
+		c.Hidden = now != ""
 		c.Flags().StringVar(new(string), "api", "", "API address HOST:PORT of the agent to ask (same as --cluster)")
+		c.Flags().MarkHidden("api")
 		c.PreRunE = func(cmd *cobra.Command, args []string) error {
-			fmt.Fprintf(cmd.ErrOrStderr(), "hacs: `%s` is deprecated: use `%s`\n", cmd.CommandPath(), now)
+			if now != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "hacs: `%s` is deprecated: use `%s`\n", cmd.CommandPath(), now)
+			}
 			if api := cmd.Flags().Lookup("api"); api.Changed {
 				if cmd.Flags().Changed("cluster") {
 					return usagef("--api and --cluster are the same flag: give one")
@@ -191,8 +195,13 @@ func legacyAgentCmds() []*cobra.Command {
 	status := withFlags(func(f *apiFlags) *cobra.Command {
 		return &cobra.Command{
 			Use:   "status",
-			Short: "Show one agent's own view: phase, serving, DC, lease",
-			Args:  cobra.NoArgs,
+			Short: "Show one agent's own view: phase, serving (lease), DC, roles",
+			Long: `Show what one agent says about itself: its phase, whether it holds its
+liveness lease (serving), the DC it sees, its roles. For the whole cluster,
+see hacs cluster status.`,
+			Example: `  hacs agent status --data-dir /var/lib/hacs
+  hacs agent status --cluster 10.0.0.2:7700 --json`,
+			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				var st cluster.Status
 				if err := f.client().do(cmd.Context(), "GET", "/v1/status", nil, &st); err != nil {
@@ -229,7 +238,7 @@ func legacyAgentCmds() []*cobra.Command {
 	nodes := withFlags(nodeListCmd)
 	nodes.Use, nodes.Aliases = "nodes", nil
 	return []*cobra.Command{
-		legacy(status, "hacs cluster status"),
+		legacy(status, ""),
 		legacy(nodes, "hacs node list"),
 		legacy(withFlags(nodeRemoveCmd), "hacs node remove"),
 		legacy(standby, "hacs node standby / active"),
