@@ -60,6 +60,7 @@ var chaosKinds = []string{
 	"oneway",     // one direction between two agents dropped
 	"slow",       // a node's link rate-limited with tc tbf
 	"restart",    // SIGTERM and immediate restart of an agent
+	"full",       // a node's pool (a small filesystem on a loop device) filled up
 }
 
 type chaosConfig struct {
@@ -156,7 +157,8 @@ type chaosNode struct {
 	ip       string
 	down     bool // killed (until restarted)
 	paused   bool
-	impaired bool // network fault: ask the others first
+	impaired bool   // network fault: ask the others first
+	pool     string // mount point of its pool's own filesystem ("" if none)
 }
 
 type chaosClient struct {
@@ -232,8 +234,14 @@ func newChaosLab(t *testing.T, cfg chaosConfig) *chaosLab {
 		a := &agent{t: t, name: fmt.Sprintf("n%d", i), dir: shortTempDir(t), netns: l.net.nodes[i-1],
 			api: ip + ":7700", peer: ip + ":7701", client: ip + ":7702", replica: ip + ":7703", export: ip + ":10809",
 			extra: []string{"--replica-timeout", "2s"}}
+		n := &chaosNode{agent: a, idx: i, ip: ip}
+		if slices.Contains(cfg.Kinds, "full") {
+			// (cleaned up after the agents: cleanups run last-in first-out)
+			n.pool = smallPool(t, 320<<20)
+			a.extra = append(a.extra, "--pool", n.pool)
+		}
 		agents = append(agents, a)
-		l.nodes = append(l.nodes, &chaosNode{agent: a, idx: i, ip: ip})
+		l.nodes = append(l.nodes, n)
 	}
 	startCluster(t, agents...)
 	// A stopped agent cannot handle SIGTERM: let every agent run again
@@ -483,7 +491,7 @@ func (l *chaosLab) ipt(ns string, args ...string) {
 // inject applies one fault of the given kind; nil if none could be chosen.
 func (l *chaosLab) inject(kind string, used map[int]bool) *fault {
 	switch kind {
-	case "kill", "pause", "isolate", "split", "slow", "restart", "oneway":
+	case "kill", "pause", "isolate", "split", "slow", "restart", "oneway", "full":
 		n, role := l.pick(used)
 		if n == nil {
 			return nil
@@ -548,6 +556,19 @@ func (l *chaosLab) inject(kind string, used map[int]bool) *fault {
 				mustRun(l.t, "ip", "netns", "exec", n.ns(), "tc", "qdisc", "del", "dev", "eth0", "root")
 				n.impaired = false
 			}
+		case "full":
+			if n.pool == "" {
+				return nil
+			}
+			balloon := filepath.Join(n.pool, "balloon")
+			var st syscall.Statfs_t
+			if err := syscall.Statfs(n.pool, &st); err != nil {
+				l.t.Fatal(err)
+			}
+			free := int64(st.Bavail)*st.Bsize - 16<<10
+			mustRun(l.t, "fallocate", "-l", strconv.FormatInt(max(free, 4096), 10), balloon)
+			f.desc += fmt.Sprintf(": %d MiB balloon", free>>20)
+			f.heal = func() { os.Remove(balloon) }
 		case "restart":
 			n.p.cmd.Process.Signal(syscall.SIGTERM)
 			select {
@@ -589,6 +610,39 @@ func (l *chaosLab) inject(kind string, used map[int]bool) *fault {
 }
 
 func (n *chaosNode) ns() string { return n.netns }
+
+// smallPool makes an ext4 filesystem of size bytes on a loop device and
+// mounts it, for a pool that the "full" fault can fill up.
+func smallPool(t *testing.T, size int64) string {
+	requireTools(t, "losetup", "mkfs.ext4", "mount", "umount", "fallocate")
+	dir := shortTempDir(t)
+	img := filepath.Join(dir, "pool.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(size)
+	f.Close()
+	loop := strings.TrimSpace(mustRun(t, "losetup", "-f", "--show", img).stdout)
+	t.Cleanup(func() { runCmd(t, "losetup", "-d", loop) })
+	mustRun(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", loop)
+	mnt := filepath.Join(dir, "pool")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "mount", loop, mnt)
+	t.Cleanup(func() {
+		if r := runCmd(t, "umount", mnt); r.code != 0 {
+			runCmd(t, "umount", "-l", mnt)
+		}
+	})
+	// the pool is a directory of its own on that filesystem
+	p := filepath.Join(mnt, "hacs")
+	if err := os.Mkdir(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
 func (l *chaosLab) recordExit(name string) {
 	l.mu.Lock()
@@ -885,6 +939,7 @@ func (w *chaosWorkload) run(wk *chaosWorker) {
 			flush = true
 			run = func() error { return c.Flush() }
 		case wk.writer && r < 0.7:
+			zero := r < 0.1 // write zeroes: a hole punched, allocated again by a later write
 			var live []int
 			for _, b := range wk.blocks {
 				if !retired[b] {
@@ -895,12 +950,17 @@ func (w *chaosWorkload) run(wk *chaosWorker) {
 				return
 			}
 			b := live[wk.rng.IntN(len(live))]
+			w.hot[wk.vol].Store(int64(b))
+			if zero {
+				op = chaosOp{Worker: wk.id, Vol: wk.vol, Block: b, Write: true, Value: 0}
+				run = func() error { return c.WriteZeroes(w.l.blockOff(b), chaosBlockSize, 0) }
+				break
+			}
 			wk.seq++
 			val := chaosValue(wk.id, wk.seq)
 			data := chaosPayload(wk.vol, b, val)
 			fua := wk.rng.IntN(4) == 0
 			op = chaosOp{Worker: wk.id, Vol: wk.vol, Block: b, Write: true, Value: val}
-			w.hot[wk.vol].Store(int64(b))
 			run = func() error { return c.WriteAt(data, w.l.blockOff(b), fua) }
 		default:
 			var b int
