@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -251,6 +252,17 @@ func TestResourceManagerFailover(t *testing.T) {
 	cl3 := c.dial(v3)
 	if err := cl3.ReadAt(got, 4<<20); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("data after standby move: %v", err)
+	}
+
+	// hacs volume restart: stopped, then served again at a newer epoch.
+	out, err := exec.Command(hacsBin, "volume", "restart", "vol", "--cluster", c.ports["n1"][0]+","+c.ports["n2"][0]+","+c.ports["n3"][0]).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "vol: restarted, served by") {
+		t.Fatalf("volume restart: %v\n%s", err, out)
+	}
+	v4 := c.waitServed("vol", v3.Export.Epoch+1)
+	cl4 := c.dial(v4)
+	if err := cl4.ReadAt(got, 4<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data after restart: %v", err)
 	}
 }
 

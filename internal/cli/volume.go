@@ -70,6 +70,7 @@ comma-separated list, tried in turn.`,
 		volSpecCmd(f, "standby", "Stop serving volumes (the primary stops; replicas stay)"),
 		volSpecCmd(f, "active", "Serve volumes again"),
 		volSpecCmd(f, "unfail", "Clear volumes' failure counts"),
+		volRestartCmd(f),
 		volPreferCmd(f), volVerifyCmd(f), volAttachCmd(f))
 	return cmd
 }
@@ -248,6 +249,60 @@ func volSpecCmd(f *volumeFlags, verb, short string) *cobra.Command {
 			})
 		},
 	}
+}
+
+func volRestartCmd(f *volumeFlags) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:     "restart NAMES",
+		Short:   "Stop and start serving volumes (the primary flushes and stops, then the cluster serves them again)",
+		Example: "  hacs volume restart vm1\n  hacs volume restart vm1-3",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			names, err := f.names(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			c := f.client()
+			wait := func(name string, served bool) (agent.VolumeInfo, error) {
+				deadline := time.Now().Add(timeout)
+				for {
+					var v agent.VolumeInfo
+					err := c.do(cmd.Context(), "GET", "/v1/volumes/"+name, nil, &v)
+					if err == nil && (v.Export != nil) == served {
+						return v, nil
+					}
+					if time.Now().After(deadline) {
+						state := "stopped"
+						if served {
+							state = "served again"
+						}
+						return v, fmt.Errorf("not %s after %v (health %s)", state, timeout, v.Health)
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+			return eachName(cmd, names, func(name string) error {
+				if err := c.do(cmd.Context(), "POST", "/v1/volumes/"+name+"/standby", nil, nil); err != nil {
+					return err
+				}
+				if _, err := wait(name, false); err != nil {
+					return err
+				}
+				if err := c.do(cmd.Context(), "POST", "/v1/volumes/"+name+"/active", nil, nil); err != nil {
+					return err
+				}
+				v, err := wait(name, true)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: restarted, served by %s at epoch %d\n", name, v.Export.Node, v.Export.Epoch)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for each step")
+	return cmd
 }
 
 func volPreferCmd(f *volumeFlags) *cobra.Command {
