@@ -2,6 +2,7 @@ package test
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,12 +88,16 @@ func TestChaosCheckers(t *testing.T) {
 		t.Fatalf("stale read after a dirty one taken for the known bug: %v %v", v, k)
 	}
 	// corrupt reads: torn while a write of the block runs (known), or not
+	half := append(slices.Clone(zeroBlock[:2048]), chaosPayload(0, 3, w1)[2048:]...)
+	foreign := slices.Clone(half)
+	foreign[3000]++
 	torn := []chaosOp{
 		{Worker: 0, Block: 3, Write: true, Value: w1, Call: 1 * s, Return: 3 * s},
-		{Worker: 1, Block: 3, Call: 2 * s, Return: 2 * s, Corrupt: "torn block: header says w0#1 but the content differs"},
-		{Worker: 1, Block: 3, Call: 4 * s, Return: 5 * s, Corrupt: "torn block: header says w0#1 but the content differs"},
+		{Worker: 1, Block: 3, Call: 2 * s, Return: 2 * s, Corrupt: "not a block of this suite", Raw: half},
+		{Worker: 1, Block: 3, Call: 2 * s, Return: 2 * s, Corrupt: "not a block of this suite", Raw: foreign},
+		{Worker: 1, Block: 3, Call: 4 * s, Return: 5 * s, Corrupt: "not a block of this suite", Raw: half},
 	}
-	if v, k := checkCorrupt(torn); len(v) != 1 || len(k) != 1 || !strings.Contains(v[0], "[4.000s") {
+	if v, k := checkCorrupt(torn); len(v) != 2 || len(k) != 1 || !strings.Contains(v[1], "[4.000s") {
 		t.Fatalf("corrupt reads misjudged: %v %v", v, k)
 	}
 
