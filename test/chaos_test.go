@@ -90,7 +90,7 @@ func TestChaosCheckers(t *testing.T) {
 	// corrupt reads: torn while a write of the block runs (known), or not
 	half := append(slices.Clone(zeroBlock[:2048]), chaosPayload(0, 3, w1)[2048:]...)
 	foreign := slices.Clone(half)
-	foreign[3000]++
+	foreign[3000] ^= 0x55
 	torn := []chaosOp{
 		{Worker: 0, Block: 3, Write: true, Value: w1, Call: 1 * s, Return: 3 * s},
 		{Worker: 1, Block: 3, Call: 2 * s, Return: 2 * s, Corrupt: "not a block of this suite", Raw: half},
