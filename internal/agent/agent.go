@@ -42,7 +42,9 @@ type Config struct {
 	// Settings are the planner's cluster-wide defaults, used while this
 	// node is the DC.
 	Settings policy.Settings
-	Logger   *slog.Logger
+	// Alerts configures alert delivery (by the DC).
+	Alerts AlertConfig
+	Logger *slog.Logger
 }
 
 // Agent is the resource manager of one node.
@@ -62,6 +64,10 @@ type Agent struct {
 	prims map[string]*primary
 	// failed remembers (volume, epoch) start failures already counted.
 	failed map[string]uint64
+	// stats keeps each volume's I/O statistics across the mirrors this
+	// node serves it with (for /metrics).
+	stats  map[string]*mirror.Stats
+	alerts *alertStats
 	wg     sync.WaitGroup
 }
 
@@ -82,7 +88,21 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{}}
+	ac := &cfg.Alerts
+	if ac.Kinds == nil {
+		ac.Kinds = AlertKinds
+	}
+	if ac.Timeout <= 0 {
+		ac.Timeout = 30 * time.Second
+	}
+	if ac.Attempts <= 0 {
+		ac.Attempts = 6
+	}
+	if ac.Backoff <= 0 {
+		ac.Backoff = time.Second
+	}
+	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
+		stats: map[string]*mirror.Stats{}, alerts: newAlertStats()}
 	if cfg.Pool != nil {
 		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
 		if err != nil {
@@ -134,9 +154,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.registerAPI()
 	a.log.Info("resource manager running", "replica_addr", a.replicaAddr, "export_addr", a.exportAddr)
 
-	a.wg.Add(2)
+	a.wg.Add(4)
 	go func() { defer a.wg.Done(); a.dcLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.capacityLoop(ctx) }()
+	go func() { defer a.wg.Done(); a.alertLoop(ctx) }()
+	go func() { defer a.wg.Done(); a.takeoverLoop(ctx) }()
 	a.nodeLoop(ctx)
 	a.wg.Wait()
 	a.mu.Lock()
@@ -212,6 +234,7 @@ func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) {
 			a.stopPrimaryLocked(name, "this node lost its lease or quorum: it stops serving (self-fence)", false)
 		case v == nil || v.spec == nil || v.state == nil:
 			a.stopPrimaryLocked(name, "volume destroyed", true)
+			delete(a.stats, name)
 		case p.m.Fenced():
 			a.stopPrimaryLocked(name, "fenced by a newer primary", false)
 		case v.state.Primary != a.self():
@@ -308,7 +331,13 @@ func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	name := v.name
+	stats := a.stats[name]
+	if stats == nil {
+		stats = mirror.NewStats()
+		a.stats[name] = stats
+	}
 	m, err := mirror.Open(octx, mirror.Config{
+		Stats:  stats,
 		Volume: name, Self: a.self(), Size: v.spec.Size, Replicas: reps, Store: a.node.Volumes(),
 		Timeout: a.cfg.ReplicaTimeout, Logger: a.log,
 		OnEvent: func(e mirror.Event) {

@@ -61,6 +61,7 @@ func (a *Agent) registerAPI() {
 	mux.HandleFunc("POST /v1/volumes/{name}/unfail", a.handleUnfail)
 	mux.HandleFunc("POST /v1/volumes/{name}/verify", a.handleVerify)
 	mux.HandleFunc("GET /v1/volumes/{name}/mirror", a.handleMirror)
+	mux.Handle("GET /metrics", a.metricsHandler())
 }
 
 func (a *Agent) handleCreate(w http.ResponseWriter, r *http.Request) {

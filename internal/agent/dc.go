@@ -201,3 +201,42 @@ func (a *Agent) apply(ctx context.Context, l cluster.Leadership, v *volumeView, 
 	}
 	return 0, fmt.Errorf("unknown action %q", act.Kind)
 }
+
+// takeoverLoop reports, each time this node becomes the DC, the nodes that
+// went offline while no DC could record it (such as the previous DC
+// itself, whose death is what made this node the DC): the cluster layer
+// records node-offline only on the DC, for the changes it sees as DC.
+func (a *Agent) takeoverLoop(ctx context.Context) {
+	for {
+		l, err := a.node.WaitDC(ctx)
+		if err != nil {
+			return
+		}
+		a.reportUnrecordedOffline(l.Ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.Ctx.Done():
+		}
+	}
+}
+
+func (a *Agent) reportUnrecordedOffline(ctx context.Context) {
+	for _, n := range a.node.Members().Nodes {
+		if n.Online || n.Since.IsZero() || time.Since(n.Since) > 5*time.Minute {
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		evs, _, err := cluster.ListEvents(lctx, a.node.Client(), cluster.EventFilter{Kind: cluster.EventNodeOffline, Since: n.Since.Add(-30 * time.Second)})
+		cancel()
+		if err != nil {
+			a.log.Warn("checking the event log for node-offline", "node", n.Name, "err", err)
+			continue
+		}
+		if slices.ContainsFunc(evs, func(e cluster.Event) bool { return e.Fields["subject"] == n.Name }) {
+			continue
+		}
+		a.node.Emit(cluster.EventNodeOffline, "", fmt.Sprintf("node %s is offline (lease expired or revoked; seen at %s, recorded by the new DC)",
+			n.Name, n.Since.UTC().Format(time.RFC3339)), map[string]string{"subject": n.Name})
+	}
+}

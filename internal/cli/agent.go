@@ -80,6 +80,8 @@ serving before it can expire for the others.`,
 	f.StringVar(&rm.replicaListen, "replica-listen", "0.0.0.0:7703", "replica server address (primaries reach this node's replicas there)")
 	f.StringVar(&rm.exportListen, "export-listen", "0.0.0.0:10809", "NBD address of the volumes this node serves as primary")
 	f.DurationVar(&rm.replicaTimeout, "replica-timeout", 5*time.Second, "a replica that does not answer within this time leaves the in-sync set")
+	f.StringVar(&rm.alertExec, "alert-exec", "", "when this node is the DC: run this executable for each cluster event worth an alert (node lost, failover, replica degraded, resync finished, fencing), with the event in HACS_EVENT_* variables and as JSON on stdin; give every agent the same")
+	f.StringVar(&rm.alertURL, "alert-url", "", "when this node is the DC: POST each cluster event worth an alert as JSON to this URL (a webhook); give every agent the same")
 	f.DurationVar(&rm.reReplicateAfter, "re-replicate-after", policy.DefaultReReplicateAfter, "when this node is the DC: a node down this long has its replicas rebuilt elsewhere")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory holding all the node's state (identity, etcd data); required")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the host name; fixed once the node exists)")
@@ -106,6 +108,7 @@ serving before it can expire for the others.`,
 // rmFlags configure the resource manager part of the agent.
 type rmFlags struct {
 	pool, replicaListen, exportListen string
+	alertExec, alertURL               string
 	replicaTimeout, reReplicateAfter  time.Duration
 }
 
@@ -121,7 +124,14 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	}
 	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
 		ExportListen: rm.exportListen, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
-		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter)}}
+		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter)},
+		Alerts:   agent.AlertConfig{Exec: rm.alertExec, URL: rm.alertURL}}
+	if rm.alertExec != "" {
+		if rm.alertExec, err = filepath.Abs(rm.alertExec); err != nil {
+			return err
+		}
+		acfg.Alerts.Exec = rm.alertExec
+	}
 	if slices.Contains(n.Config().Roles, cluster.RoleStorage) {
 		dir := rm.pool
 		if dir == "" {

@@ -72,6 +72,9 @@ type Config struct {
 	ResyncRate int64
 	Logger     *slog.Logger
 	OnEvent    func(Event)
+	// Stats, when set, receives the I/O statistics (see Mirror.Stats);
+	// otherwise the mirror keeps its own.
+	Stats *Stats
 }
 
 // Event is something that happened to the volume, for logs and operators.
@@ -136,6 +139,8 @@ type Mirror struct {
 
 	al activityLog
 
+	stats *Stats
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -176,6 +181,10 @@ func Open(ctx context.Context, cfg Config) (*Mirror, error) {
 		epoch:  st.Epoch,
 		size:   cfg.Size,
 		chunks: int((cfg.Size + ChunkSize - 1) / ChunkSize),
+		stats:  cfg.Stats,
+	}
+	if m.stats == nil {
+		m.stats = NewStats()
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.al.init(Regions(cfg.Size))
@@ -644,7 +653,10 @@ func (m *Mirror) WriteAt(p []byte, off int64, fua bool) error {
 	if err := device.CheckRange(off, int64(len(p)), m.size); err != nil {
 		return device.ErrNoSpace
 	}
-	return m.write(off, int64(len(p)), func(d device.Device) error { return d.WriteAt(p, off, fua) })
+	t := m.stats.begin()
+	err := m.write(off, int64(len(p)), func(d device.Device) error { return d.WriteAt(p, off, fua) })
+	m.stats.end(OpWrite, t, int64(len(p)), err)
+	return err
 }
 
 // Trim implements device.Device.
@@ -652,7 +664,10 @@ func (m *Mirror) Trim(off, n int64) error {
 	if err := device.CheckRange(off, n, m.size); err != nil {
 		return err
 	}
-	return m.write(off, n, func(d device.Device) error { return d.Trim(off, n) })
+	t := m.stats.begin()
+	err := m.write(off, n, func(d device.Device) error { return d.Trim(off, n) })
+	m.stats.end(OpTrim, t, n, err)
+	return err
 }
 
 // WriteZeroes implements device.Device.
@@ -661,11 +676,21 @@ func (m *Mirror) WriteZeroes(off, n int64, f device.ZeroFlags) error {
 		return device.ErrNoSpace
 	}
 	f &^= device.ZeroFast // replicas may differ in how fast they zero
-	return m.write(off, n, func(d device.Device) error { return d.WriteZeroes(off, n, f) })
+	t := m.stats.begin()
+	err := m.write(off, n, func(d device.Device) error { return d.WriteZeroes(off, n, f) })
+	m.stats.end(OpZero, t, n, err)
+	return err
 }
 
 // Flush implements device.Device: durable on every in-sync replica.
 func (m *Mirror) Flush() error {
+	t := m.stats.begin()
+	err := m.flush()
+	m.stats.end(OpFlush, t, 0, err)
+	return err
+}
+
+func (m *Mirror) flush() error {
 	if m.fenced.Load() {
 		return ErrFenced
 	}
@@ -680,7 +705,10 @@ func (m *Mirror) ReadAt(p []byte, off int64) error {
 	if err := device.CheckRange(off, int64(len(p)), m.size); err != nil {
 		return err
 	}
-	return m.readOp(func(d device.Device) error { return d.ReadAt(p, off) })
+	t := m.stats.begin()
+	err := m.readOp(func(d device.Device) error { return d.ReadAt(p, off) })
+	m.stats.end(OpRead, t, int64(len(p)), err)
+	return err
 }
 
 // Extents implements device.Device.

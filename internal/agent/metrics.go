@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hacs/hacs/internal/mirror"
+)
+
+// Metrics (see docs/OBSERVABILITY.md). Volume metrics are exported by the
+// node serving the volume as primary; node metrics by every node.
+var (
+	descVolOps = prometheus.NewDesc("hacs_volume_operations_total",
+		"I/O requests served by the volume's primary on this node, by operation (failed ones included).",
+		[]string{"volume", "op"}, nil)
+	descVolErrors = prometheus.NewDesc("hacs_volume_operation_errors_total",
+		"I/O requests that failed, by operation.", []string{"volume", "op"}, nil)
+	descVolBytes = prometheus.NewDesc("hacs_volume_bytes_total",
+		"Bytes of the successful I/O requests, by operation (trim and zero: the range's length).", []string{"volume", "op"}, nil)
+	descVolLatency = prometheus.NewDesc("hacs_volume_operation_duration_seconds",
+		"Latency of the I/O requests as the primary serves them (all replicas included), by operation.", []string{"volume", "op"}, nil)
+	descVolInFlight = prometheus.NewDesc("hacs_volume_inflight_requests",
+		"I/O requests being served.", []string{"volume"}, nil)
+	descVolEpoch = prometheus.NewDesc("hacs_volume_epoch",
+		"The epoch the volume is served at (it increases at each failover or primary move).", []string{"volume"}, nil)
+	descVolPrimary = prometheus.NewDesc("hacs_volume_primary",
+		"1 for each volume this node serves as primary.", []string{"volume"}, nil)
+	descVolFenced = prometheus.NewDesc("hacs_volume_fenced",
+		"1 when this node's primary of the volume is fenced by a newer primary.", []string{"volume"}, nil)
+	descVolReplicas = prometheus.NewDesc("hacs_volume_replicas",
+		"Replicas of the volume by replication state.", []string{"volume", "state"}, nil)
+	descRepState = prometheus.NewDesc("hacs_volume_replica_state",
+		"1 for the replica's current replication state (in-sync, outdated, resyncing), 0 for the others.", []string{"volume", "replica", "state"}, nil)
+	descRepConnected = prometheus.NewDesc("hacs_volume_replica_connected",
+		"1 when the primary holds a connection to the replica.", []string{"volume", "replica"}, nil)
+	descRepRemaining = prometheus.NewDesc("hacs_volume_resync_remaining_bytes",
+		"Bytes the replica still has to be compared or copied before it is in sync.", []string{"volume", "replica"}, nil)
+	descRepRate = prometheus.NewDesc("hacs_volume_resync_rate_bytes_per_second",
+		"Resync progress rate of the replica (0 unless resyncing).", []string{"volume", "replica"}, nil)
+	descRepDone = prometheus.NewDesc("hacs_volume_resync_done_bytes",
+		"Bytes of the current or last resync of the replica done so far.", []string{"volume", "replica"}, nil)
+
+	descPoolCapacity = prometheus.NewDesc("hacs_node_pool_capacity_bytes",
+		"What the storage pool may occupy: its usage plus the free space of its filesystem.", nil, nil)
+	descPoolUsed = prometheus.NewDesc("hacs_node_pool_used_bytes",
+		"Allocated bytes of the pool's files.", nil, nil)
+	descPoolFree = prometheus.NewDesc("hacs_node_pool_free_bytes",
+		"Free space of the pool's filesystem.", nil, nil)
+	descPoolPromised = prometheus.NewDesc("hacs_node_pool_promised_bytes",
+		"Sum of the sizes of the volumes in the pool.", nil, nil)
+	descPoolLimit = prometheus.NewDesc("hacs_node_pool_limit_bytes",
+		"Capacity times overcommit: no volume is placed past it.", nil, nil)
+	descReplicasHosted = prometheus.NewDesc("hacs_node_replicas_hosted",
+		"Volume replicas held in this node's pool.", nil, nil)
+	descPrimaries = prometheus.NewDesc("hacs_node_primaries",
+		"Volumes this node serves as primary.", nil, nil)
+	descServing = prometheus.NewDesc("hacs_node_serving",
+		"1 while this node holds its liveness lease and may serve.", nil, nil)
+	descDC = prometheus.NewDesc("hacs_node_dc",
+		"1 while this node is the designated coordinator (DC).", nil, nil)
+	descNodeInfo = prometheus.NewDesc("hacs_node_info",
+		"Always 1; labels name the node.", []string{"node"}, nil)
+)
+
+var replicaStates = []string{mirror.InSync.String(), mirror.Outdated.String(), mirror.Resyncing.String()}
+
+// collector reads the agent's current values at scrape time.
+type collector struct{ a *Agent }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descVolOps, descVolErrors, descVolBytes, descVolLatency, descVolInFlight,
+		descVolEpoch, descVolPrimary, descVolFenced, descVolReplicas, descRepState, descRepConnected, descRepRemaining,
+		descRepRate, descRepDone, descPoolCapacity, descPoolUsed, descPoolFree, descPoolPromised, descPoolLimit,
+		descReplicasHosted, descPrimaries, descServing, descDC, descNodeInfo} {
+		ch <- d
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	a := c.a
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	gauge(descNodeInfo, 1, a.self())
+	gauge(descServing, b2f(a.node.IsServing()))
+	gauge(descDC, b2f(a.node.IsDC()))
+	if a.cfg.Pool != nil {
+		if st, err := a.cfg.Pool.Stats(); err == nil {
+			gauge(descPoolCapacity, float64(st.Capacity))
+			gauge(descPoolUsed, float64(st.Used))
+			gauge(descPoolFree, float64(st.Free))
+			gauge(descPoolPromised, float64(st.Promised))
+			gauge(descPoolLimit, float64(st.Limit))
+			gauge(descReplicasHosted, float64(st.Volumes))
+		}
+	}
+
+	type served struct {
+		m     *mirror.Mirror
+		stats *mirror.Stats
+	}
+	a.mu.Lock()
+	prims := make(map[string]served, len(a.prims))
+	for name, p := range a.prims {
+		prims[name] = served{p.m, a.stats[name]}
+	}
+	a.mu.Unlock()
+	gauge(descPrimaries, float64(len(prims)))
+
+	for name, p := range prims {
+		st := p.m.Status()
+		gauge(descVolPrimary, 1, name)
+		gauge(descVolEpoch, float64(st.Epoch), name)
+		gauge(descVolFenced, b2f(st.Fenced), name)
+		count := map[string]int{}
+		for _, r := range st.Replicas {
+			count[r.State]++
+			for _, s := range replicaStates {
+				gauge(descRepState, b2f(r.State == s), name, r.ID, s)
+			}
+			gauge(descRepConnected, b2f(r.Connected), name, r.ID)
+			remaining := r.OutOfSync
+			if r.State == mirror.Resyncing.String() {
+				remaining = max(r.ResyncTotal-r.ResyncDone, 0)
+			}
+			gauge(descRepRemaining, float64(remaining), name, r.ID)
+			gauge(descRepRate, r.Rate, name, r.ID)
+			gauge(descRepDone, float64(r.ResyncDone), name, r.ID)
+		}
+		for _, s := range replicaStates {
+			gauge(descVolReplicas, float64(count[s]), name, s)
+		}
+
+		stats := p.stats
+		if stats == nil {
+			stats = p.m.Stats()
+		}
+		snap := stats.Snapshot()
+		gauge(descVolInFlight, float64(snap.InFlight), name)
+		for op := mirror.Op(0); op < mirror.NumOps; op++ {
+			o := snap.Ops[op]
+			ol := op.String()
+			counter(descVolOps, float64(o.Ops), name, ol)
+			counter(descVolErrors, float64(o.Errors), name, ol)
+			if op != mirror.OpFlush {
+				counter(descVolBytes, float64(o.Bytes), name, ol)
+			}
+			buckets := make(map[float64]uint64, len(o.Buckets))
+			for i, b := range o.Buckets {
+				buckets[mirror.LatencyBuckets[i]] = b
+			}
+			ch <- prometheus.MustNewConstHistogram(descVolLatency, o.Ops, o.SumSeconds, buckets, name, ol)
+		}
+	}
+}
+
+// metricsHandler serves the agent's metrics, plus the Go runtime's and the
+// process's.
+func (a *Agent) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{a}, a.alertMetrics(),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{a}})
+}
+
+type slogPromLogger struct{ a *Agent }
+
+func (l slogPromLogger) Println(v ...any) { l.a.log.Warn("metrics", "err", v) }
