@@ -2,7 +2,6 @@ package mirror
 
 import (
 	"bytes"
-	"os"
 	"testing"
 	"time"
 )
@@ -19,12 +18,9 @@ import (
 // may lack: wait for the writes in flight on the block, as a resync does
 // with its stripe locks.)
 //
-// Known bug while this skip is here: run it with HACS_KNOWN_BUGS=1.
+// Fixed: reads hold their chunks' stripe locks shared, writes exclusively
+// until every replica has answered.
 func TestNoReadOfUnreplicatedWrite(t *testing.T) {
-	if os.Getenv("HACS_KNOWN_BUGS") == "" {
-		t.Skip("known bug found by the chaos suite (issue 9): the primary serves reads of a block from its own replica " +
-			"while a write to it is in flight to the others (a dirty read); set HACS_KNOWN_BUGS=1 to run this regression test")
-	}
 	const size = 8 << 20
 	reps, _, m := newVolume(t, size, []string{"a", "b"}, func(c *Config) { c.Timeout = 10 * time.Second })
 	old := bytes.Repeat([]byte{1}, 4096)

@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -132,10 +131,8 @@ type Mirror struct {
 	legs   []*leg
 	fenced atomic.Bool
 
-	// stripeUsers > 0 makes writes take per-chunk stripe locks (a resync
-	// or verify copies chunks concurrently). Changed under mu.Lock.
-	stripeUsers atomic.Int32
-	stripes     [256]sync.Mutex
+	// stripes order writes, reads, resync copies and verify per chunk.
+	stripes [stripeCount]sync.RWMutex
 
 	al activityLog
 
@@ -449,27 +446,51 @@ func legsOf(rs []legResult) []*leg {
 
 func isStale(err error) bool { return errors.Is(err, syscall.ESHUTDOWN) }
 
-// lockStripes locks the stripes of chunks [lo, hi) in order.
-func (m *Mirror) lockStripes(lo, hi int) (unlock func()) {
-	var idx []int
-	if hi-lo >= len(m.stripes) {
-		idx = make([]int, len(m.stripes))
-		for i := range idx {
-			idx[i] = i
-		}
-	} else {
-		for c := lo; c < hi; c++ {
-			idx = append(idx, c%len(m.stripes))
-		}
-		sort.Ints(idx)
-		idx = slices.Compact(idx)
+// stripeCount is the number of chunk locks: chunk c is guarded by stripe
+// c % stripeCount.
+const stripeCount = 4096
+
+// stripeSpans lists the stripes of chunks [lo, hi) as at most two ascending
+// index ranges, so that every locker takes them in the same order.
+func stripeSpans(lo, hi int) [2][2]int {
+	if hi-lo >= stripeCount {
+		return [2][2]int{{0, stripeCount}, {0, 0}}
 	}
-	for _, i := range idx {
-		m.stripes[i].Lock()
+	a, b := lo%stripeCount, hi%stripeCount
+	if hi-lo == 0 {
+		return [2][2]int{}
 	}
-	return func() {
-		for _, i := range idx {
-			m.stripes[i].Unlock()
+	if a < b {
+		return [2][2]int{{a, b}, {0, 0}}
+	}
+	return [2][2]int{{0, b}, {a, stripeCount}} // wraps around
+}
+
+// lockStripes locks the chunks [lo, hi): exclusively for a write, a resync
+// copy or a verify, shared for a read. Writes holding them while they reach
+// every replica is what keeps reads from seeing a write in flight (a value a
+// surviving replica may lack) and overlapping writes in one order on every
+// replica.
+func (m *Mirror) lockStripes(lo, hi int, shared bool) {
+	for _, sp := range stripeSpans(lo, hi) {
+		for i := sp[0]; i < sp[1]; i++ {
+			if shared {
+				m.stripes[i].RLock()
+			} else {
+				m.stripes[i].Lock()
+			}
+		}
+	}
+}
+
+func (m *Mirror) unlockStripes(lo, hi int, shared bool) {
+	for _, sp := range stripeSpans(lo, hi) {
+		for i := sp[0]; i < sp[1]; i++ {
+			if shared {
+				m.stripes[i].RUnlock()
+			} else {
+				m.stripes[i].Unlock()
+			}
 		}
 	}
 }
@@ -501,10 +522,7 @@ func (m *Mirror) write(off, n int64, op func(device.Device) error) error {
 	if !m.al.allHot(r0, r1) {
 		failed = m.ensureHot(r0, r1, targets)
 	}
-	var unlock func()
-	if m.stripeUsers.Load() > 0 {
-		unlock = m.lockStripes(c0, c1)
-	}
+	m.lockStripes(c0, c1, false)
 	for _, l := range m.legs {
 		if l.state == Outdated {
 			l.dirty.setRange(c0, c1)
@@ -514,9 +532,7 @@ func (m *Mirror) write(off, n int64, op func(device.Device) error) error {
 	for _, f := range failed {
 		f.l.dirty.setRange(c0, c1)
 	}
-	if unlock != nil {
-		unlock()
-	}
+	m.unlockStripes(c0, c1, false)
 	m.mu.RUnlock()
 	return m.handleFailures(failed)
 }
@@ -575,7 +591,6 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 	for _, l := range legs {
 		if l.state == Resyncing || l.state == InSync && slices.Contains(drop, l.ID) {
 			if l.state == Resyncing {
-				m.stripeUsers.Add(-1)
 			}
 			l.state = Outdated
 			// Writes it acknowledged but had not flushed may be lost if it
@@ -705,8 +720,12 @@ func (m *Mirror) ReadAt(p []byte, off int64) error {
 	if err := device.CheckRange(off, int64(len(p)), m.size); err != nil {
 		return err
 	}
+	// Wait for writes in flight on the same chunks, so a read never returns
+	// data that a surviving in-sync replica might lack (a dirty read would
+	// not be linearizable across a failover).
+	c0, c1 := m.chunkRange(off, int64(len(p)))
 	t := m.stats.begin()
-	err := m.readOp(func(d device.Device) error { return d.ReadAt(p, off) })
+	err := m.readOp(c0, c1, func(d device.Device) error { return d.ReadAt(p, off) })
 	m.stats.end(OpRead, t, int64(len(p)), err)
 	return err
 }
@@ -717,7 +736,7 @@ func (m *Mirror) Extents(off, n int64) ([]device.Extent, error) {
 		return nil, err
 	}
 	var exts []device.Extent
-	err := m.readOp(func(d device.Device) error {
+	err := m.readOp(0, 0, func(d device.Device) error {
 		var err error
 		exts, err = d.Extents(off, n)
 		return err
@@ -727,7 +746,8 @@ func (m *Mirror) Extents(off, n int64) ([]device.Extent, error) {
 
 // readOp runs op on the read source, failing over to another in-sync
 // replica when it fails.
-func (m *Mirror) readOp(op func(device.Device) error) error {
+// It holds chunks [c0, c1) shared while it reads.
+func (m *Mirror) readOp(c0, c1 int, op func(device.Device) error) error {
 	for {
 		if m.fenced.Load() {
 			return ErrFenced
@@ -738,7 +758,9 @@ func (m *Mirror) readOp(op func(device.Device) error) error {
 			m.mu.RUnlock()
 			return ErrNoQuorm
 		}
+		m.lockStripes(c0, c1, true)
 		failed := m.fanout([]*leg{src}, op)
+		m.unlockStripes(c0, c1, true)
 		m.mu.RUnlock()
 		if len(failed) == 0 {
 			return nil
@@ -803,7 +825,6 @@ func (m *Mirror) RemoveReplica(id string) error {
 		}
 	}
 	if l.state == Resyncing {
-		m.stripeUsers.Add(-1)
 	}
 	l.removed.Store(true)
 	if l.dev != nil {

@@ -67,7 +67,6 @@ func (m *Mirror) resyncLoop(l *leg) {
 			}
 			l.dev = dev
 			l.state = Resyncing
-			m.stripeUsers.Add(1)
 			l.resyncStart = time.Now()
 			l.resyncTotal.Store(int64(l.dirty.len()+l.suspect.len()) * ChunkSize)
 			l.resyncDone.Store(0)
@@ -101,7 +100,6 @@ func (m *Mirror) resyncLoop(l *leg) {
 		m.mu.Lock()
 		if l.state == Resyncing {
 			l.state = Outdated
-			m.stripeUsers.Add(-1)
 		}
 		if l.dev != nil {
 			l.dev.Close()
@@ -151,7 +149,6 @@ func (m *Mirror) promote(l *leg) error {
 	}
 	l.state = InSync
 	l.lastErr = ""
-	m.stripeUsers.Add(-1)
 	el := time.Since(l.resyncStart).Round(time.Millisecond)
 	m.event(l.ID, "resync-finished", fmt.Sprintf("in sync again after %v: checked %d bytes, sent %d bytes; in sync now: %v",
 		el, l.resyncDone.Load(), l.resyncSent.Load(), ids))
@@ -189,14 +186,14 @@ func (m *Mirror) copyDirty(l *leg, bm *bitmap, compare bool) error {
 			m.mu.RUnlock()
 			return ErrNoQuorm
 		}
-		unlock := m.lockStripes(lo, hi)
+		m.lockStripes(lo, hi, false)
 		off := int64(lo) * ChunkSize
 		n := min(int64(hi)*ChunkSize, m.size) - off
 		sent, err := m.copyRange(src, l, off, n, buf, compare)
 		if err == nil {
 			bm.clearRange(lo, hi)
 		}
-		unlock()
+		m.unlockStripes(lo, hi, false)
 		m.mu.RUnlock()
 		if err != nil {
 			return err
@@ -308,10 +305,6 @@ type VerifyReport struct {
 // chunk by chunk, while I/O continues; with repair it copies the source's
 // data over every difference. progress, if set, is called with bytes done.
 func (m *Mirror) Verify(ctx context.Context, repair bool, progress func(done, total int64)) (VerifyReport, error) {
-	m.mu.Lock()
-	m.stripeUsers.Add(1)
-	m.mu.Unlock()
-	defer m.stripeUsers.Add(-1)
 	var rep VerifyReport
 	buf := make([]byte, resyncBatch*ChunkSize)
 	const span = 64 * ChunkSize
@@ -336,9 +329,9 @@ func (m *Mirror) Verify(ctx context.Context, repair bool, progress func(done, to
 			}
 		}
 		c0, c1 := m.chunkRange(off, n)
-		unlock := m.lockStripes(c0, c1)
+		m.lockStripes(c0, c1, false)
 		err := m.verifySpan(src, others, off, n, repair, buf, &rep)
-		unlock()
+		m.unlockStripes(c0, c1, false)
 		m.mu.RUnlock()
 		if err != nil {
 			return rep, err
