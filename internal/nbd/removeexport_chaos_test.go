@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -37,14 +36,8 @@ func (d *stuckWrites) WriteAt(p []byte, off int64, fua bool) error {
 // until the stuck request ended (2.8 s past the new primary's start in the
 // run that found it).
 //
-// Known bug while this skip is here: run it with HACS_KNOWN_BUGS=1; the fix
-// (close every victim's connection first, then wait for them all, in
-// Server.RemoveExport) removes the skip.
+// Fixed: RemoveExport closes every victim first, then waits for them all.
 func TestRemoveExportStopsEveryConnectionAtOnce(t *testing.T) {
-	if os.Getenv("HACS_KNOWN_BUGS") == "" {
-		t.Skip("known bug found by the chaos suite (issue 9): RemoveExport closes an export's connections one at a time, " +
-			"waiting for each to drain; set HACS_KNOWN_BUGS=1 to run this regression test")
-	}
 	srv, sock := startServer(t)
 	// The server walks an export's connections in map order: eight
 	// clients, one of them stuck, five times over, show the bug whatever

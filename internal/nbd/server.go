@@ -105,8 +105,12 @@ func (s *Server) RemoveExport(name string) {
 		}
 	}
 	s.mu.Unlock()
+	// Close every connection first, then wait for them all: one with a
+	// request stuck in the device must not keep the others serving.
 	for _, c := range victims {
 		c.nc.Close()
+	}
+	for _, c := range victims {
 		<-c.done
 	}
 }
