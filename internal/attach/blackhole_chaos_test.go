@@ -3,7 +3,6 @@ package attach
 import (
 	"context"
 	"net"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -51,12 +50,9 @@ func (d *silent) WriteAt(p []byte, off int64, fua bool) error {
 // --max-pause. The follower must re-send a request to the new primary once
 // the cluster names one, whether or not the old connection fails.
 //
-// Known bug while this skip is here: run it with HACS_KNOWN_BUGS=1.
+// Fixed: the follower's watchdog asks the cluster when requests stall and
+// leaves a silent primary the cluster no longer names.
 func TestFollowerLeavesSilentPrimary(t *testing.T) {
-	if os.Getenv("HACS_KNOWN_BUGS") == "" {
-		t.Skip("known bug found by the chaos suite (issue 9): a request to a primary that stops answering without " +
-			"closing its connection waits for TCP, not for the new primary; set HACS_KNOWN_BUGS=1 to run this regression test")
-	}
 	dir := shortDir(t)
 	const size = 1 << 20
 	oldDev := &silent{Device: device.NewMemory(size), mute: make(chan struct{}), release: make(chan struct{})}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,7 +55,15 @@ type Follower struct {
 
 	// Failovers counts reconnections after the first.
 	failovers int
+
+	// in flight, for the watchdog that leaves a silent primary
+	inflight     atomic.Int64
+	lastProgress atomic.Int64 // unix nanoseconds of the last completion
 }
+
+// stallCheck is how long requests may wait without any completing before
+// the follower asks the cluster whether the primary moved.
+const stallCheck = time.Second
 
 // NewFollower connects to the current primary and returns the follower.
 func NewFollower(ctx context.Context, resolve Resolver, logger *slog.Logger) (*Follower, error) {
@@ -73,7 +82,42 @@ func NewFollower(ctx context.Context, resolve Resolver, logger *slog.Logger) (*F
 	f.caps = c.Capabilities()
 	f.caps.MultiConn = true // every request goes through this one follower
 	f.log.Info("attached", "primary", t.Addr, "export", t.Export, "epoch", t.Epoch, "size", f.size)
+	go f.watch()
 	return f, nil
+}
+
+// watch leaves a primary that stopped answering without closing its
+// connection (a machine that lost power, a partition): when requests make
+// no progress and the cluster names another primary, the old connection is
+// closed, which sends its requests to the new one. Otherwise they would wait
+// for TCP to give up, many minutes.
+func (f *Follower) watch() {
+	t := time.NewTicker(stallCheck / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if f.inflight.Load() == 0 || time.Since(time.Unix(0, f.lastProgress.Load())) < stallCheck {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(f.ctx, 2*time.Second)
+		nt, err := f.resolve(ctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		f.mu.Lock()
+		cur, c := f.target, f.cur
+		f.mu.Unlock()
+		if c == nil || nt == cur {
+			continue
+		}
+		f.log.Warn("primary silent while the cluster names another: leaving it", "silent", cur.Addr, "epoch", cur.Epoch, "new", nt.Addr, "new_epoch", nt.Epoch)
+		go c.Close() // pending requests fail over to the new primary
+	}
 }
 
 func (f *Follower) connect(ctx context.Context) (*nbd.Client, Target, error) {
@@ -165,6 +209,11 @@ func retryable(c *nbd.Client, err error) bool {
 // do runs op against the current primary until it succeeds, fails with a
 // client error, or no primary appears within MaxPause.
 func (f *Follower) do(op func(c *nbd.Client) error) error {
+	f.inflight.Add(1)
+	defer func() {
+		f.inflight.Add(-1)
+		f.lastProgress.Store(time.Now().UnixNano())
+	}()
 	var deadline time.Time
 	for {
 		c, gen, err := f.client()
