@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -200,6 +201,19 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 		if s := fmt.Sprintf(`hacs_volume_replica_state{replica="%s",state="in-sync",volume="vol"}`, r); after[s] != 1 {
 			t.Errorf("%s = %v", s, after[s])
 		}
+	}
+
+	// Verify progress answers on every agent (the others ask the primary).
+	for name := range c.procs {
+		resp, err := http.Get(c.api(name) + "/v1/volumes/vol/verify")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: GET verify progress: %v %v", name, err, resp)
+		}
+		var p rm.VerifyProgress
+		if err := json.NewDecoder(resp.Body).Decode(&p); err != nil || p.Running {
+			t.Errorf("%s: verify progress %+v %v", name, p, err)
+		}
+		resp.Body.Close()
 	}
 
 	// Failover: SIGKILL of the primary's agent.

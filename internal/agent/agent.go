@@ -68,7 +68,9 @@ type Agent struct {
 	// node serves it with (for /metrics).
 	stats  map[string]*mirror.Stats
 	alerts *alertStats
-	wg     sync.WaitGroup
+	// verifies are the verifies running on this node's primaries.
+	verifies map[string]*verifyRun
+	wg       sync.WaitGroup
 }
 
 type primary struct {
@@ -102,7 +104,7 @@ func New(cfg Config) (*Agent, error) {
 		ac.Backoff = time.Second
 	}
 	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
-		stats: map[string]*mirror.Stats{}, alerts: newAlertStats()}
+		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{}}
 	if cfg.Pool != nil {
 		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
 		if err != nil {

@@ -151,7 +151,7 @@ func (a *Agent) followAlerts(ctx context.Context) error {
 		if age := time.Since(ev.Time); age > alertMaxAge {
 			a.log.Info("alerts: event too old, not alerted", "kind", ev.Kind, "age", age.Round(time.Second))
 		} else {
-			a.deliverAlert(ctx, ev)
+			a.deliverAlert(ctx, alertOf(ev, a.self()))
 		}
 		if ctx.Err() != nil {
 			return // not delivered: the next DC does it
@@ -170,9 +170,13 @@ func (a *Agent) followAlerts(ctx context.Context) error {
 	return err
 }
 
-func (a *Agent) deliverAlert(ctx context.Context, ev cluster.Event) {
-	al := Alert{Kind: ev.Kind, Node: ev.Node, Resource: ev.Resource, Message: ev.Message, Time: ev.Time,
-		Fields: ev.Fields, Rev: ev.Rev, Recipient: a.self()}
+func alertOf(ev cluster.Event, recipient string) Alert {
+	return Alert{Kind: ev.Kind, Node: ev.Node, Resource: ev.Resource, Message: ev.Message, Time: ev.Time,
+		Fields: ev.Fields, Rev: ev.Rev, Recipient: recipient}
+}
+
+// deliverAlert delivers one alert to each configured target.
+func (a *Agent) deliverAlert(ctx context.Context, al Alert) {
 	body, _ := json.Marshal(al)
 	ac := &a.cfg.Alerts
 	if ac.Exec != "" {

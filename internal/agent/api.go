@@ -60,6 +60,7 @@ func (a *Agent) registerAPI() {
 	mux.HandleFunc("POST /v1/volumes/{name}/prefer", a.handleSpec(a.setPrefer))
 	mux.HandleFunc("POST /v1/volumes/{name}/unfail", a.handleUnfail)
 	mux.HandleFunc("POST /v1/volumes/{name}/verify", a.handleVerify)
+	mux.HandleFunc("GET /v1/volumes/{name}/verify", a.handleVerifyProgress)
 	mux.HandleFunc("GET /v1/volumes/{name}/mirror", a.handleMirror)
 	mux.Handle("GET /metrics", a.metricsHandler())
 }
@@ -333,7 +334,9 @@ func (a *Agent) handleVerify(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	repair := r.URL.Query().Get("repair") == "1"
 	if m, err := a.mirrorOf(name); err == nil {
-		rep, err := m.Verify(r.Context(), repair, nil)
+		progress, end := a.startVerify(name)
+		defer end()
+		rep, err := m.Verify(r.Context(), repair, progress)
 		if err != nil {
 			writeErr(w, err)
 			return

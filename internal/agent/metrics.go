@@ -42,6 +42,10 @@ var (
 		"Resync progress rate of the replica (0 unless resyncing).", []string{"volume", "replica"}, nil)
 	descRepDone = prometheus.NewDesc("hacs_volume_resync_done_bytes",
 		"Bytes of the current or last resync of the replica done so far.", []string{"volume", "replica"}, nil)
+	descVerifyDone = prometheus.NewDesc("hacs_volume_verify_done_bytes",
+		"Bytes compared so far by the running verify of the volume (absent when none runs).", []string{"volume"}, nil)
+	descVerifyTotal = prometheus.NewDesc("hacs_volume_verify_total_bytes",
+		"Bytes the running verify of the volume compares in all.", []string{"volume"}, nil)
 
 	descPoolCapacity = prometheus.NewDesc("hacs_node_pool_capacity_bytes",
 		"What the storage pool may occupy: its usage plus the free space of its filesystem.", nil, nil)
@@ -73,7 +77,7 @@ type collector struct{ a *Agent }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVolOps, descVolErrors, descVolBytes, descVolLatency, descVolInFlight,
 		descVolEpoch, descVolPrimary, descVolFenced, descVolReplicas, descRepState, descRepConnected, descRepRemaining,
-		descRepRate, descRepDone, descPoolCapacity, descPoolUsed, descPoolFree, descPoolPromised, descPoolLimit,
+		descRepRate, descRepDone, descVerifyDone, descVerifyTotal, descPoolCapacity, descPoolUsed, descPoolFree, descPoolPromised, descPoolLimit,
 		descReplicasHosted, descPrimaries, descServing, descDC, descNodeInfo} {
 		ch <- d
 	}
@@ -142,6 +146,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, s := range replicaStates {
 			gauge(descVolReplicas, float64(count[s]), name, s)
+		}
+
+		if vp := a.verifyProgress(name); vp.Running {
+			gauge(descVerifyDone, float64(vp.Done), name)
+			gauge(descVerifyTotal, float64(vp.Total), name)
 		}
 
 		stats := p.stats

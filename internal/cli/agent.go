@@ -130,6 +130,10 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 		if rm.alertExec, err = filepath.Abs(rm.alertExec); err != nil {
 			return err
 		}
+		if st, err := os.Stat(rm.alertExec); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			n.Stop(context.Background())
+			return fmt.Errorf("--alert-exec %s: not an executable file", rm.alertExec)
+		}
 		acfg.Alerts.Exec = rm.alertExec
 	}
 	if slices.Contains(n.Config().Roles, cluster.RoleStorage) {

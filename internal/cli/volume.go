@@ -340,10 +340,24 @@ func volVerifyCmd(f *volumeFlags) *cobra.Command {
 				path += "?repair=1"
 			}
 			var rep mirror.VerifyReport
-			if err := f.client().do(cmd.Context(), "POST", path, nil, &rep); err != nil {
+			// On a terminal, a progress bar on stderr from the primary's
+			// progress (GET .../verify).
+			stop := func() {}
+			if !f.asJSON && isTerminal(cmd.ErrOrStderr()) {
+				c := f.client()
+				stop = pollProgress(cmd.Context(), cmd.ErrOrStderr(), "verify "+args[0], 250*time.Millisecond,
+					func(ctx context.Context) (int64, int64, bool) {
+						var p agent.VerifyProgress
+						err := c.do(ctx, "GET", "/v1/volumes/"+args[0]+"/verify", nil, &p)
+						return p.Done, p.Total, err == nil && p.Running
+					})
+			}
+			err := f.client().do(cmd.Context(), "POST", path, nil, &rep)
+			stop()
+			if err != nil {
 				return err
 			}
-			err := f.print(cmd, rep, func(w io.Writer) {
+			err = f.print(cmd, rep, func(w io.Writer) {
 				fmt.Fprintf(w, "compared %s of %v against %s: %d difference(s)\n", human(rep.Bytes), rep.Compared, rep.Source, len(rep.Differences))
 				for _, d := range rep.Differences {
 					fmt.Fprintf(w, "  %s\t[%d, +%d)\n", d.Replica, d.Offset, d.Length)
