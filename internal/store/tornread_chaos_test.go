@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"os"
 	"testing"
 	"time"
 )
@@ -18,12 +17,8 @@ import (
 // of such a race is torn). Disks give sector (here 4 KiB block) atomicity:
 // a read returns the old block or the new one.
 //
-// Known bug while this skip is here: run it with HACS_KNOWN_BUGS=1.
+// Fixed: writes, trims and zeroes take their stripes exclusively.
 func TestReadConcurrentWithWriteIsNotTorn(t *testing.T) {
-	if os.Getenv("HACS_KNOWN_BUGS") == "" {
-		t.Skip("known bug found by the chaos suite (issue 9): a read concurrent with a write of the same 4 KiB block " +
-			"can return part of each; set HACS_KNOWN_BUGS=1 to run this regression test")
-	}
 	v := newVolume(t, newPool(t), "v", 1<<20)
 	a, b := bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096)
 	stop := make(chan struct{})

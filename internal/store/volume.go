@@ -238,31 +238,31 @@ func stripeSpan(off, n int64) (lo, hi int, wrap bool) {
 	return lo, hi, lo > hi
 }
 
-func (v *Volume) rlock(off, n int64) {
+// eachStripe applies fn to the stripes of [off, off+n), in ascending order
+// (so that every locker takes them in the same order).
+func (v *Volume) eachStripe(off, n int64, fn func(*sync.RWMutex)) {
 	lo, hi, wrap := stripeSpan(off, n)
 	if wrap {
 		for i := 0; i <= hi; i++ {
-			v.stripes[i].RLock()
+			fn(&v.stripes[i].RWMutex)
 		}
 		hi = nStripes - 1
 	}
 	for i := lo; i <= hi; i++ {
-		v.stripes[i].RLock()
+		fn(&v.stripes[i].RWMutex)
 	}
 }
 
-func (v *Volume) runlock(off, n int64) {
-	lo, hi, wrap := stripeSpan(off, n)
-	if wrap {
-		for i := 0; i <= hi; i++ {
-			v.stripes[i].RUnlock()
-		}
-		hi = nStripes - 1
-	}
-	for i := lo; i <= hi; i++ {
-		v.stripes[i].RUnlock()
-	}
-}
+// rlock takes the stripes of [off, off+n) shared (reads, extents).
+func (v *Volume) rlock(off, n int64)   { v.eachStripe(off, n, (*sync.RWMutex).RLock) }
+func (v *Volume) runlock(off, n int64) { v.eachStripe(off, n, (*sync.RWMutex).RUnlock) }
+
+// wlock takes the stripes of [off, off+n) exclusively: writes, trims and
+// zeroes hold them so that a concurrent read of the same block sees the old
+// content or the new, never a mix (the page cache gives no atomicity
+// between a pread and a pwrite of the same page).
+func (v *Volume) wlock(off, n int64)   { v.eachStripe(off, n, (*sync.RWMutex).Lock) }
+func (v *Volume) wunlock(off, n int64) { v.eachStripe(off, n, (*sync.RWMutex).Unlock) }
 
 func (v *Volume) lockAll() {
 	for i := range v.stripes {
@@ -379,17 +379,17 @@ func (v *Volume) write(p []byte, off int64) error {
 	first, last := off>>blockShift, (end-1)>>blockShift
 	headPartial := off&blockMask != 0 || (first == last && end&blockMask != 0)
 	tailPartial := end&blockMask != 0 && last != first
-	v.rlock(off, n)
+	v.wlock(off, n)
 	if v.closed.Load() {
-		v.runlock(off, n)
+		v.wunlock(off, n)
 		return device.ErrClosed
 	}
 	if !(headPartial && v.needsCopyUp(first)) && !(tailPartial && v.needsCopyUp(last)) {
 		err := v.writeHead(p, off)
-		v.runlock(off, n)
+		v.wunlock(off, n)
 		return err
 	}
-	v.runlock(off, n)
+	v.wunlock(off, n)
 	// Slow path: a partial block whose data lives below the head.
 	a, z := off, end
 	if headPartial {
@@ -405,8 +405,8 @@ func (v *Volume) write(p []byte, off int64) error {
 		}
 	}
 	if z > a {
-		v.rlock(a, z-a)
-		defer v.runlock(a, z-a)
+		v.wlock(a, z-a)
+		defer v.wunlock(a, z-a)
 		if v.closed.Load() {
 			return device.ErrClosed
 		}
@@ -539,8 +539,8 @@ func (v *Volume) zero(off, length int64, flags device.ZeroFlags) error {
 	if z <= a {
 		return nil
 	}
-	v.rlock(a, z-a)
-	defer v.runlock(a, z-a)
+	v.wlock(a, z-a)
+	defer v.wunlock(a, z-a)
 	if v.closed.Load() {
 		return device.ErrClosed
 	}
