@@ -17,11 +17,11 @@ import (
 func smallFS(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a loop mount")
+		t.Fatal("needs root for a loop mount (make test runs as root in CI)")
 	}
 	for _, tool := range []string{"mkfs.ext4", "losetup", "mount", "umount"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
+			t.Fatalf("needs %s: install e2fsprogs, util-linux, mount (make deps)", tool)
 		}
 	}
 	dir := t.TempDir()
@@ -40,11 +40,11 @@ func smallFS(t *testing.T) string {
 	}
 	loop, err := run("losetup", "--find", "--show", img)
 	if err != nil {
-		t.Skipf("losetup: %v %s", err, loop)
+		t.Fatalf("losetup: %v %s", err, loop)
 	}
 	t.Cleanup(func() { run("losetup", "-d", loop) })
 	if out, err := run("mount", loop, mnt); err != nil {
-		t.Skipf("mount: %v %s", err, out)
+		t.Fatalf("mount: %v %s", err, out)
 	}
 	t.Cleanup(func() { run("umount", "-l", mnt) })
 	return mnt
