@@ -99,6 +99,15 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 				m["hacs_node_pool_capacity_bytes"], m["hacs_node_replicas_hosted"], m["hacs_node_pool_promised_bytes"])
 		}
 		dcs += int(m["hacs_node_dc"])
+		if m["hacs_node_dc"] == 1 {
+			if m[`hacs_cluster_volume_health{health="ok",volume="vol"}`] != 1 || m[`hacs_cluster_volume_in_sync_replicas{volume="vol"}`] != 3 ||
+				m[`hacs_cluster_nodes{state="online"}`] != 3 {
+				t.Errorf("%s: DC cluster metrics: health ok %v, in sync %v, online %v", name, m[`hacs_cluster_volume_health{health="ok",volume="vol"}`],
+					m[`hacs_cluster_volume_in_sync_replicas{volume="vol"}`], m[`hacs_cluster_nodes{state="online"}`])
+			}
+		} else if _, ok := m[`hacs_cluster_nodes{state="online"}`]; ok {
+			t.Errorf("%s: cluster metrics on a node that is not the DC", name)
+		}
 		primary := m[volSeries("hacs_volume_primary", "vol", "")]
 		if (name == first) != (primary == 1) {
 			t.Errorf("%s: hacs_volume_primary %v (primary is %s)", name, primary, first)

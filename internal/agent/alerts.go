@@ -200,7 +200,12 @@ func (a *Agent) retryAlert(ctx context.Context, target string, al Alert, try fun
 			return
 		}
 		a.alerts.failures.WithLabelValues(target).Inc()
-		if attempt >= ac.Attempts || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			a.log.Warn("alert not delivered: this node is no longer the DC (the next DC delivers it)", "target", target,
+				"kind", al.Kind, "resource", al.Resource, "err", err)
+			return
+		}
+		if attempt >= ac.Attempts {
 			a.alerts.dropped.WithLabelValues(target).Inc()
 			a.log.Error("alert not delivered; giving up", "target", target, "kind", al.Kind, "resource", al.Resource,
 				"attempts", attempt, "err", err)

@@ -65,6 +65,18 @@ var (
 		"1 while this node holds its liveness lease and may serve.", nil, nil)
 	descDC = prometheus.NewDesc("hacs_node_dc",
 		"1 while this node is the designated coordinator (DC).", nil, nil)
+	descClusterHealth = prometheus.NewDesc("hacs_cluster_volume_health",
+		"DC only: 1 for the volume's current health (ok, degraded, stopped, pending, down), 0 for the others.", []string{"volume", "health"}, nil)
+	descClusterInSync = prometheus.NewDesc("hacs_cluster_volume_in_sync_replicas",
+		"DC only: replicas in the volume's in-sync set (from the cluster store).", []string{"volume"}, nil)
+	descClusterWanted = prometheus.NewDesc("hacs_cluster_volume_wanted_replicas",
+		"DC only: the volume's wanted replica count.", []string{"volume"}, nil)
+	descClusterEpoch = prometheus.NewDesc("hacs_cluster_volume_epoch",
+		"DC only: the volume's epoch in the cluster store.", []string{"volume"}, nil)
+	descClusterFailures = prometheus.NewDesc("hacs_cluster_volume_failures",
+		"DC only: the volume's fail count on a node (it moves away at the migration threshold; hacs volume unfail resets it).", []string{"volume", "node"}, nil)
+	descClusterNodes = prometheus.NewDesc("hacs_cluster_nodes",
+		"DC only: member nodes by state (online, offline, standby).", []string{"state"}, nil)
 	descNodeInfo = prometheus.NewDesc("hacs_node_info",
 		"Always 1; labels name the node.", []string{"node"}, nil)
 )
@@ -78,7 +90,8 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVolOps, descVolErrors, descVolBytes, descVolLatency, descVolInFlight,
 		descVolEpoch, descVolPrimary, descVolFenced, descVolReplicas, descRepState, descRepConnected, descRepRemaining,
 		descRepRate, descRepDone, descVerifyDone, descVerifyTotal, descPoolCapacity, descPoolUsed, descPoolFree, descPoolPromised, descPoolLimit,
-		descReplicasHosted, descPrimaries, descServing, descDC, descNodeInfo} {
+		descReplicasHosted, descPrimaries, descServing, descDC, descNodeInfo,
+		descClusterHealth, descClusterInSync, descClusterWanted, descClusterEpoch, descClusterFailures, descClusterNodes} {
 		ch <- d
 	}
 }
@@ -110,6 +123,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descPoolLimit, float64(st.Limit))
 			gauge(descReplicasHosted, float64(st.Volumes))
 		}
+	}
+
+	if a.node.IsDC() {
+		a.collectCluster(gauge)
 	}
 
 	type served struct {
@@ -188,3 +205,50 @@ func (a *Agent) metricsHandler() http.Handler {
 type slogPromLogger struct{ a *Agent }
 
 func (l slogPromLogger) Println(v ...any) { l.a.log.Warn("metrics", "err", v) }
+
+var volumeHealths = []string{"ok", "degraded", "stopped", "pending", "down"}
+
+// collectCluster exports the cluster-wide view, on the DC only (so that
+// summing over instances counts each volume once).
+func (a *Agent) collectCluster(gauge func(*prometheus.Desc, float64, ...string)) {
+	members := a.node.Members()
+	online, offline, standby := 0, 0, 0
+	for _, n := range members.Nodes {
+		switch {
+		case !n.Online:
+			offline++
+		case n.Standby:
+			standby++
+		default:
+			online++
+		}
+	}
+	gauge(descClusterNodes, float64(online), "online")
+	gauge(descClusterNodes, float64(offline), "offline")
+	gauge(descClusterNodes, float64(standby), "standby")
+	if a.vols == nil {
+		return
+	}
+	snap, _ := a.vols.Snapshot()
+	if !snap.Synced {
+		return
+	}
+	views, _ := volumesFrom(snap)
+	for name, v := range views {
+		if v.spec == nil {
+			continue
+		}
+		vi := a.info(v, members)
+		for _, h := range volumeHealths {
+			gauge(descClusterHealth, b2f(vi.Health == h), name, h)
+		}
+		gauge(descClusterWanted, float64(v.spec.Replicas), name)
+		if v.state != nil {
+			gauge(descClusterInSync, float64(len(v.state.InSync)), name)
+			gauge(descClusterEpoch, float64(v.state.Epoch), name)
+		}
+		for node, f := range v.failures {
+			gauge(descClusterFailures, float64(f.Count), name, node)
+		}
+	}
+}
