@@ -82,21 +82,11 @@ func (n *Node) prepareJoin(ctx context.Context) error {
 	n.apiListen = n.pick(n.cfg.APIAddr, id.APIAddr, DefaultAPIAddr)
 	n.peerListen = n.pick(n.cfg.PeerListen, id.PeerListen, DefaultPeerListen)
 	n.clientListen = n.pick(n.cfg.ClientListen, id.ClientListen, DefaultClientListen)
-	if err := checkListen("--peer-listen", n.peerListen); err != nil {
-		return err
-	}
-	if err := checkListen("--client-listen", n.clientListen); err != nil {
-		return err
-	}
-	peer, err := advertiseAddr(n.peerListen, n.cfg.Advertise)
+	peer, client, err := n.etcdURLs()
 	if err != nil {
 		return err
 	}
-	client, err := advertiseAddr(n.clientListen, n.cfg.Advertise)
-	if err != nil {
-		return err
-	}
-	id.PeerURL, id.ClientURL = "http://"+peer, "http://"+client
+	id.PeerURL, id.ClientURL = peer, client
 	id.APIAddr, id.PeerListen, id.ClientListen = n.apiListen, n.peerListen, n.clientListen
 	if err := id.save(n.cfg.DataDir); err != nil {
 		return err

@@ -298,17 +298,7 @@ func (n *Node) prepareCreate() error {
 	n.apiListen = n.pick(n.cfg.APIAddr, "", DefaultAPIAddr)
 	n.peerListen = n.pick(n.cfg.PeerListen, "", DefaultPeerListen)
 	n.clientListen = n.pick(n.cfg.ClientListen, "", DefaultClientListen)
-	if err := checkListen("--peer-listen", n.peerListen); err != nil {
-		return err
-	}
-	if err := checkListen("--client-listen", n.clientListen); err != nil {
-		return err
-	}
-	peer, err := advertiseAddr(n.peerListen, n.cfg.Advertise)
-	if err != nil {
-		return err
-	}
-	client, err := advertiseAddr(n.clientListen, n.cfg.Advertise)
+	peer, client, err := n.etcdURLs()
 	if err != nil {
 		return err
 	}
@@ -320,8 +310,8 @@ func (n *Node) prepareCreate() error {
 		CreatedAt: time.Now().UTC(),
 		Voter:     true,
 		Creator:   true,
-		PeerURL:   "http://" + peer,
-		ClientURL: "http://" + client,
+		PeerURL:   peer,
+		ClientURL: client,
 		APIAddr:   n.apiListen, PeerListen: n.peerListen, ClientListen: n.clientListen,
 	}
 	id.InitialCluster = name + "=" + id.PeerURL
@@ -920,4 +910,22 @@ func (n *Node) cleanup() {
 		n.lockFile.Close()
 	}
 	n.lifeCancel()
+}
+
+// etcdURLs checks that the embedded etcd's listen addresses are free and
+// returns the peer and client URLs other nodes reach them at.
+func (n *Node) etcdURLs() (peer, client string, err error) {
+	if err := checkListen("--peer-listen", n.peerListen); err != nil {
+		return "", "", err
+	}
+	if err := checkListen("--client-listen", n.clientListen); err != nil {
+		return "", "", err
+	}
+	if peer, err = advertiseAddr(n.peerListen, n.cfg.Advertise); err != nil {
+		return "", "", err
+	}
+	if client, err = advertiseAddr(n.clientListen, n.cfg.Advertise); err != nil {
+		return "", "", err
+	}
+	return "http://" + peer, "http://" + client, nil
 }
