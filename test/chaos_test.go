@@ -47,7 +47,7 @@ func TestChaosLong(t *testing.T) {
 // made-up histories: a stale read, a lost acknowledged write, a torn block,
 // overlapping primaries.
 func TestChaosCheckers(t *testing.T) {
-	s := int64(time.Second)
+	s := int64(100 * time.Millisecond) // (writes of 0.1 to 0.7 s: none as slow as dropping a replica)
 	w1, w2 := chaosValue(0, 1), chaosValue(0, 2)
 	good := []chaosOp{
 		{Worker: 0, Block: 3, Write: true, Value: w1, Call: 1 * s, Return: 2 * s},
@@ -87,6 +87,17 @@ func TestChaosCheckers(t *testing.T) {
 	if v, k, _ := checkLinearizable(dirty, 10*time.Second, ""); len(v) != 1 || len(k) != 0 {
 		t.Fatalf("stale read after a dirty one taken for the known bug: %v %v", v, k)
 	}
+	// a write that waited for a replica to be dropped comes back over a
+	// newer one (the known resurrected write), told apart too
+	slow := []chaosOp{
+		{Worker: 0, Block: 4, Write: true, Value: w1, Call: 1 * s, Return: 30 * s},
+		{Worker: 0, Block: 4, Write: true, Value: w2, Call: 31 * s, Return: 32 * s},
+		{Worker: 1, Block: 4, Value: w2, Call: 33 * s, Return: 34 * s},
+		{Worker: 1, Block: 4, Value: w1, Call: 40 * s, Return: 41 * s},
+	}
+	if v, k, _ := checkLinearizable(slow, 10*time.Second, ""); len(v) != 0 || len(k) != 1 || !strings.Contains(k[0], "resurrected") {
+		t.Fatalf("resurrected write not told apart: %v %v", v, k)
+	}
 	// corrupt reads: torn while a write of the block runs (known), or not
 	half := append(slices.Clone(zeroBlock[:2048]), chaosPayload(0, 3, w1)[2048:]...)
 	foreign := slices.Clone(half)
@@ -97,7 +108,7 @@ func TestChaosCheckers(t *testing.T) {
 		{Worker: 1, Block: 3, Call: 2 * s, Return: 2 * s, Corrupt: "not a block of this suite", Raw: foreign},
 		{Worker: 1, Block: 3, Call: 4 * s, Return: 5 * s, Corrupt: "not a block of this suite", Raw: half},
 	}
-	if v, k := checkCorrupt(torn); len(v) != 2 || len(k) != 1 || !strings.Contains(v[1], "[4.000s") {
+	if v, k := checkCorrupt(torn); len(v) != 2 || len(k) != 1 || !strings.Contains(v[1], "[0.400s") {
 		t.Fatalf("corrupt reads misjudged: %v %v", v, k)
 	}
 

@@ -157,8 +157,9 @@ type chaosNode struct {
 	ip       string
 	down     bool // killed (until restarted)
 	paused   bool
-	impaired bool   // network fault: ask the others first
-	pool     string // mount point of its pool's own filesystem ("" if none)
+	impaired bool            // network fault: ask the others first
+	pool     string          // mount point of its pool's own filesystem ("" if none)
+	pastLogs strings.Builder // output of its earlier agent processes
 }
 
 type chaosClient struct {
@@ -652,6 +653,9 @@ func (l *chaosLab) recordExit(name string) {
 
 // restart starts a node's agent again on its data directory.
 func (l *chaosLab) restart(n *chaosNode) {
+	if n.p != nil {
+		fmt.Fprintf(&n.pastLogs, "%s\n--- %s: agent restarted ---\n", n.p.out.String(), time.Now().UTC().Format("15:04:05.000"))
+	}
 	n.start("", "")
 	n.down = false
 }
@@ -1186,6 +1190,25 @@ func checkLinearizable(hist []chaosOp, timeout time.Duration, dir string) (viola
 						mu.Unlock()
 						continue
 					}
+					// Without the reads of writes that waited for a replica
+					// to be dropped, too? Then it is the known resurrected
+					// write (see isResurrected).
+					var rest []porcupine.Operation
+					resurrected := 0
+					for _, p := range clean {
+						if isResurrected(p.Input.(chaosOp), ops) {
+							resurrected++
+							continue
+						}
+						rest = append(rest, p)
+					}
+					if resurrected > 0 && porcupine.CheckOperationsTimeout(registerModel, rest, timeout) == porcupine.Ok {
+						mu.Lock()
+						known = append(known, fmt.Sprintf("vol %d block %d: acknowledged writes lost to a resurrected older write (linearizable without the %d read(s) of writes that waited for a replica to be dropped):\n%s",
+							k.vol, k.block, resurrected, explainResurrected(ops)))
+						mu.Unlock()
+						continue
+					}
 				}
 				mu.Lock()
 				switch res {
@@ -1223,6 +1246,59 @@ func isDirtyRead(r chaosOp, ops []chaosOp) bool {
 		}
 	}
 	return false
+}
+
+// slowWrite is how long a write waits when a replica stops answering (the
+// agents' --replica-timeout is 2 s) before it is dropped from the in-sync
+// set.
+const slowWrite = 1500 * time.Millisecond
+
+// isResurrected tells a read that returned the value of a write that took
+// as long as dropping a replica: the write that was in flight to the
+// replica when it was cut off. Such a write, still queued in TCP on the
+// abandoned connection, is applied by the replica after the heal, over the
+// newer data resync and mirroring brought it (the known bug of
+// internal/replica TestReopenFencesEarlierHandleOfSameEpoch).
+func isResurrected(r chaosOp, ops []chaosOp) bool {
+	if r.Write || r.Value == 0 {
+		return false
+	}
+	for _, w := range ops {
+		if w.Write && w.Value == r.Value {
+			return w.Return >= 0 && time.Duration(w.Return-w.Call) >= slowWrite
+		}
+	}
+	return false
+}
+
+// explainResurrected lists the reads of a slow write's value made after a
+// newer write of the block was acknowledged.
+func explainResurrected(ops []chaosOp) string {
+	var lines []string
+	for _, r := range ops {
+		if !isResurrected(r, ops) {
+			continue
+		}
+		var w chaosOp
+		for _, x := range ops {
+			if x.Write && x.Value == r.Value {
+				w = x
+			}
+		}
+		var newer *chaosOp
+		for i, x := range ops {
+			if x.Write && x.Call > w.Call && x.Return >= 0 && x.Return < r.Call && (newer == nil || x.Return > newer.Return) {
+				newer = &ops[i]
+			}
+		}
+		if newer != nil {
+			lines = append(lines, "    stale read "+r.String(), "      of "+w.String(), "      after "+newer.String())
+		}
+		if len(lines) > 30 {
+			break
+		}
+	}
+	return strings.Join(lines, "\n")
 }
 
 // explainDirty lists each dirty read with the writes around it and the
@@ -1695,7 +1771,16 @@ func runChaos(t *testing.T, cfg chaosConfig) chaosSummary {
 		}
 	}
 	addKnown("internal/nbd TestRemoveExportStopsEveryConnectionAtOnce", knownOv)
-	addKnown("internal/mirror TestNoReadOfUnreplicatedWrite", knownLin)
+	var knownDirty, knownResurrected []string
+	for _, k := range knownLin {
+		if strings.Contains(k, "resurrected") {
+			knownResurrected = append(knownResurrected, k)
+		} else {
+			knownDirty = append(knownDirty, k)
+		}
+	}
+	addKnown("internal/mirror TestNoReadOfUnreplicatedWrite", knownDirty)
+	addKnown("internal/replica TestReopenFencesEarlierHandleOfSameEpoch", knownResurrected)
 	addKnown("internal/store TestReadConcurrentWithWriteIsNotTorn", knownTorn)
 	if longestOverlap > 0 {
 		l.note("longest overlap of two tenures: %s", overlapDesc)
@@ -1761,8 +1846,9 @@ func runChaos(t *testing.T, cfg chaosConfig) chaosSummary {
 		sort.Slice(events, func(i, j int) bool { return events[i].Time.Before(events[j].Time) })
 		writeJSONFile(filepath.Join(l.out, "events.json"), events)
 		writeJSONFile(filepath.Join(l.out, "tenures.json"), tenuresJSON(ts))
+		writeJSONFile(filepath.Join(l.out, "windows.json"), map[string]any{"stopped": l.frozen, "process_ends": l.exits})
 		for _, n := range l.nodes {
-			os.WriteFile(filepath.Join(l.out, "agent-"+n.name+".log"), []byte(n.p.out.String()), 0o644)
+			os.WriteFile(filepath.Join(l.out, "agent-"+n.name+".log"), []byte(n.pastLogs.String()+n.p.out.String()), 0o644)
 		}
 		for _, c := range l.clients {
 			for i, p := range c.atts {
