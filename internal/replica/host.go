@@ -117,7 +117,9 @@ func (h *Host) storeEpoch(volume string, epoch uint64) error {
 
 // Acquire opens a volume's replica for a primary at epoch. size > 0 creates
 // the replica when missing. An epoch older than the newest seen fails with
-// ErrStaleEpoch; a newer one fences every older handle first.
+// ErrStaleEpoch; otherwise every earlier handle (older epoch, or the same
+// primary's previous connection) is fenced first: one live handle per
+// replica.
 func (h *Host) Acquire(volume string, epoch uint64, size int64) (*Handle, error) {
 	if err := ValidName(volume); err != nil {
 		return nil, err
@@ -142,10 +144,16 @@ func (h *Host) Acquire(volume string, epoch uint64, size int64) (*Handle, error)
 		if err := h.storeEpoch(volume, epoch); err != nil {
 			return nil, fmt.Errorf("volume %s: persist epoch %d: %w", volume, epoch, err)
 		}
-		if v.gate != nil {
-			v.gate.fence() // waits for the old primary's requests in flight
-		}
-		v.epoch, v.gate = epoch, nil
+		v.epoch = epoch
+	}
+	// Every earlier handle is fenced, of an older epoch or of this one: a
+	// primary opens a replica again only after giving up on its previous
+	// connection, and a write still queued there must never land after the
+	// resync that followed (it would overwrite newer data). Fencing waits
+	// for the requests in flight on the earlier handle.
+	if v.gate != nil {
+		v.gate.fence()
+		v.gate = nil
 	}
 	if v.dev == nil {
 		dev, err := h.opener.Open(volume, size)

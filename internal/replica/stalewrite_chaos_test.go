@@ -2,7 +2,6 @@ package replica
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 	"testing"
 )
@@ -23,12 +22,8 @@ import (
 // before the pause). Opening a replica again must fence every earlier
 // handle, not only those of older epochs.
 //
-// Known bug while this skip is here: run it with HACS_KNOWN_BUGS=1.
+// Fixed: Acquire fences every earlier handle, whatever its epoch.
 func TestReopenFencesEarlierHandleOfSameEpoch(t *testing.T) {
-	if os.Getenv("HACS_KNOWN_BUGS") == "" {
-		t.Skip("known bug found by the chaos suite (issue 9): a replica reopened by the same primary (same epoch) " +
-			"still applies late writes of the earlier handle; set HACS_KNOWN_BUGS=1 to run this regression test")
-	}
 	dir := t.TempDir()
 	h, err := NewHost(filepath.Join(dir, "state"), DirOpener{Dir: filepath.Join(dir, "data")})
 	if err != nil {
