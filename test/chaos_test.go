@@ -73,7 +73,7 @@ func TestChaosCheckers(t *testing.T) {
 		t.Fatalf("phantom value not found: %v", v)
 	}
 	// a dirty read: the value of a write in flight, then the older value
-	// again before that write completes (the known bug), told apart
+	// again before that write completes (the dirty read, a fixed bug), told apart
 	w3 := chaosValue(0, 3)
 	dirty := append(good[:5:5],
 		chaosOp{Worker: 0, Block: 3, Write: true, Value: w3, Call: 13 * s, Return: 20 * s},
@@ -85,10 +85,10 @@ func TestChaosCheckers(t *testing.T) {
 	// ... but not when the older value comes back after the write completed
 	dirty[7].Call, dirty[7].Return = 21*s, 22*s
 	if v, k, _ := checkLinearizable(dirty, 10*time.Second, ""); len(v) != 1 || len(k) != 0 {
-		t.Fatalf("stale read after a dirty one taken for the known bug: %v %v", v, k)
+		t.Fatalf("stale read after a dirty one taken for the dirty read: %v %v", v, k)
 	}
 	// a write that waited for a replica to be dropped comes back over a
-	// newer one (the known resurrected write), told apart too
+	// newer one (the resurrected write, a fixed bug), told apart too
 	slow := []chaosOp{
 		{Worker: 0, Block: 4, Write: true, Value: w1, Call: 1 * s, Return: 30 * s},
 		{Worker: 0, Block: 4, Write: true, Value: w2, Call: 31 * s, Return: 32 * s},
