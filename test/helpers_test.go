@@ -407,15 +407,34 @@ func startNbdkit(t testing.TB, plugin string, args ...string) *server {
 }
 
 // freeTCPAddr returns 127.0.0.1:PORT with a port that was free a moment ago.
+// It never hands out the same port twice in one test binary: the kernel may
+// give a port that was just closed to the next caller, and two daemons of a
+// test would then collide.
 func freeTCPAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for i := 0; i < 1000; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		handedOutMu.Lock()
+		seen := handedOut[addr]
+		handedOut[addr] = true
+		handedOutMu.Unlock()
+		if !seen {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free TCP port that was not handed out already")
+	return ""
 }
+
+var (
+	handedOutMu sync.Mutex
+	handedOut   = map[string]bool{}
+)
 
 // ---------------------------------------------------------------------------
 // NBD tools
