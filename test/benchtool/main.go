@@ -4,13 +4,29 @@
 // works: the job label is the path between DIR and the file, the server is
 // the file name up to the first dot), optionally with a sidecar
 // SERVER.REP.cpu holding "server-cpu-seconds wall-seconds", and prints per
-// job and server the medians of IOPS, MiB/s, p99 completion latency and
+// job and server the medians of IOPS, MiB/s, mean and p99 latency and
 // server CPU, and the ratios of the medians against a baseline server.
 //
 // Ratios are oriented so that >1 always means "better than the baseline":
 // IOPS and MiB/s are server/baseline, p99 latency is baseline/server.
 //
-//	go run ./test/benchtool [--baseline nbdkit] [--markdown] DIR|FILE...
+// --compare names more servers to compare with (e.g. the plain-file hacs
+// for pool volumes, one replica for replicated volumes): each adds two
+// columns, IOPS × NAME (server/NAME) and lat Δµs NAME (the server's mean
+// latency minus NAME's: the extra time per request, meaningful at depth 1).
+//
+//	go run ./test/benchtool [--baseline nbdkit] [--compare NAME,...] [--markdown] DIR|FILE...
+//
+// With --gobench, the files are `go test -bench` outputs instead, and it
+// prints, per benchmark and metric, the count, median, min and max over the
+// runs (-count N):
+//
+//	go run ./test/benchtool --gobench [--markdown] FILE...
+//
+// With --warm, it reads the data of the files into the page cache, skipping
+// holes (bench.sh does this before every run):
+//
+//	benchtool --warm FILE...
 package main
 
 import (
@@ -50,7 +66,10 @@ type fioDir struct {
 	IOPS    float64 `json:"iops"`
 	Runtime int64   `json:"runtime"` // ms
 	TotalIO int64   `json:"total_ios"`
-	Clat    struct {
+	Lat     struct {
+		Mean float64 `json:"mean"`
+	} `json:"lat_ns"` // submission + completion
+	Clat struct {
 		N          int64              `json:"N"`
 		Percentile map[string]float64 `json:"percentile"`
 	} `json:"clat_ns"`
@@ -59,8 +78,10 @@ type fioDir struct {
 // sample is one run: one fio job against one server.
 type sample struct {
 	job, server string
+	round       string // REP of SERVER.REP.json: runs of one round ran back to back
 	iops        float64
 	mibps       float64
+	latus       float64 // mean total latency (fio lat_ns), µs
 	p99us       float64 // NaN when fio reported no percentile
 	cpuPct      float64 // server CPU, % of one core, NaN when unknown
 	cpuPerIOus  float64 // server CPU µs per I/O, NaN when unknown
@@ -68,15 +89,40 @@ type sample struct {
 
 func main() {
 	baseline := flag.String("baseline", "nbdkit", "server the ratios are computed against")
+	compare := flag.String("compare", "", "comma-separated servers to compare with too (IOPS ratio, mean latency difference)")
 	markdown := flag.Bool("markdown", false, "print a markdown table")
+	gobench := flag.Bool("gobench", false, "summarise `go test -bench` outputs instead of fio JSON")
+	warm := flag.Bool("warm", false, "read the data (not the holes) of the files into the page cache")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: benchtool [--baseline NAME] [--markdown] DIR|FILE.json...\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: benchtool [--baseline NAME] [--compare NAME,...] [--markdown] DIR|FILE.json...\n"+
+			"       benchtool --gobench [--markdown] FILE...\n"+
+			"       benchtool --warm FILE...\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
 	if flag.NArg() == 0 {
 		flag.Usage()
 		os.Exit(2)
+	}
+	if *warm {
+		if _, err := warmFiles(flag.Args()); err != nil {
+			fmt.Fprintln(os.Stderr, "benchtool:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *gobench {
+		if err := goBench(os.Stdout, flag.Args(), *markdown); err != nil {
+			fmt.Fprintln(os.Stderr, "benchtool:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	var cmp []string
+	for _, c := range strings.Split(*compare, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			cmp = append(cmp, c)
+		}
 	}
 	var samples []sample
 	for _, arg := range flag.Args() {
@@ -91,11 +137,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "benchtool: no fio JSON files found")
 		os.Exit(1)
 	}
-	rows := summarise(samples, *baseline)
+	rows := summarise(samples, *baseline, cmp...)
 	if *markdown {
-		printMarkdown(os.Stdout, rows, *baseline)
+		printMarkdown(os.Stdout, rows, *baseline, cmp...)
 	} else {
-		printText(os.Stdout, rows, *baseline)
+		printText(os.Stdout, rows, *baseline, cmp...)
 	}
 }
 
@@ -160,19 +206,24 @@ func loadFile(path, job string) (sample, error) {
 		return sample{}, fmt.Errorf("%s: fio job failed with error %d", path, j.Error)
 	}
 	base := filepath.Base(path)
-	server, _, _ := strings.Cut(base, ".")
+	server, rest, _ := strings.Cut(base, ".")
+	round, _, _ := strings.Cut(rest, ".")
+	if round == "json" {
+		round = ""
+	}
 	if job == "" {
 		job = j.Jobname
 	}
-	s := sample{job: job, server: server, p99us: math.NaN(), cpuPct: math.NaN(), cpuPerIOus: math.NaN()}
+	s := sample{job: job, server: server, round: round, p99us: math.NaN(), cpuPct: math.NaN(), cpuPerIOus: math.NaN()}
 	var ios int64
-	var secs float64
+	var secs, latSum float64
 	for _, d := range []fioDir{j.Read, j.Write} {
 		if d.IOBytes == 0 {
 			continue
 		}
 		s.iops += d.IOPS
 		s.mibps += d.BWBytes / (1 << 20)
+		latSum += d.Lat.Mean / 1000 * float64(d.TotalIO)
 		ios += d.TotalIO
 		secs = math.Max(secs, float64(d.Runtime)/1000)
 		if p, ok := d.Clat.Percentile["99.000000"]; ok {
@@ -184,6 +235,10 @@ func loadFile(path, job string) (sample, error) {
 	}
 	if ios == 0 {
 		return sample{}, fmt.Errorf("%s: no I/O was done", path)
+	}
+	s.latus = latSum / float64(ios)
+	if s.latus == 0 {
+		s.latus = math.NaN() // an fio without lat_ns
 	}
 	if cpu, wall, err := readCPU(strings.TrimSuffix(path, ".json") + ".cpu"); err == nil && wall > 0 {
 		s.cpuPct = 100 * cpu / wall
@@ -225,15 +280,17 @@ func readCPU(path string) (cpu, wall float64, err error) {
 type row struct {
 	job, server            string
 	n                      int
-	iops, mibps, p99, cpu  float64
-	cpuPerIO               float64
+	iops, mibps, lat, p99  float64
+	cpu, cpuPerIO          float64
 	spread                 float64 // (max-min)/median of IOPS
 	rIOPS, rMiBps, rP99    float64 // ratios against the baseline, NaN if none
 	rCPUPerIO              float64 // baseline/server CPU per I/O
 	isBaseline, hasBaseRow bool
+	cmp                    []paired // per compared server
+	cmpSelf                []bool   // the row is that compared server
 }
 
-func summarise(samples []sample, baseline string) []row {
+func summarise(samples []sample, baseline string, compare ...string) []row {
 	type key struct{ job, server string }
 	groups := map[key][]sample{}
 	var jobs []string
@@ -285,6 +342,10 @@ func summarise(samples []sample, baseline string) []row {
 				r.rP99 = ratio(b.p99, r.p99)
 				r.rCPUPerIO = ratio(b.cpuPerIO, r.cpuPerIO)
 			}
+			for _, c := range compare {
+				r.cmp = append(r.cmp, pair(g, groups[key{job, c}]))
+				r.cmpSelf = append(r.cmpSelf, srv == c)
+			}
 			rows = append(rows, r)
 		}
 	}
@@ -298,7 +359,7 @@ func jobLess(a, b string) bool {
 		if i := strings.LastIndexByte(s, '/'); i >= 0 {
 			dir, name = s[:i], s[i+1:]
 		}
-		order := map[string]int{"randread4k": 0, "randwrite4k": 1, "seqread1m": 2, "seqwrite1m": 3}
+		order := map[string]int{"randread4k": 0, "randwrite4k": 1, "seqread1m": 2, "seqwrite1m": 3, "randwrite4k-qd1": 4}
 		if o, ok := order[name]; ok {
 			return dir, o, name
 		}
@@ -325,6 +386,43 @@ func transportRank(t string) int {
 	return 2
 }
 
+// paired compares a server with another run by run: the runs of one round
+// (same REP) ran next to each other, so their ratio is little affected by
+// the load of the machine drifting between rounds.
+type paired struct {
+	n                    int
+	iops, iopsLo, iopsHi float64 // median, min and max of the per-round IOPS ratios
+	latDelta             float64 // median of the per-round mean latency differences, µs
+}
+
+func pair(g, other []sample) paired {
+	byRound := map[string]sample{}
+	for _, s := range other {
+		byRound[s.round] = s
+	}
+	var rs, ds []float64
+	for _, s := range g {
+		o, ok := byRound[s.round]
+		if !ok {
+			continue
+		}
+		if x := ratio(s.iops, o.iops); !math.IsNaN(x) {
+			rs = append(rs, x)
+		}
+		if d := s.latus - o.latus; !math.IsNaN(d) {
+			ds = append(ds, d)
+		}
+	}
+	p := paired{n: len(rs), iops: median(rs), iopsLo: math.NaN(), iopsHi: math.NaN(), latDelta: median(ds)}
+	if len(rs) > 0 {
+		p.iopsLo, p.iopsHi = rs[0], rs[0]
+		for _, x := range rs {
+			p.iopsLo, p.iopsHi = math.Min(p.iopsLo, x), math.Max(p.iopsHi, x)
+		}
+	}
+	return p
+}
+
 func stats(g []sample) row {
 	pick := func(f func(sample) float64) []float64 {
 		var v []float64
@@ -340,6 +438,7 @@ func stats(g []sample) row {
 		n:        len(g),
 		iops:     median(iops),
 		mibps:    median(pick(func(s sample) float64 { return s.mibps })),
+		lat:      median(pick(func(s sample) float64 { return s.latus })),
 		p99:      median(pick(func(s sample) float64 { return s.p99us })),
 		cpu:      median(pick(func(s sample) float64 { return s.cpuPct })),
 		cpuPerIO: median(pick(func(s sample) float64 { return s.cpuPerIOus })),
@@ -387,46 +486,76 @@ func ratioStr(r row, x float64) string {
 	return strconv.FormatFloat(x, 'f', 2, 64)
 }
 
-var header = []string{"job", "server", "runs", "IOPS", "MiB/s", "p99 µs", "IOPS spread",
+var baseHeader = []string{"job", "server", "runs", "IOPS", "MiB/s", "lat µs", "p99 µs", "IOPS spread",
 	"srv CPU %", "srv CPU µs/IO", "IOPS ×", "MiB/s ×", "p99 ×", "CPU/IO ×"}
 
+// nRatio is the number of baseline ratio columns at the end of baseHeader.
+const nRatio = 4
+
+func header(compare []string) []string {
+	h := append([]string(nil), baseHeader...)
+	for _, c := range compare {
+		h = append(h, "IOPS × "+c+" [range]", "lat Δµs "+c)
+	}
+	return h
+}
+
 func cells(r row) []string {
-	return []string{
+	c := []string{
 		r.job, r.server, strconv.Itoa(r.n),
-		num(r.iops, 0), num(r.mibps, 1), num(r.p99, 0),
+		num(r.iops, 0), num(r.mibps, 1), num(r.lat, 0), num(r.p99, 0),
 		num(100*r.spread, 0) + "%",
 		num(r.cpu, 0), num(r.cpuPerIO, 1),
 		ratioStr(r, r.rIOPS), ratioStr(r, r.rMiBps), ratioStr(r, r.rP99), ratioStr(r, r.rCPUPerIO),
 	}
+	for i, p := range r.cmp {
+		if r.cmpSelf[i] || p.n == 0 {
+			c = append(c, "-", "-")
+			continue
+		}
+		lat := "-"
+		if !math.IsNaN(p.latDelta) {
+			lat = fmt.Sprintf("%+.0f", p.latDelta)
+		}
+		c = append(c, fmt.Sprintf("%.2f [%.2f–%.2f]", p.iops, p.iopsLo, p.iopsHi), lat)
+	}
+	return c
 }
 
-func legend(baseline string) string {
-	return fmt.Sprintf("Medians over the runs. Ratios (×) compare each server's medians with %s's, oriented so that >1 means better than %s:\n"+
+func legend(baseline string, compare []string) string {
+	s := fmt.Sprintf("Medians over the runs. Ratios (×) compare each server's medians with %s's, oriented so that >1 means better than %s:\n"+
 		"IOPS × and MiB/s × are server/%s, p99 × and CPU/IO × are %s/server (lower latency or CPU per I/O gives >1).\n"+
-		"p99 is fio's completion latency (clat) 99th percentile. IOPS spread is (max-min)/median over the runs.\n"+
-		"srv CPU %% is the server process's user+system time over the fio run (ramp included), in %% of one core; srv CPU µs/IO divides it by the I/Os.",
+		"lat is fio's mean total latency (submission + completion, lat_ns); p99 is fio's completion latency (clat) 99th percentile. IOPS spread is (max-min)/median over the runs.\n"+
+		"srv CPU %% is the server's user+system time (all processes of its process group) over the fio run (ramp included), in %% of one core; srv CPU µs/IO divides it by the I/Os.",
 		baseline, baseline, baseline, baseline)
+	for _, c := range compare {
+		s += fmt.Sprintf("\nIOPS × %s is the median over the rounds of server/%s IOPS, each round's runs side by side, [min–max] of those ratios; "+
+			"lat Δµs %s is the median over the rounds of the server's mean latency minus %s's (at depth 1: the extra time per request).", c, c, c, c)
+	}
+	return s
 }
 
-func printText(w io.Writer, rows []row, baseline string) {
+func printText(w io.Writer, rows []row, baseline string, compare ...string) {
+	h := header(compare)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, strings.Join(header, "\t")+"\t")
+	fmt.Fprintln(tw, strings.Join(h, "\t")+"\t")
 	prev := ""
 	for _, r := range rows {
 		if prev != "" && r.job != prev {
-			fmt.Fprintln(tw, strings.Repeat("\t", len(header)))
+			fmt.Fprintln(tw, strings.Repeat("\t", len(h)))
 		}
 		prev = r.job
 		fmt.Fprintln(tw, strings.Join(cells(r), "\t")+"\t")
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, legend(baseline))
+	fmt.Fprintln(w, legend(baseline, compare))
 }
 
-func printMarkdown(w io.Writer, rows []row, baseline string) {
-	fmt.Fprintln(w, "| "+strings.Join(header, " | ")+" |")
-	align := make([]string, len(header))
+func printMarkdown(w io.Writer, rows []row, baseline string, compare ...string) {
+	h := header(compare)
+	fmt.Fprintln(w, "| "+strings.Join(h, " | ")+" |")
+	align := make([]string, len(h))
 	for i := range align {
 		align[i] = "---:"
 	}
@@ -434,16 +563,14 @@ func printMarkdown(w io.Writer, rows []row, baseline string) {
 	fmt.Fprintln(w, "|"+strings.Join(align, "|")+"|")
 	for _, r := range rows {
 		c := cells(r)
-		if !r.isBaseline {
-			// Make the ratios stand out.
-			for i := len(c) - 4; i < len(c); i++ {
-				if c[i] != "-" {
-					c[i] = "**" + c[i] + "**"
-				}
+		// Make the ratios stand out.
+		for i := len(baseHeader) - nRatio; i < len(c); i++ {
+			if c[i] != "-" && (i >= len(baseHeader) || !r.isBaseline) {
+				c[i] = "**" + c[i] + "**"
 			}
 		}
 		fmt.Fprintln(w, "| "+strings.Join(c, " | ")+" |")
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, strings.ReplaceAll(legend(baseline), "\n", "\n\n"))
+	fmt.Fprintln(w, strings.ReplaceAll(legend(baseline, compare), "\n", "\n\n"))
 }
