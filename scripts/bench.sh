@@ -21,13 +21,12 @@
 # non-zero) data. For each transport and each fio job, the runs alternate
 # between the servers in REPEAT rounds (hacs, nbdkit; nbdkit, hacs; ...: each
 # round starts with the next server) so that the noise of a busy machine hits
-# all of them alike. Each run syncs the filesystem, reads the server's data
-# into the page cache, starts a fresh server, runs one fio job through fio's
-# nbd engine (libnbd, one connection), records the server's CPU time and
-# stops the server. test/benchtool then
-# prints the medians and the ratios against the baseline server (and the
-# suite's comparison server: the plain file for pools, one replica for
-# replicated volumes).
+# all of them alike. Each run syncs the filesystem, reloads the server's data
+# into the page cache (see warm), starts a fresh server, runs one fio job
+# through fio's nbd engine (libnbd, one connection), records the server's CPU
+# time and stops the server. test/benchtool then prints the medians and the
+# ratios against the baseline server (and the suite's comparison server: the
+# plain file for pools, one replica for replicated volumes).
 #
 # Knobs (environment):
 #   SUITES="nbd pool replica resync"   suites to run, in this order; when
@@ -510,14 +509,21 @@ data_files() {
   esac
 }
 
-# warm NAME: read a server's data (not the holes of sparse files) into the
-# page cache. The machine may evict page cache that was not used for a while
-# (this VM runs DAMON with a pageout scheme: memory idle for ~30 s is
-# reclaimed), so without this the server whose data waited longest in a
-# round would run partly from the disk.
+# warm NAME: drop a server's data from the page cache and read it again (not
+# the holes of sparse files), as single pages (benchtool --warm --drop, after
+# the sync). Every run then starts from the same page cache state:
+#   - all of the server's data cached: the machine evicts page cache that
+#     was not used for a while (this VM runs DAMON with a pageout scheme:
+#     memory idle for ~30 s is reclaimed), so without this the server whose
+#     data waited longest in a round would run partly from the disk;
+#   - no large folios: on this kernel (6.18, ext4) a 4 KiB write into a
+#     large folio (what readahead and large sequential writes create) costs
+#     time in proportion to the folio (ext4_block_write_begin walks all its
+#     buffer heads under the inode lock): 4k random writes ran 3-5 times
+#     slower on such a file, for hacs and nbdkit alike.
 warm() {
   # shellcheck disable=SC2046 # a list of paths without spaces
-  bounded 300 "$BENCHTOOL" --warm $(data_files "$1") || log "reading the data of $1 failed or took more than 300s"
+  bounded 300 "$BENCHTOOL" --warm --drop $(data_files "$1") || log "reading the data of $1 failed or took more than 300s"
 }
 
 # cpu_ticks PGID: user+system clock ticks of the processes of a process group

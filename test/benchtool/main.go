@@ -23,10 +23,11 @@
 //
 //	go run ./test/benchtool --gobench [--markdown] FILE...
 //
-// With --warm, it reads the data of the files into the page cache, skipping
-// holes (bench.sh does this before every run):
+// With --warm, it reads the data of the files into the page cache as single
+// pages (readahead off), skipping holes; --drop drops their cached pages
+// first (bench.sh does this, after a sync, before every run; see warm.go):
 //
-//	benchtool --warm FILE...
+//	benchtool --warm [--drop] FILE...
 package main
 
 import (
@@ -92,11 +93,12 @@ func main() {
 	compare := flag.String("compare", "", "comma-separated servers to compare with too (IOPS ratio, mean latency difference)")
 	markdown := flag.Bool("markdown", false, "print a markdown table")
 	gobench := flag.Bool("gobench", false, "summarise `go test -bench` outputs instead of fio JSON")
-	warm := flag.Bool("warm", false, "read the data (not the holes) of the files into the page cache")
+	warm := flag.Bool("warm", false, "read the data (not the holes) of the files into the page cache, as single pages")
+	drop := flag.Bool("drop", false, "with --warm: drop the files' cached pages first")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: benchtool [--baseline NAME] [--compare NAME,...] [--markdown] DIR|FILE.json...\n"+
 			"       benchtool --gobench [--markdown] FILE...\n"+
-			"       benchtool --warm FILE...\n")
+			"       benchtool --warm [--drop] FILE...\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -105,7 +107,7 @@ func main() {
 		os.Exit(2)
 	}
 	if *warm {
-		if _, err := warmFiles(flag.Args()); err != nil {
+		if _, err := warmFiles(flag.Args(), *drop); err != nil {
 			fmt.Fprintln(os.Stderr, "benchtool:", err)
 			os.Exit(1)
 		}

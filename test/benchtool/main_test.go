@@ -190,7 +190,7 @@ func TestWarmSkipsHoles(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	n, err := warmFiles([]string{p})
+	n, err := warmFiles([]string{p}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
