@@ -89,10 +89,23 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 	})
 	cl := c.dial(v)
 
-	// Node metrics on every agent; exactly one DC.
+	// Node metrics on every agent; exactly one DC, seen by all.
 	dcs := 0
+	var dcName string
+	for name := range c.procs {
+		if m := scrape(t, c.api(name)); m["hacs_node_dc"] == 1 {
+			dcName = name
+		}
+	}
 	for name := range c.procs {
 		m := scrape(t, c.api(name))
+		if m["hacs_node_lease_grants_total"] < 1 || m["hacs_node_lease_last_renewal_timestamp_seconds"] < float64(time.Now().Add(-time.Minute).Unix()) {
+			t.Errorf("%s: lease metrics: grants %v last renewal %v", name, m["hacs_node_lease_grants_total"],
+				m["hacs_node_lease_last_renewal_timestamp_seconds"])
+		}
+		if s := fmt.Sprintf(`hacs_node_dc_seen{dc="%s"}`, dcName); m[s] != 1 {
+			t.Errorf("%s: %s = %v", name, s, m[s])
+		}
 		if m["hacs_node_serving"] != 1 || m["hacs_node_pool_capacity_bytes"] <= 0 || m["hacs_node_replicas_hosted"] != 1 ||
 			m["hacs_node_pool_promised_bytes"] < 64<<20 || m[fmt.Sprintf(`hacs_node_info{node="%s"}`, name)] != 1 {
 			t.Errorf("%s: node metrics: serving %v capacity %v hosted %v promised %v", name, m["hacs_node_serving"],
@@ -212,6 +225,16 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 		}
 	}
 
+	c.waitFor("lease renewals counted on every node", 20*time.Second, func() bool {
+		for name := range c.procs {
+			m := scrape(t, c.api(name))
+			if _, ok := m["hacs_node_lease_renewal_failures_total"]; !ok || m["hacs_node_lease_renewals_total"] < 1 {
+				return false
+			}
+		}
+		return true
+	})
+
 	// Verify progress answers on every agent (the others ask the primary).
 	for name := range c.procs {
 		resp, err := http.Get(c.api(name) + "/v1/volumes/vol/verify")
@@ -233,6 +256,17 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 	if err := cl2.WriteAt(buf, 0, false); err != nil {
 		t.Fatal(err)
 	}
+	c.waitFor("the epoch change counted by the DC", 20*time.Second, func() bool {
+		for name, p := range c.procs {
+			if p.exited() {
+				continue
+			}
+			if m := scrape(t, c.api(name)); m["hacs_node_dc"] == 1 && m[volSeries("hacs_cluster_volume_epoch_changes_total", "vol", "")] >= 1 {
+				return true
+			}
+		}
+		return false
+	})
 	c.waitFor("the lost replica outdated in the metrics", 20*time.Second, func() bool {
 		m := scrape(t, c.api(second))
 		return m[fmt.Sprintf(`hacs_volume_replica_state{replica="%s",state="outdated",volume="vol"}`, first)] == 1 &&

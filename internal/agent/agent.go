@@ -70,7 +70,12 @@ type Agent struct {
 	alerts *alertStats
 	// verifies are the verifies running on this node's primaries.
 	verifies map[string]*verifyRun
-	wg       sync.WaitGroup
+	// epochs is the last epoch seen per volume in the store, and
+	// epochChanges how often it changed since this agent started (for
+	// /metrics).
+	epochs       map[string]uint64
+	epochChanges map[string]uint64
+	wg           sync.WaitGroup
 }
 
 type primary struct {
@@ -104,7 +109,8 @@ func New(cfg Config) (*Agent, error) {
 		ac.Backoff = time.Second
 	}
 	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
-		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{}}
+		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{},
+		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}}
 	if cfg.Pool != nil {
 		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
 		if err != nil {
@@ -229,6 +235,7 @@ func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) {
 	serving := a.node.IsServing()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.countEpochsLocked(views)
 	for name, p := range a.prims {
 		v := views[name]
 		switch {
@@ -267,6 +274,25 @@ func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) {
 		a.syncReplicasLocked(ctx, v, p)
 		if v.export == nil || v.export.Node != a.self() || v.export.Epoch != p.epoch || v.export.Addr != a.exportAddr {
 			a.putExport(ctx, name, p.epoch)
+		}
+	}
+}
+
+// countEpochsLocked counts the volumes' epoch changes seen in the store.
+func (a *Agent) countEpochsLocked(views map[string]*volumeView) {
+	for name, v := range views {
+		if v.state == nil {
+			continue
+		}
+		if old, ok := a.epochs[name]; ok && old != v.state.Epoch {
+			a.epochChanges[name]++
+		}
+		a.epochs[name] = v.state.Epoch
+	}
+	for name := range a.epochs {
+		if v := views[name]; v == nil || v.state == nil {
+			delete(a.epochs, name)
+			delete(a.epochChanges, name)
 		}
 	}
 }

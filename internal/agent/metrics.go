@@ -77,6 +77,26 @@ var (
 		"DC only: the volume's fail count on a node (it moves away at the migration threshold; hacs volume unfail resets it).", []string{"volume", "node"}, nil)
 	descClusterNodes = prometheus.NewDesc("hacs_cluster_nodes",
 		"DC only: member nodes by state (online, offline, standby).", []string{"state"}, nil)
+	descClusterEpochChanges = prometheus.NewDesc("hacs_cluster_volume_epoch_changes_total",
+		"DC only: changes of the volume's epoch (failovers, moves, restarts of the primary) seen in the cluster store since this agent started.", []string{"volume"}, nil)
+	descLeaseGrants = prometheus.NewDesc("hacs_node_lease_grants_total",
+		"Liveness leases this node acquired (the first, and a new one after each loss).", nil, nil)
+	descLeaseGrantFailures = prometheus.NewDesc("hacs_node_lease_grant_failures_total",
+		"Attempts to acquire a liveness lease that failed.", nil, nil)
+	descLeaseRenewals = prometheus.NewDesc("hacs_node_lease_renewals_total",
+		"Liveness lease renewals (keep-alives) that succeeded.", nil, nil)
+	descLeaseRenewalFailures = prometheus.NewDesc("hacs_node_lease_renewal_failures_total",
+		"Liveness lease renewals that failed (timeout, no quorum, lease expired).", nil, nil)
+	descLeaseExpired = prometheus.NewDesc("hacs_node_lease_expired_total",
+		"Liveness leases the cluster let expire: it considered this node offline.", nil, nil)
+	descSelfFences = prometheus.NewDesc("hacs_node_self_fences_total",
+		"Times this node stopped serving because no lease renewal succeeded within the TTL minus the safety margin.", nil, nil)
+	descLastRenewal = prometheus.NewDesc("hacs_node_lease_last_renewal_timestamp_seconds",
+		"Unix time at which the last successful lease renewal was sent.", nil, nil)
+	descDCElections = prometheus.NewDesc("hacs_node_dc_elections_total",
+		"Times this node became the designated coordinator.", nil, nil)
+	descDCSeen = prometheus.NewDesc("hacs_node_dc_seen",
+		"1, labelled with the DC this node sees in the cluster store (absent while it sees none).", []string{"dc"}, nil)
 	descNodeInfo = prometheus.NewDesc("hacs_node_info",
 		"Always 1; labels name the node.", []string{"node"}, nil)
 )
@@ -91,7 +111,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descVolEpoch, descVolPrimary, descVolFenced, descVolReplicas, descRepState, descRepConnected, descRepRemaining,
 		descRepRate, descRepDone, descVerifyDone, descVerifyTotal, descPoolCapacity, descPoolUsed, descPoolFree, descPoolPromised, descPoolLimit,
 		descReplicasHosted, descPrimaries, descServing, descDC, descNodeInfo,
-		descClusterHealth, descClusterInSync, descClusterWanted, descClusterEpoch, descClusterFailures, descClusterNodes} {
+		descClusterHealth, descClusterInSync, descClusterWanted, descClusterEpoch, descClusterFailures, descClusterNodes,
+		descClusterEpochChanges, descLeaseGrants, descLeaseGrantFailures, descLeaseRenewals, descLeaseRenewalFailures,
+		descLeaseExpired, descSelfFences, descLastRenewal, descDCElections, descDCSeen} {
 		ch <- d
 	}
 }
@@ -114,6 +136,20 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descNodeInfo, 1, a.self())
 	gauge(descServing, b2f(a.node.IsServing()))
 	gauge(descDC, b2f(a.node.IsDC()))
+	if dc := a.node.Leadership().DC; dc != "" {
+		gauge(descDCSeen, 1, dc)
+	}
+	lc := a.node.LeaseCounters()
+	counter(descLeaseGrants, float64(lc.Grants))
+	counter(descLeaseGrantFailures, float64(lc.GrantFailures))
+	counter(descLeaseRenewals, float64(lc.Renewals))
+	counter(descLeaseRenewalFailures, float64(lc.RenewalFailures))
+	counter(descLeaseExpired, float64(lc.Expired))
+	counter(descSelfFences, float64(lc.SelfFences))
+	counter(descDCElections, float64(lc.DCElections))
+	if !lc.LastRenewal.IsZero() {
+		gauge(descLastRenewal, float64(lc.LastRenewal.UnixNano())/1e9)
+	}
 	if a.cfg.Pool != nil {
 		if st, err := a.cfg.Pool.Stats(); err == nil {
 			gauge(descPoolCapacity, float64(st.Capacity))
@@ -126,7 +162,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	if a.node.IsDC() {
-		a.collectCluster(gauge)
+		a.collectCluster(gauge, counter)
 	}
 
 	type served struct {
@@ -210,7 +246,7 @@ var volumeHealths = []string{"ok", "degraded", "stopped", "pending", "down"}
 
 // collectCluster exports the cluster-wide view, on the DC only (so that
 // summing over instances counts each volume once).
-func (a *Agent) collectCluster(gauge func(*prometheus.Desc, float64, ...string)) {
+func (a *Agent) collectCluster(gauge, counter func(*prometheus.Desc, float64, ...string)) {
 	members := a.node.Members()
 	online, offline, standby := 0, 0, 0
 	for _, n := range members.Nodes {
@@ -234,6 +270,12 @@ func (a *Agent) collectCluster(gauge func(*prometheus.Desc, float64, ...string))
 		return
 	}
 	views, _ := volumesFrom(snap)
+	a.mu.Lock()
+	changes := make(map[string]uint64, len(a.epochChanges))
+	for name, n := range a.epochChanges {
+		changes[name] = n
+	}
+	a.mu.Unlock()
 	for name, v := range views {
 		if v.spec == nil {
 			continue
@@ -246,6 +288,7 @@ func (a *Agent) collectCluster(gauge func(*prometheus.Desc, float64, ...string))
 		if v.state != nil {
 			gauge(descClusterInSync, float64(len(v.state.InSync)), name)
 			gauge(descClusterEpoch, float64(v.state.Epoch), name)
+			counter(descClusterEpochChanges, float64(changes[name]), name)
 		}
 		for node, f := range v.failures {
 			gauge(descClusterFailures, float64(f.Count), name, node)

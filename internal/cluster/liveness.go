@@ -139,6 +139,9 @@ func (n *Node) livenessLoop() {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		lease, ttl, sent, err := n.acquireLease(ctx)
+		if err != nil && ctx.Err() == nil {
+			n.counters.grantFailures.Add(1)
+		}
 		if err != nil {
 			if errors.Is(err, ErrRemoved) {
 				n.fail(err)
@@ -216,6 +219,7 @@ func (n *Node) acquireLease(ctx context.Context) (clientv3.LeaseID, time.Duratio
 	n.mu.Lock()
 	n.lease, n.leaseTTL, n.lastRenewal, n.aliveRev = g.ID, ttl, sent, tr.Header.Revision
 	n.mu.Unlock()
+	n.counters.grants.Add(1)
 	return g.ID, ttl, sent, nil
 }
 
@@ -290,6 +294,7 @@ func (n *Node) holdLease(ctx context.Context, lease clientv3.LeaseID, ttl time.D
 			inflight--
 			switch {
 			case r.err == nil:
+				n.counters.renewals.Add(1)
 				if r.sent.After(lastOK) {
 					lastOK = r.sent
 					deadline = lastOK.Add(r.ttl - margin)
@@ -308,10 +313,15 @@ func (n *Node) holdLease(ctx context.Context, lease clientv3.LeaseID, ttl time.D
 					n.setServing(true, "lease renewed: the quorum is reachable again")
 				}
 			case errors.Is(r.err, rpctypes.ErrLeaseNotFound):
+				n.counters.renewalFailures.Add(1)
+				n.counters.expired.Add(1)
 				n.setServing(false, "liveness lease expired: the cluster considers this node offline")
 				n.emit(Event{Kind: EventLeaseExpired, Message: fmt.Sprintf("lease %x of node %s expired; acquiring a new one", int64(lease), n.ident.Name)})
 				return
 			default:
+				if ctx.Err() == nil {
+					n.counters.renewalFailures.Add(1)
+				}
 				failures++
 				if failures == 1 && ctx.Err() == nil {
 					n.log.Warn("lease renewal failed", "err", r.err)
@@ -320,6 +330,7 @@ func (n *Node) holdLease(ctx context.Context, lease clientv3.LeaseID, ttl time.D
 		case <-fence.C:
 			fencedAt = time.Now()
 			if n.IsServing() {
+				n.counters.selfFences.Add(1)
 				n.setServing(false, fmt.Sprintf("liveness lease not renewed for %v (TTL %v, safety margin %v): cannot reach a quorum", time.Since(lastOK).Round(time.Millisecond), ttl, margin))
 			}
 		}
@@ -415,6 +426,7 @@ func (n *Node) updateDCLocked() int {
 func (n *Node) afterDCChange(change int) {
 	switch change {
 	case 1:
+		n.counters.dcElections.Add(1)
 		n.log.Info("this node is now the DC (Designated Coordinator)")
 		n.emit(Event{Kind: EventDCElected, Message: fmt.Sprintf("node %s is the DC", n.ident.Name)})
 	case -1:

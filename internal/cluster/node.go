@@ -98,6 +98,7 @@ type Node struct {
 	leaseTTL      time.Duration
 	lastRenewal   time.Time
 	aliveRev      int64 // revision of the last alive key put
+	counters      leaseCounters
 
 	won      bool   // this node's election key is the oldest
 	dcKey    string // this node's election key
