@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"os"
@@ -56,6 +57,57 @@ func TestCorpus(t *testing.T) {
 			}
 			// Determinism: the same state plans the same way again.
 			if again := Plan(c.State); !reflect.DeepEqual(again, got) {
+				t.Fatal("planner is not deterministic")
+			}
+		})
+	}
+}
+
+// resCase is one saved cluster state with resources and the resource
+// actions expected from it.
+type resCase struct {
+	Description string      `json:"description"`
+	State       ResState    `json:"state"`
+	Expected    []ResAction `json:"expected"`
+}
+
+func TestResourceCorpus(t *testing.T) {
+	files, err := filepath.Glob("testdata/resources/*.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 20 {
+		t.Fatalf("resource corpus has %d cases, want at least 20", len(files))
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var c resCase
+			dec := json.NewDecoder(bytes.NewReader(b))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&c); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			got := PlanResources(c.State)
+			if *update {
+				c.Expected = got
+				out, _ := json.MarshalIndent(c, "", "  ")
+				os.WriteFile(f, append(out, '\n'), 0o644)
+				return
+			}
+			if len(got) == 0 && len(c.Expected) == 0 {
+				return
+			}
+			if !reflect.DeepEqual(got, c.Expected) {
+				g, _ := json.MarshalIndent(got, "", "  ")
+				e, _ := json.MarshalIndent(c.Expected, "", "  ")
+				t.Fatalf("%s\ngot:\n%s\nwant:\n%s", c.Description, g, e)
+			}
+			if again := PlanResources(c.State); !reflect.DeepEqual(again, got) {
 				t.Fatal("planner is not deterministic")
 			}
 		})

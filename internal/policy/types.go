@@ -72,6 +72,12 @@ type Constraints struct {
 type Failure struct {
 	Count int       `json:"count"`
 	Last  time.Time `json:"last"`
+	// Fatal: a failure that bans the node at once (a failed start, or an
+	// OCF hard error), until it expires or is cleaned up.
+	Fatal bool `json:"fatal,omitempty"`
+	// Op and Message describe the last failure (resources).
+	Op      string `json:"op,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
 // Volume is a replicated volume resource: desired spec and observed status.
