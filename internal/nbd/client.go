@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -23,6 +24,11 @@ type ClientOptions struct {
 	NoStructured bool
 	// HandshakeTimeout bounds negotiation (default 10s).
 	HandshakeTimeout time.Duration
+	// TLS, if set, upgrades the connection with NBD_OPT_STARTTLS before any
+	// other option; a server that refuses, or a failed TLS handshake, fails
+	// the connection (no plaintext fallback). When neither ServerName nor
+	// InsecureSkipVerify is set, Dial uses the host of its address.
+	TLS *tls.Config
 }
 
 // ExportInfo is what the server told about the export.
@@ -36,6 +42,7 @@ type ExportInfo struct {
 	MaxPayload  uint32
 	Structured  bool
 	BlockStatus bool // base:allocation negotiated
+	TLS         bool // the connection runs over TLS
 }
 
 // Client is a connection to one NBD export. It is a device.Device: many
@@ -85,6 +92,12 @@ func (e *ProtocolError) Unwrap() error { return e.Errno }
 // Dial connects to addr ("host:port", or a path for a Unix socket when
 // network is "unix") and opens the export.
 func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Client, error) {
+	if opts.TLS != nil && opts.TLS.ServerName == "" && !opts.TLS.InsecureSkipVerify && network != "unix" {
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			opts.TLS = opts.TLS.Clone()
+			opts.TLS.ServerName = host
+		}
+	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
@@ -110,10 +123,16 @@ func NewClient(nc net.Conn, opts ClientOptions) (*Client, error) {
 	}
 	nc.SetDeadline(time.Now().Add(timeout))
 	if err := c.handshake(opts); err != nil {
+		if c.info.TLS {
+			err = c.tlsAlert(err)
+		}
 		return nil, fmt.Errorf("nbd handshake with %s: %w", nc.RemoteAddr(), err)
 	}
 	nc.SetDeadline(time.Time{})
-	c.send.w = nc
+	c.send.w = c.nc
+	if c.info.TLS {
+		c.send.bw = bufio.NewWriterSize(c.nc, 64<<10)
+	}
 	c.send.onErr = func(err error) { c.fail(fmt.Errorf("nbd send: %w", err)) }
 	go c.readLoop()
 	return c, nil
@@ -200,6 +219,11 @@ func (c *Client) handshake(opts ClientOptions) error {
 		return err
 	}
 	c.info.Name = opts.Export
+	if opts.TLS != nil {
+		if err := c.startTLS(opts.TLS); err != nil {
+			return err
+		}
+	}
 	if !opts.NoStructured {
 		if err := c.sendOption(optStructuredReply, nil); err != nil {
 			return err
@@ -726,4 +750,44 @@ func (c *Client) Close() error {
 	c.send.send(m)
 	c.fail(device.ErrClosed)
 	return nil
+}
+
+// startTLS asks for TLS and upgrades the connection; a refusal is an error.
+func (c *Client) startTLS(cfg *tls.Config) error {
+	if err := c.sendOption(optStartTLS, nil); err != nil {
+		return err
+	}
+	r, err := c.readOptReply(optStartTLS)
+	if err != nil {
+		return err
+	}
+	if r.typ != repAck {
+		return fmt.Errorf("server refused TLS: %w", optReplyError(optStartTLS, r))
+	}
+	if c.br.Buffered() > 0 {
+		return errors.New("server sent data after accepting STARTTLS")
+	}
+	tc := tls.Client(c.nc, cfg)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.nc = tc
+	c.br = bufio.NewReaderSize(tc, 128<<10)
+	c.info.TLS = true
+	return nil
+}
+
+// tlsAlert returns the TLS alert that explains err, a failure to write or
+// read after the TLS handshake: with TLS 1.3 a server that refuses our
+// certificate says so only after our handshake has finished.
+func (c *Client) tlsAlert(err error) error {
+	var ae tls.AlertError
+	if errors.As(err, &ae) {
+		return err
+	}
+	c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	if _, rerr := c.br.Peek(1); rerr != nil && errors.As(rerr, &ae) {
+		return fmt.Errorf("TLS: %w", rerr)
+	}
+	return err
 }

@@ -1,26 +1,66 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hacs/hacs/internal/device"
+	"github.com/hacs/hacs/internal/nbd/tlstest"
 )
 
 // fuzzServe feeds input to a fresh server connection as the client's bytes
 // and requires the server to finish (not hang, not panic) once the input
 // ends.
 func fuzzServe(t *testing.T, input []byte) {
+	fuzzServeTLS(t, input, nil, TLSDefault)
+}
+
+var fuzzTLS struct {
+	once sync.Once
+	cfg  *tls.Config
+}
+
+// fuzzTLSConfig is a server configuration made once per fuzzing process.
+func fuzzTLSConfig(t *testing.T) *tls.Config {
+	fuzzTLS.once.Do(func() {
+		ca, err := tlstest.NewCA("fuzz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair, err := ca.Issue("server", tlstest.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fuzzTLS.cfg = &tls.Config{Certificates: []tls.Certificate{cert}}
+	})
+	return fuzzTLS.cfg
+}
+
+// fuzzServeTLS is fuzzServe on a server with a TLS configuration and
+// policy (and a TLS-only export "tls").
+func fuzzServeTLS(t *testing.T, input []byte, cfg *tls.Config, policy TLSPolicy) {
 	srv := NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv.HandshakeTimeout = 2 * time.Second
+	srv.TLSConfig, srv.TLSPolicy = cfg, policy
 	ro := memExport("ro", 1<<20)
 	ro.ReadOnly = true
 	srv.AddExport(memExport("", 1<<20))
 	srv.AddExport(ro)
+	if cfg != nil {
+		only := memExport("tls", 1<<20)
+		only.TLS = TLSRequired
+		srv.AddExport(only)
+	}
 	client, server := net.Pipe()
 	srv.ServeConn(server)
 	go io.Copy(io.Discard, client) // drain replies
@@ -61,8 +101,21 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(append(flags, optBytes(optStartTLS, nil)...))
 	f.Add(append(flags, optBytes(optAbort, nil)...))
 	f.Add([]byte{0, 0, 0, 3, 0x49, 0x48})
+	// STARTTLS paths: garbage or a truncated hello where the TLS handshake
+	// should be, options pipelined behind STARTTLS, a TLS-only export asked
+	// for in plaintext by GO, INFO and EXPORT_NAME.
+	f.Add(append(append(flags[:4:4], optBytes(optStartTLS, nil)...), "garbage in place of a TLS hello"...))
+	f.Add(append(append(flags[:4:4], optBytes(optStartTLS, nil)...), 0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0))
+	f.Add(append(append(flags[:4:4], optBytes(optStartTLS, nil)...), optBytes(optGo, goData(""))...))
+	f.Add(append(append(flags[:4:4], optBytes(optStartTLS, []byte("x"))...), optBytes(optList, nil)...))
+	f.Add(append(append(flags[:4:4], optBytes(optGo, goData("tls"))...), optBytes(optInfo, goData("tls"))...))
+	f.Add(append(append(flags[:4:4], optBytes(optList, nil)...), optBytes(optExportName, []byte("tls"))...))
+	f.Add(append(flags[:4:4], optBytes(optSetMetaContext, metaData("tls", MetaBaseAllocation))...))
 	f.Fuzz(func(t *testing.T, input []byte) {
 		fuzzServe(t, input)
+		cfg := fuzzTLSConfig(t)
+		fuzzServeTLS(t, input, cfg, TLSAllowed)
+		fuzzServeTLS(t, input, cfg, TLSRequired)
 	})
 }
 

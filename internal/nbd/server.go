@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -25,6 +26,10 @@ type Export struct {
 	// Release, if set, is called once when the connection that opened a
 	// resolved export ends (see Server.Resolve).
 	Release func()
+	// TLS is the export's policy: TLSRequired refuses plaintext clients
+	// (NBD_REP_ERR_TLS_REQD to INFO and GO, a disconnect for EXPORT_NAME)
+	// even on a server that allows plaintext.
+	TLS TLSPolicy
 }
 
 // Server serves NBD exports on any number of listeners. It is safe for
@@ -45,6 +50,11 @@ type Server struct {
 	// (or one NBD_OPT_INFO); its Release is called when that ends. Its
 	// error message is sent to the client.
 	Resolve func(name string) (*Export, error)
+	// TLSConfig enables NBD_OPT_STARTTLS (x509 certificates; set ClientAuth
+	// and ClientCAs to verify clients). Set it before serving.
+	TLSConfig *tls.Config
+	// TLSPolicy is the server-wide TLS mode (see TLSPolicy).
+	TLSPolicy TLSPolicy
 
 	mu        sync.Mutex
 	exports   map[string]*Export
@@ -163,6 +173,9 @@ func (s *Server) exportList() []*Export {
 
 // Serve accepts connections on ln until ln is closed or the server is.
 func (s *Server) Serve(ln net.Listener) error {
+	if err := s.checkTLS(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -197,9 +210,32 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// tlsMode is the server-wide TLS mode: TLSOff, TLSAllowed or TLSRequired.
+func (s *Server) tlsMode() TLSPolicy {
+	switch {
+	case s.TLSConfig == nil || s.TLSPolicy == TLSOff:
+		return TLSOff
+	case s.TLSPolicy == TLSRequired:
+		return TLSRequired
+	}
+	return TLSAllowed
+}
+
+func (s *Server) checkTLS() error {
+	if s.TLSConfig == nil && (s.TLSPolicy == TLSAllowed || s.TLSPolicy == TLSRequired) {
+		return fmt.Errorf("nbd: TLS policy %s needs a TLS configuration (certificate)", s.TLSPolicy)
+	}
+	return nil
+}
+
 // ServeConn serves one client connection in the background.
 func (s *Server) ServeConn(nc net.Conn) {
-	c := &serverConn{srv: s, nc: nc, done: make(chan struct{}), log: s.Logger.With("remote", nc.RemoteAddr().String())}
+	c := &serverConn{srv: s, nc: nc, rw: nc, done: make(chan struct{}), log: s.Logger.With("remote", nc.RemoteAddr().String())}
+	if err := s.checkTLS(); err != nil {
+		s.Logger.Error("nbd connection refused", "remote", nc.RemoteAddr().String(), "err", err)
+		nc.Close()
+		return
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -258,7 +294,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // serverConn is one client connection.
 type serverConn struct {
 	srv  *Server
-	nc   net.Conn
+	nc   net.Conn // the client's connection (closed to end it)
+	rw   net.Conn // what the protocol runs on: nc, or TLS over it
+	tls  bool     // STARTTLS done
 	log  *slog.Logger
 	done chan struct{}
 
@@ -289,7 +327,6 @@ func (c *serverConn) serve() {
 		tc.SetNoDelay(true)
 	}
 	c.br = bufio.NewReaderSize(c.nc, 128<<10)
-	c.send.w = c.nc
 	timeout := c.srv.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
@@ -300,8 +337,8 @@ func (c *serverConn) serve() {
 		c.export.release()
 	}
 	if err != nil {
-		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-			c.log.Warn("nbd handshake ended", "err", err)
+		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && err != errTLSHandshakeLogged && err != errTLSRequiredHangup {
+			c.log.Warn("nbd handshake ended", "err", err, "tls", c.tls)
 		}
 		return
 	}
@@ -309,7 +346,13 @@ func (c *serverConn) serve() {
 		return
 	}
 	c.nc.SetDeadline(time.Time{})
-	c.log.Debug("nbd transmission started", "export", c.export.Name, "structured", c.structured)
+	c.send.w = c.rw
+	if c.tls {
+		// Gather each batch into few TLS records (one Write is one record
+		// or more).
+		c.send.bw = bufio.NewWriterSize(c.rw, 64<<10)
+	}
+	c.log.Debug("nbd transmission started", "export", c.export.Name, "structured", c.structured, "tls", c.tls)
 	err = c.transmit()
 	c.export.release()
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -337,7 +380,7 @@ func (c *serverConn) handshake() (bool, error) {
 	binary.BigEndian.PutUint64(hello[0:], magicNBD)
 	binary.BigEndian.PutUint64(hello[8:], magicOpt)
 	binary.BigEndian.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
-	if _, err := c.nc.Write(hello[:]); err != nil {
+	if _, err := c.rw.Write(hello[:]); err != nil {
 		return false, err
 	}
 	var cf [4]byte
@@ -393,11 +436,25 @@ func (c *serverConn) handshake() (bool, error) {
 // option handles one option. done means the transmission phase starts (or,
 // with a nil export, that the client aborted).
 func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
+	if !c.tls && c.srv.tlsMode() == TLSRequired && opt != optStartTLS && opt != optAbort {
+		if opt == optExportName {
+			// This option cannot be refused with an error: hang up.
+			c.log.Warn("nbd client disconnected: it asked for an export without TLS, which this server requires", "export", string(data))
+			return false, errTLSRequiredHangup
+		}
+		c.log.Info("nbd option refused: TLS required", "option", optName(opt))
+		return false, optErr(repErrTLSReqd, "TLS is required by this server: negotiate NBD_OPT_STARTTLS first")
+	}
 	switch opt {
 	case optExportName:
 		e, err := c.srv.open(string(data))
 		if err != nil {
 			return false, fmt.Errorf("EXPORT_NAME: %w", err)
+		}
+		if err := c.exportTLSCheck(e); err != nil {
+			e.release()
+			c.log.Warn("nbd client disconnected: it asked for an export that requires TLS without TLS", "export", e.Name, "reason", err)
+			return false, errTLSRequiredHangup
 		}
 		c.selectExport(e)
 		out := make([]byte, 10, 134)
@@ -406,7 +463,7 @@ func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 		if !c.noZeroes {
 			out = out[:134]
 		}
-		_, err = c.nc.Write(out)
+		_, err = c.rw.Write(out)
 		return err == nil, err
 	case optAbort:
 		c.optReply(opt, repAck, nil)
@@ -416,6 +473,9 @@ func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 			return false, optErr(repErrInvalid, "LIST takes no data")
 		}
 		for _, e := range c.srv.exportList() {
+			if c.exportTLSCheck(e) != nil {
+				continue // TLS-only exports are listed only over TLS
+			}
 			b := make([]byte, 4, 4+len(e.Name)+len(e.Description))
 			binary.BigEndian.PutUint32(b, uint32(len(e.Name)))
 			b = append(append(b, e.Name...), e.Description...)
@@ -428,7 +488,13 @@ func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 		if len(data) != 0 {
 			return false, optErr(repErrInvalid, "STARTTLS takes no data")
 		}
-		return false, optErr(repErrPolicy, "TLS is not enabled on this server")
+		if c.tls {
+			return false, optErr(repErrInvalid, "TLS is already negotiated")
+		}
+		if c.srv.tlsMode() == TLSOff {
+			return false, optErr(repErrPolicy, "TLS is not enabled on this server")
+		}
+		return false, c.startTLS()
 	case optInfo, optGo:
 		return c.optInfoGo(opt, data)
 	case optStructuredReply:
@@ -453,7 +519,7 @@ func (c *serverConn) optReply(opt, typ uint32, data []byte) error {
 	binary.BigEndian.PutUint32(b[12:], typ)
 	binary.BigEndian.PutUint32(b[16:], uint32(len(data)))
 	copy(b[20:], data)
-	_, err := c.nc.Write(b)
+	_, err := c.rw.Write(b)
 	return err
 }
 
@@ -489,6 +555,11 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	e, err := c.srv.open(name)
 	if err != nil {
 		return false, optErr(repErrUnknown, "%v", err)
+	}
+	if err := c.exportTLSCheck(e); err != nil {
+		e.release()
+		c.log.Info("nbd option refused: export requires TLS", "option", optName(opt), "export", e.Name)
+		return false, err
 	}
 	if opt == optInfo {
 		defer e.release()
@@ -602,8 +673,10 @@ func (c *serverConn) optMetaContext(opt uint32, data []byte) error {
 	if opt == optSetMetaContext {
 		c.metaSet = false // replaced even on failure
 	}
-	if c.srv.lookup(name) == nil && c.srv.Resolve == nil {
+	if e := c.srv.lookup(name); e == nil && c.srv.Resolve == nil {
 		return optErr(repErrUnknown, "no export named %q", name)
+	} else if err := c.exportTLSCheck(e); err != nil {
+		return err
 	}
 	match := false
 	if len(queries) == 0 {
@@ -627,3 +700,52 @@ func (c *serverConn) optMetaContext(opt uint32, data []byte) error {
 	}
 	return c.optReply(opt, repAck, nil)
 }
+
+// errTLSRequiredHangup ends a connection that asked for a TLS-only export
+// with NBD_OPT_EXPORT_NAME, which cannot be answered with an error.
+var errTLSRequiredHangup = errors.New("TLS required: client disconnected")
+
+// exportTLSCheck refuses a plaintext connection to an export that requires
+// TLS. e may be nil.
+func (c *serverConn) exportTLSCheck(e *Export) error {
+	if e == nil || c.tls || e.TLS != TLSRequired {
+		return nil
+	}
+	if c.srv.tlsMode() == TLSOff {
+		// NOTLS mode must not answer NBD_REP_ERR_TLS_REQD.
+		return optErr(repErrPolicy, "export %q requires TLS, which this server does not offer", e.Name)
+	}
+	return optErr(repErrTLSReqd, "export %q requires TLS: negotiate NBD_OPT_STARTTLS first", e.Name)
+}
+
+// startTLS acknowledges NBD_OPT_STARTTLS and runs the TLS handshake. Option
+// haggling then starts afresh inside TLS: what was negotiated in plaintext
+// is forgotten.
+func (c *serverConn) startTLS() error {
+	if c.br.Buffered() > 0 {
+		// The client must wait for our answer before its TLS hello.
+		return fmt.Errorf("client sent %d bytes after STARTTLS before its answer", c.br.Buffered())
+	}
+	if err := c.optReply(optStartTLS, repAck, nil); err != nil {
+		return err
+	}
+	tc := tls.Server(c.nc, c.srv.TLSConfig)
+	if err := tc.Handshake(); err != nil {
+		c.log.Warn("nbd TLS handshake failed", "err", err)
+		return errTLSHandshakeLogged
+	}
+	st := tc.ConnectionState()
+	peer := ""
+	if len(st.PeerCertificates) > 0 {
+		peer = st.PeerCertificates[0].Subject.String()
+	}
+	c.log.Debug("nbd TLS established", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite), "peer", peer)
+	c.rw, c.tls = tc, true
+	c.br = bufio.NewReaderSize(tc, 128<<10)
+	c.structured, c.metaSet, c.metaExport = false, false, ""
+	return nil
+}
+
+// errTLSHandshakeLogged ends a connection whose TLS handshake failed (the
+// failure is already logged).
+var errTLSHandshakeLogged = errors.New("TLS handshake failed")

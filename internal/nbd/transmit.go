@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -486,6 +487,9 @@ func newMsg(buf *[]byte) *outMsg {
 // writev, so many replies in flight share few system calls.
 type sender struct {
 	w io.Writer
+	// bw, if set, buffers w: a batch is copied into it and flushed, so a
+	// writer that frames every Write (TLS) sees few large writes.
+	bw *bufio.Writer
 	// onErr, if set, learns of a failed write (once); the messages queued
 	// then are dropped.
 	onErr    func(error)
@@ -520,7 +524,19 @@ func (s *sender) send(m *outMsg) {
 			bufs = append(bufs, q.iov...)
 		}
 		s.bufs = bufs[:0]
-		_, err := bufs.WriteTo(s.w)
+		var err error
+		if s.bw != nil {
+			for _, b := range bufs {
+				if _, err = s.bw.Write(b); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = s.bw.Flush()
+			}
+		} else {
+			_, err = bufs.WriteTo(s.w)
+		}
 		for i, q := range batch {
 			putBuf(q.buf)
 			batch[i] = nil
