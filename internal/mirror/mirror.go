@@ -107,9 +107,16 @@ type leg struct {
 	// suspect: chunks that may differ (hot when it failed, recorded in
 	// metadata, or all of them when its history is unknown), compared by
 	// checksum before copying.
-	dirty     *bitmap
-	suspect   *bitmap
-	lastErr   string
+	dirty   *bitmap
+	suspect *bitmap
+	lastErr string
+	// listed: the store may list it in the in-sync set (it is in sync, or
+	// its promotion is under way), so taking it out of service must go
+	// through a fenced store update. Every in-sync leg is listed.
+	listed bool
+	// gen counts the times it was taken out of service: a promotion that
+	// finds it changed after its store update gives up.
+	gen       uint64
 	resyncing atomic.Bool // a resync goroutine owns it
 	removed   atomic.Bool // taken out of the volume: its resync ends
 	// progress
@@ -130,6 +137,11 @@ type Mirror struct {
 	mu     sync.RWMutex
 	legs   []*leg
 	fenced atomic.Bool
+	// want is the in-sync set the store must hold: the listed legs. It
+	// changes under mu (held for writing) and is read, without mu, inside
+	// store updates, so that of concurrent updates the store keeps the
+	// latest set (see storeInSync).
+	want atomic.Pointer[[]string]
 
 	// stripes order writes, reads, resync copies and verify per chunk.
 	stripes [stripeCount]sync.RWMutex
@@ -220,6 +232,7 @@ func (m *Mirror) start(ctx context.Context, st State) error {
 	for _, l := range m.legs {
 		if st.Has(l.ID) {
 			l.state = InSync
+			l.listed = true
 			if l.dev == nil {
 				failed = append(failed, l)
 			} else if src == nil || l.Local && !src.Local {
@@ -279,6 +292,7 @@ func (m *Mirror) start(ctx context.Context, st State) error {
 		m.al.setHot(r)
 	}
 	m.mu.Lock()
+	m.setWant(m.inSyncIDs())
 	if len(failed) > 0 {
 		if err := m.dropLocked(failed, errors.New("unreachable at start")); err != nil {
 			m.mu.Unlock()
@@ -566,9 +580,12 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 	if m.fenced.Load() {
 		return ErrFenced
 	}
+	// Every listed leg (in sync, or being promoted: the store may list it)
+	// leaves the store's in-sync set before the I/O that failed on it can be
+	// acknowledged.
 	var drop []string
 	for _, l := range legs {
-		if l.state == InSync {
+		if l.listed && !slices.Contains(drop, l.ID) {
 			drop = append(drop, l.ID)
 		}
 	}
@@ -583,15 +600,23 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 			m.event("", "stalled", fmt.Sprintf("every in-sync replica failed (%v); I/O fails until one returns", cause))
 			return fmt.Errorf("volume %s: %v: %w", m.cfg.Volume, cause, ErrNoQuorm)
 		}
-		if err := m.updateInSync(keep); err != nil {
+		old := m.wantIDs()
+		m.setWant(slices.DeleteFunc(slices.Clone(old), func(id string) bool { return slices.Contains(drop, id) }))
+		if err := m.storeInSync(); err != nil {
+			// The legs stay listed (the store may still hold them); the
+			// I/O is not acknowledged.
+			m.setWant(old)
+			if !errors.Is(err, ErrFenced) {
+				m.event("", "stalled", fmt.Sprintf("cannot drop replicas %v from the in-sync set: %v; I/O is not acknowledged", drop, err))
+			}
 			return err
 		}
 		m.event("", "replica-dropped", fmt.Sprintf("replicas %v dropped from the in-sync set after %v; in sync now: %v", drop, cause, keep))
 	}
 	for _, l := range legs {
-		if l.state == Resyncing || l.state == InSync && slices.Contains(drop, l.ID) {
-			if l.state == Resyncing {
-			}
+		l.listed = false
+		l.gen++
+		if l.state != Outdated {
 			l.state = Outdated
 			// Writes it acknowledged but had not flushed may be lost if it
 			// crashed: they lie in hot regions, which it must compare.
@@ -622,9 +647,29 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 	return nil
 }
 
-// updateInSync stores a new in-sync set, conditioned on our epoch. It
-// retries until StoreTimeout; ErrEpochChanged fences the mirror.
-func (m *Mirror) updateInSync(ids []string) error {
+// setWant sets the in-sync set the store must hold. Callers hold mu for
+// writing.
+func (m *Mirror) setWant(ids []string) {
+	c := slices.Clone(ids)
+	m.want.Store(&c)
+}
+
+func (m *Mirror) wantIDs() []string {
+	if p := m.want.Load(); p != nil {
+		return slices.Clone(*p)
+	}
+	return nil
+}
+
+// storeInSync commits the wanted in-sync set (setWant) to the store,
+// conditioned on our epoch. It retries until StoreTimeout; ErrEpochChanged
+// fences the mirror. The set is read inside the update function, which the
+// store runs again when another update got in between: so when two updates
+// race (a promotion waiting for the store without mu, a drop holding it),
+// the store ends with the later set, and an update that returns nil has
+// committed a set at least as new as the one wanted when it was called.
+// It may be called without mu.
+func (m *Mirror) storeInSync() error {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.StoreTimeout)
 	defer cancel()
 	for {
@@ -632,7 +677,7 @@ func (m *Mirror) updateInSync(ids []string) error {
 			if s.Primary != m.cfg.Self {
 				return ErrEpochChanged
 			}
-			s.InSync = slices.Clone(ids)
+			s.InSync = m.wantIDs()
 			return nil
 		})
 		if err == nil {
@@ -644,7 +689,6 @@ func (m *Mirror) updateInSync(ids []string) error {
 		}
 		select {
 		case <-ctx.Done():
-			m.event("", "stalled", fmt.Sprintf("cannot update the in-sync set to %v: %v; I/O is not acknowledged", ids, err))
 			return fmt.Errorf("volume %s: in-sync update failed: %v: %w", m.cfg.Volume, err, syscall.EIO)
 		case <-time.After(100 * time.Millisecond):
 		}
@@ -810,7 +854,7 @@ func (m *Mirror) RemoveReplica(id string) error {
 		return nil // already gone: idempotent
 	}
 	l := m.legs[i]
-	if l.state == InSync {
+	if l.listed {
 		var keep []string
 		for _, o := range m.legs {
 			if o.state == InSync && o != l {
@@ -820,12 +864,15 @@ func (m *Mirror) RemoveReplica(id string) error {
 		if len(keep) == 0 {
 			return fmt.Errorf("volume %s: %s is its last in-sync replica and cannot be removed", m.cfg.Volume, id)
 		}
-		if err := m.updateInSync(keep); err != nil {
+		old := m.wantIDs()
+		m.setWant(slices.DeleteFunc(slices.Clone(old), func(s string) bool { return s == id }))
+		if err := m.storeInSync(); err != nil {
+			m.setWant(old)
 			return err
 		}
 	}
-	if l.state == Resyncing {
-	}
+	l.listed = false
+	l.gen++
 	l.removed.Store(true)
 	if l.dev != nil {
 		l.dev.Close()

@@ -97,7 +97,24 @@ func (m *Mirror) resyncLoop(l *leg) {
 		if m.ctx.Err() != nil || l.removed.Load() {
 			return
 		}
+		if errors.Is(err, errStoreWait) {
+			// Caught up; only the store did not answer: try again.
+			if !m.sleep(m.cfg.RetryInterval) {
+				return
+			}
+			continue
+		}
 		m.mu.Lock()
+		if l.listed {
+			// The store may list it: only a fenced update takes it out.
+			if derr := m.dropLocked([]*leg{l}, err); derr != nil {
+				m.mu.Unlock()
+				if !m.sleep(m.cfg.RetryInterval) {
+					return
+				}
+				continue
+			}
+		}
 		if l.state == Resyncing {
 			l.state = Outdated
 		}
@@ -114,20 +131,41 @@ func (m *Mirror) resyncLoop(l *leg) {
 	}
 }
 
-var errNotDone = errors.New("more to copy")
+var (
+	errNotDone   = errors.New("more to copy")
+	errLeft      = errors.New("replica left resync")
+	errStoreWait = errors.New("caught up, waiting for the cluster store to record it in sync")
+)
 
-// promote makes a caught-up replica in-sync again.
+// promote makes a caught-up replica in-sync again. The store update runs
+// without mu, so that I/O, status and stopping the mirror do not wait for
+// the cluster store: meanwhile the replica is listed (the store may already
+// hold it), keeps receiving every write, and a failure of it goes through a
+// fenced store update like that of an in-sync replica (dropLocked), which
+// also makes the promotion give up (gen). The in-sync set thus grows only
+// through the store, and no write is acknowledged that a replica the store
+// may list lacks.
 func (m *Mirror) promote(l *leg) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	// What the resync copied becomes durable first (under the read lock:
+	// I/O goes on meanwhile; writes reach the replica anyway).
+	m.mu.RLock()
 	if l.state != Resyncing || l.dev == nil {
-		return errors.New("replica left resync")
+		m.mu.RUnlock()
+		return errLeft
+	}
+	f := m.fanout([]*leg{l}, func(d device.Device) error { return d.Flush() })
+	m.mu.RUnlock()
+	if len(f) > 0 {
+		return f[0].err
+	}
+	m.mu.Lock()
+	if l.state != Resyncing || l.dev == nil {
+		m.mu.Unlock()
+		return errLeft
 	}
 	if l.dirty.len() > 0 || l.suspect.len() > 0 {
+		m.mu.Unlock()
 		return errNotDone
-	}
-	if f := m.fanout([]*leg{l}, func(d device.Device) error { return d.Flush() }); len(f) > 0 {
-		return f[0].err
 	}
 	saved := m.al.dirty[l.ID]
 	delete(m.al.dirty, l.ID)
@@ -135,20 +173,41 @@ func (m *Mirror) promote(l *leg) error {
 		m.al.dirty[l.ID] = saved
 		for _, r := range f {
 			if r.l == l {
+				m.mu.Unlock()
 				return r.err
 			}
 		}
 		if err := m.dropLocked(legsOf(f), errors.New("metadata write failed")); err != nil {
+			m.mu.Unlock()
 			return err
 		}
 	}
-	ids := append(m.inSyncIDs(), l.ID)
-	if err := m.updateInSync(ids); err != nil {
-		m.al.dirty[l.ID] = saved
-		return err
+	gen := l.gen
+	if !l.listed {
+		l.listed = true
+		m.setWant(append(m.wantIDs(), l.ID))
+	}
+	m.mu.Unlock()
+
+	err := m.storeInSync()
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l.gen != gen || l.state != Resyncing || l.removed.Load() {
+		return errLeft // dropped meanwhile, through the store
+	}
+	if err != nil {
+		// The store may or may not hold it now: it stays listed, in
+		// resync, receiving writes, and the promotion is tried again.
+		if m.al.dirty[l.ID] == nil {
+			m.al.dirty[l.ID] = saved
+		}
+		l.lastErr = err.Error()
+		return fmt.Errorf("%w: %w", errStoreWait, err)
 	}
 	l.state = InSync
 	l.lastErr = ""
+	ids := m.inSyncIDs()
 	el := time.Since(l.resyncStart).Round(time.Millisecond)
 	m.event(l.ID, "resync-finished", fmt.Sprintf("in sync again after %v: checked %d bytes, sent %d bytes; in sync now: %v",
 		el, l.resyncDone.Load(), l.resyncSent.Load(), ids))

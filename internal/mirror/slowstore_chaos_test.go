@@ -1,8 +1,9 @@
 package mirror
 
 import (
+	"bytes"
 	"context"
-	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -39,28 +40,14 @@ func (s *slowStore) Update(ctx context.Context, volume string, epoch uint64, fn 
 	return s.MemStore.Update(ctx, volume, epoch, fn)
 }
 
-// TestMirrorAnswersWhileResyncWaitsForStore is the regression test of a
-// finding of the fault-injection suite (issue 9; long run with seed
-// 1795315269205234622, round 19, volume cv0): n2, primary at epoch 4 and
-// DC, was resyncing n1; the resync's last step, the in-sync update, waited
-// 10 s (StoreTimeout) for a cluster store n2 reached badly, holding the
-// mirror's lock. The DC (n2 itself) had moved the volume to n1 at epoch 5,
-// but n2's agent loop, blocked on that lock (Replicas, Flush), could not
-// stop serving: n2's export stayed up 7.4 s after n1 served epoch 5 (its
-// requests failed, the replica host having fenced epoch 4). Reading the
-// mirror's state, and stopping it, must not wait for the store.
-//
-// Known bug while this skip is here: run it with HACS_KNOWN_BUGS=1.
-func TestMirrorAnswersWhileResyncWaitsForStore(t *testing.T) {
-	if os.Getenv("HACS_KNOWN_BUGS") == "" {
-		t.Skip("known bug found by the chaos suite (issue 9): a resync's in-sync update holds the mirror's lock while it " +
-			"waits for the cluster store; set HACS_KNOWN_BUGS=1 to run this regression test")
-	}
-	const size = 8 << 20
+// promotionWaiting opens a mirror on a and b over a slowStore, drops b,
+// makes the store slow and lets b return: its resync ends in an in-sync
+// update that waits in the store until release is closed.
+func promotionWaiting(t *testing.T, size int64) (*memReplicas, *slowStore, *Mirror) {
+	t.Helper()
 	ids := []string{"a", "b"}
 	reps := newMemReplicas(size, ids...)
 	store := &slowStore{MemStore: NewMemStore(), entered: make(chan struct{}, 1), release: make(chan struct{})}
-	defer close(store.release)
 	_, err := Init(context.Background(), store, "vol", "a", ids)
 	must(t, err)
 	m := openMirror(t, store, "a", size, reps.config("a", ids...), func(c *Config) { c.StoreTimeout = 10 * time.Second })
@@ -69,6 +56,9 @@ func TestMirrorAnswersWhileResyncWaitsForStore(t *testing.T) {
 	reps.setDown("b", true)
 	reps.devs["b"].FailAll(device.ErrInjected)
 	must(t, m.WriteAt([]byte("y"), 4096, false))
+	if st, _ := store.Load(context.Background(), "vol"); !slices.Equal(st.InSync, []string{"a"}) {
+		t.Fatalf("in sync after b failed: %v, want [a]", st.InSync)
+	}
 	// ... and returns while the store has become slow: its resync ends in
 	// an in-sync update that waits.
 	store.mu.Lock()
@@ -81,11 +71,109 @@ func TestMirrorAnswersWhileResyncWaitsForStore(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the resync did not reach its in-sync update")
 	}
+	return reps, store, m
+}
+
+// TestMirrorAnswersWhileResyncWaitsForStore is the regression test of a
+// finding of the fault-injection suite (issue 9; long run with seed
+// 1795315269205234622, round 19, volume cv0): n2, primary at epoch 4 and
+// DC, was resyncing n1; the resync's last step, the in-sync update, waited
+// 10 s (StoreTimeout) for a cluster store n2 reached badly, holding the
+// mirror's lock. The DC (n2 itself) had moved the volume to n1 at epoch 5,
+// but n2's agent loop, blocked on that lock (Replicas, Flush), could not
+// stop serving: n2's export stayed up 7.4 s after n1 served epoch 5 (its
+// requests failed, the replica host having fenced epoch 4). Reading the
+// mirror's state, and stopping it, must not wait for the store.
+//
+// Fixed: the promotion's store update runs without the mirror's lock.
+func TestMirrorAnswersWhileResyncWaitsForStore(t *testing.T) {
+	_, store, m := promotionWaiting(t, 8<<20)
+	defer close(store.release)
 	done := make(chan struct{})
-	go func() { m.Replicas(); m.Status(); close(done) }()
+	go func() { m.Replicas(); m.Status(); must(t, m.Flush()); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(2 * time.Second):
 		t.Fatal("the mirror's state could not be read while the resync's in-sync update waited for the store")
+	}
+	// Stopping it does not wait for the store either.
+	closed := make(chan struct{})
+	go func() { m.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the mirror could not be closed while the resync's in-sync update waited for the store")
+	}
+}
+
+// TestWritesDuringPromotionReachTheReplica: while the in-sync update of a
+// caught-up replica waits for the store, writes are acknowledged (they
+// reach it too), and once the store answers it is in sync with them.
+func TestWritesDuringPromotionReachTheReplica(t *testing.T) {
+	const size = 8 << 20
+	reps, store, m := promotionWaiting(t, size)
+	p := bytes.Repeat([]byte{7}, 3*4096)
+	wrote := make(chan error, 1)
+	go func() { wrote <- m.WriteAt(p, 1<<20, true) }()
+	select {
+	case err := <-wrote:
+		must(t, err)
+	case <-time.After(2 * time.Second):
+		t.Fatal("a write waited for the store while the resync's in-sync update did")
+	}
+	close(store.release)
+	waitFor(t, "b in sync", func() bool { return slices.Equal(m.InSync(), []string{"a", "b"}) })
+	if st, _ := store.Load(context.Background(), "vol"); !slices.Equal(st.InSync, []string{"a", "b"}) {
+		t.Fatalf("store's in-sync set %v, want [a b]", st.InSync)
+	}
+	must(t, m.Flush())
+	if !bytes.Equal(dataOf(t, reps.devs["a"].Device, size), dataOf(t, reps.devs["b"].Device, size)) {
+		t.Fatal("replicas differ after the promotion")
+	}
+}
+
+// TestReplicaFailingDuringPromotionLeavesTheStore: a write that fails on a
+// replica whose in-sync update is waiting for the store (the store may
+// list it already) is acknowledged only after the store no longer lists
+// it, and the promotion then gives up: the store never lists a replica
+// that lacks an acknowledged write.
+func TestReplicaFailingDuringPromotionLeavesTheStore(t *testing.T) {
+	const size = 8 << 20
+	reps, store, m := promotionWaiting(t, size)
+	reps.devs["b"].FailAll(device.ErrInjected)
+	reps.setDown("b", true)
+	p := bytes.Repeat([]byte{9}, 4096)
+	wrote := make(chan error, 1)
+	go func() { wrote <- m.WriteAt(p, 2<<20, false) }()
+	select {
+	case err := <-wrote:
+		t.Fatalf("a write that b lacks returned (%v) while the store may still list b", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(store.release)
+	select {
+	case err := <-wrote:
+		must(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write did not complete once the store answered")
+	}
+	if st, _ := store.Load(context.Background(), "vol"); !slices.Equal(st.InSync, []string{"a"}) {
+		t.Fatalf("store's in-sync set %v after b failed, want [a]", st.InSync)
+	}
+	// The promotion gave up: b stays out until a new resync brings it back.
+	time.Sleep(200 * time.Millisecond)
+	if got := m.InSync(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("mirror's in-sync set %v, want [a]", got)
+	}
+	if st, _ := store.Load(context.Background(), "vol"); !slices.Equal(st.InSync, []string{"a"}) {
+		t.Fatalf("store's in-sync set %v, want [a]", st.InSync)
+	}
+	// b returns: resynced (it missed the write), then in sync again.
+	reps.devs["b"].FailAll(nil)
+	reps.setDown("b", false)
+	waitFor(t, "b in sync", func() bool { return slices.Equal(m.InSync(), []string{"a", "b"}) })
+	must(t, m.Flush())
+	if !bytes.Equal(dataOf(t, reps.devs["a"].Device, size), dataOf(t, reps.devs["b"].Device, size)) {
+		t.Fatal("replicas differ after b's second resync")
 	}
 }
