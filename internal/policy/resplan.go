@@ -204,18 +204,39 @@ func (p *resPlanner) expired(u *Resource, f Failure) bool {
 	return ft > 0 && p.st.Now.Sub(f.Last) >= ft
 }
 
-// fencedSince tells whether node n was confirmed fenced at or after t.
-func (p *resPlanner) fencedSince(n string, t time.Time) bool {
-	at, ok := p.st.Fenced[n]
-	return ok && !at.Before(t)
+// fenced tells whether the incarnation (lease) of node n is confirmed
+// fenced.
+func (p *resPlanner) fenced(n string, lease int64) bool {
+	l, ok := p.st.Fenced[n]
+	return ok && l == lease
 }
 
-func (p *resPlanner) fence(node, reason string) {
+// lease is the lease of the incarnation that reported unit u's state on n.
+func (p *resPlanner) lease(u *Resource, n string) int64 {
+	var l int64
+	for _, m := range p.members(u) {
+		if x := m.Leases[n]; x > l {
+			l = x
+		}
+	}
+	return l
+}
+
+func (p *resPlanner) fence(node string, lease int64, reason string) {
 	if p.fenceAsked[node] {
 		return
 	}
 	p.fenceAsked[node] = true
-	p.out = append(p.out, ResAction{Kind: ResFence, Node: node, Reason: reason})
+	p.out = append(p.out, ResAction{Kind: ResFence, Node: node, Lease: lease, Reason: reason})
+}
+
+// waitFence says what a unit waits for.
+func (p *resPlanner) waitFence(n string) string {
+	s := "waiting until " + n + " is confirmed fenced"
+	if info := p.st.FenceInfo[n]; info != "" {
+		s += " (" + info + ")"
+	}
+	return s
 }
 
 // banned tells why unit u may not run on node n ("" if it may).
@@ -422,33 +443,34 @@ func (p *resPlanner) unit(u *Resource) {
 	// that node to be fenced.
 	for _, n := range sortedKeys(active) {
 		node, ok := p.nodes[n]
+		lease := p.lease(u, n)
 		switch {
 		case !ok:
 			delete(active, n) // the node left the cluster
-		case !node.Online:
-			if !needsFencing || p.fencedSince(n, node.OfflineSince) {
+		case !node.Online || (node.Lease != 0 && lease != 0 && lease != node.Lease):
+			// The incarnation that ran it is gone.
+			if !needsFencing || p.fenced(n, lease) {
 				delete(active, n)
 				continue
 			}
-			why := fmt.Sprintf("was active on %s, which is offline; waiting until %s is confirmed fenced", n, n)
-			p.fence(n, fmt.Sprintf("node %s is offline with resource %s active on it", n, u.Name))
-			blocked(why)
+			p.fence(n, lease, fmt.Sprintf("resource %s was active on %s, lost without a clean stop", u.Name, n))
+			blocked(fmt.Sprintf("was active on %s, which was lost; %s", n, p.waitFence(n)))
 			return
 		case active[n] == StateStopFailed:
-			if p.fencedSince(n, fails[n].Last) {
+			if p.fenced(n, lease) {
 				delete(active, n)
 				continue
 			}
-			p.fence(n, fmt.Sprintf("resource %s failed to stop on %s", u.Name, n))
-			blocked(fmt.Sprintf("failed to stop on %s; waiting until %s is fenced", n, n))
+			p.fence(n, lease, fmt.Sprintf("resource %s failed to stop on %s", u.Name, n))
+			blocked(fmt.Sprintf("failed to stop on %s; %s", n, p.waitFence(n)))
 			return
 		case active[n] == StateFailed && p.onFail(u) == OnFailFence:
-			if p.fencedSince(n, fails[n].Last) {
+			if p.fenced(n, lease) {
 				delete(active, n)
 				continue
 			}
-			p.fence(n, fmt.Sprintf("resource %s failed on %s (on-fail=fence)", u.Name, n))
-			blocked(fmt.Sprintf("failed on %s (on-fail=fence); waiting until %s is fenced", n, n))
+			p.fence(n, lease, fmt.Sprintf("resource %s failed on %s (on-fail=fence)", u.Name, n))
+			blocked(fmt.Sprintf("failed on %s (on-fail=fence); %s", n, p.waitFence(n)))
 			return
 		}
 	}

@@ -65,6 +65,11 @@ type Resource struct {
 	// Active lists the nodes where a primitive is not known stopped, with
 	// its state there (StateRunning, ...).
 	Active map[string]string `json:"active,omitempty"`
+	// Leases maps a node of Active to the liveness lease of the agent
+	// incarnation that reported the state: when that incarnation is gone
+	// (node offline, or back with another lease and not probed yet) the
+	// resource may still run there until the incarnation is fenced.
+	Leases map[string]int64 `json:"leases,omitempty"`
 	// Failures per node (Failure.Fatal: a start failure or hard error bans
 	// the node until the failure expires or is cleaned up).
 	Failures map[string]Failure `json:"failures,omitempty"`
@@ -102,8 +107,11 @@ type ResState struct {
 	Volumes     []Volume     `json:"volumes,omitempty"`
 	Resources   []Resource   `json:"resources"`
 	Constraints []Constraint `json:"constraints,omitempty"`
-	// Fenced maps a node to when it was last confirmed fenced.
-	Fenced map[string]time.Time `json:"fenced,omitempty"`
+	// Fenced maps a node to the lease of its incarnation that is confirmed
+	// fenced (internal/fence).
+	Fenced map[string]int64 `json:"fenced,omitempty"`
+	// FenceInfo says how far the fencing of a node is, for messages.
+	FenceInfo map[string]string `json:"fence_info,omitempty"`
 }
 
 // Resource action kinds.
@@ -124,5 +132,7 @@ type ResAction struct {
 	Resource string `json:"resource,omitempty"`
 	Node     string `json:"node,omitempty"`
 	From     string `json:"from,omitempty"`
-	Reason   string `json:"reason"`
+	// Lease (fence) is the lost incarnation of Node to fence.
+	Lease  int64  `json:"lease,omitempty"`
+	Reason string `json:"reason"`
 }

@@ -34,6 +34,9 @@ type Node struct {
 	Labels  map[string]string `json:"labels,omitempty"`
 	// FreeBytes is what its pools can still promise (for placement).
 	FreeBytes int64 `json:"free_bytes"`
+	// Lease is the liveness lease of its running agent (0 offline or
+	// unknown).
+	Lease int64 `json:"lease,omitempty"`
 	// OfflineSince is when it was last seen (zero when online).
 	OfflineSince time.Time `json:"offline_since,omitzero"`
 }
