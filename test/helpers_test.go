@@ -348,12 +348,13 @@ func (s *server) tryDial(export string) (*nbd.Client, error) {
 
 // serveOpts configure `hacs serve`.
 type serveOpts struct {
-	file        string // backing file; default: a new file in a temp dir
-	size        string // --size; default "64M" when the file is new
-	name        string // --name
-	description string // --description
-	readOnly    bool   // --read-only
-	tcp         bool   // listen on 127.0.0.1:PORT instead of a Unix socket
+	file        string   // backing file; default: a new file in a temp dir
+	size        string   // --size; default "64M" when the file is new
+	name        string   // --name
+	description string   // --description
+	readOnly    bool     // --read-only
+	tcp         bool     // listen on 127.0.0.1:PORT instead of a Unix socket
+	args        []string // more `hacs serve` arguments (e.g. TLS options)
 }
 
 // startServe runs `hacs serve` and waits until it accepts connections.
@@ -390,6 +391,7 @@ func startServe(t testing.TB, o serveOpts) *server {
 	if o.readOnly {
 		args = append(args, "--read-only")
 	}
+	args = append(args, o.args...)
 	s.proc = startProc(t, true, hacsBin, args...)
 	s.waitAccepting(t, s.network, s.addr)
 	return s

@@ -28,6 +28,7 @@ func newServeCmd() *cobra.Command {
 		desc     string
 		readOnly bool
 		poolDir  string
+		tlsf     tlsServerFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve FILE | serve --pool DIR VOLUME",
@@ -41,14 +42,25 @@ name and the default (empty) name. Stop it with Ctrl-C (SIGINT) or SIGTERM.
 
 With --pool DIR, the argument names a thin volume of the storage pool in DIR
 instead (see internal/store). With --size, the pool directory and the volume
-are created when missing.`,
+are created when missing.
+
+With --tls on or require, clients upgrade with NBD's STARTTLS (x509
+certificates, TLS 1.2 or later; nbdinfo nbds://..., qemu's tls-creds-x509).
+require refuses plaintext clients with the protocol's TLS-required error.
+Pre-shared keys (nbdkit's --tls-psk) are not supported: Go's TLS has no PSK.`,
 		Example: `  hacs serve disk.img --size 10G
   hacs serve --pool /var/lib/hacs/pool vm1 --size 10G
   hacs serve disk.img --listen 127.0.0.1:10809 --name vm1
   hacs serve disk.img --listen unix:/run/hacs/vm1.sock
-  nbdinfo nbd://127.0.0.1:10809/vm1`,
+  nbdinfo nbd://127.0.0.1:10809/vm1
+  hacs serve disk.img --tls require --tls-certificates /etc/hacs/pki
+  nbdinfo --tls-certificates=/etc/hacs/client-pki nbds://localhost:10809/`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			tlsCfg, tlsPolicy, err := tlsf.config()
+			if err != nil {
+				return err
+			}
 			var size int64
 			if sizeStr != "" {
 				var err error
@@ -57,7 +69,6 @@ are created when missing.`,
 				}
 			}
 			var dev device.Device
-			var err error
 			if poolDir != "" {
 				dev, err = openPoolVolume(poolDir, args[0], size, readOnly)
 			} else {
@@ -72,11 +83,16 @@ are created when missing.`,
 				return err
 			}
 			srv := nbd.NewServer(slog.Default())
+			srv.TLSConfig, srv.TLSPolicy = tlsCfg, tlsPolicy
 			if err := srv.AddExport(nbd.Export{Name: name, Description: desc, Device: dev, ReadOnly: readOnly}); err != nil {
 				return err
 			}
-			slog.Info("serving", "file", args[0], "size", dev.Size(), "export", name, "listen", ln.Addr().String(), "read_only", readOnly)
-			fmt.Fprintf(cmd.OutOrStdout(), "serving %s (%d bytes) as %s\n", args[0], dev.Size(), uriFor(ln.Addr(), name))
+			uri := uriFor(ln.Addr(), name)
+			if tlsCfg != nil {
+				uri = tlsURI(uri)
+			}
+			slog.Info("serving", "file", args[0], "size", dev.Size(), "export", name, "listen", ln.Addr().String(), "read_only", readOnly, "tls", tlsPolicy.String())
+			fmt.Fprintf(cmd.OutOrStdout(), "serving %s (%d bytes) as %s\n", args[0], dev.Size(), uri)
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			errc := make(chan error, 1)
@@ -101,6 +117,7 @@ are created when missing.`,
 	cmd.Flags().StringVar(&desc, "description", "", "export description shown to clients")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes")
 	cmd.Flags().StringVar(&poolDir, "pool", "", "export VOLUME of the storage pool in this directory instead of a file")
+	tlsf.register(cmd.Flags(), "off")
 	return cmd
 }
 
@@ -160,4 +177,15 @@ func uriFor(a net.Addr, export string) string {
 		return fmt.Sprintf("nbd+unix:///%s?socket=%s", export, a.String())
 	}
 	return fmt.Sprintf("nbd://%s/%s", a.String(), export)
+}
+
+// tlsURI turns an nbd:// or nbd+unix:// URI into its TLS form.
+func tlsURI(uri string) string {
+	if rest, ok := strings.CutPrefix(uri, "nbd+unix://"); ok {
+		return "nbds+unix://" + rest
+	}
+	if rest, ok := strings.CutPrefix(uri, "nbd://"); ok {
+		return "nbds://" + rest
+	}
+	return uri
 }
