@@ -152,7 +152,7 @@ func TestChaosCheckers(t *testing.T) {
 		ev(10, "n2", "volume-serving", "serving as primary at epoch 2 on y (in sync: [n2])"),
 		ev(13, "n1", "volume-stopped", "stopped serving: fenced by a newer primary"),
 	}
-	ts := servingIntervals(events, nil, t0.Add(time.Minute))
+	ts, _ := servingIntervals(events, nil, t0.Add(time.Minute))
 	if v, d, _ := checkOverlaps(ts, nil, time.Second); len(v) != 1 || d != 3*time.Second {
 		t.Fatalf("overlap not found: %v %v", v, d)
 	}
@@ -161,8 +161,40 @@ func TestChaosCheckers(t *testing.T) {
 		t.Fatalf("overlap inside a pause counted: %v %v", v, d)
 	}
 	// a SIGKILL ends a tenure without an event
-	ts = servingIntervals(events[:2], map[string][]time.Time{"n1": {t0.Add(9 * time.Second)}}, t0.Add(time.Minute))
+	ts, _ = servingIntervals(events[:2], map[string][]time.Time{"n1": {t0.Add(9 * time.Second)}}, t0.Add(time.Minute))
 	if v, _, _ := checkOverlaps(ts, nil, 0); len(v) != 0 {
 		t.Fatalf("killed primary counted as serving: %v", v)
+	}
+
+	// With the agents' own stamps (epoch, serving_from, stopped_at), the
+	// check is exact: n1's clients were cut off at 10.3 s (its event came
+	// at 13 s), n2's export took requests from 9.9 s (its event at 10 s):
+	// 400 ms of overlap count, although within the tolerance; the same
+	// overlap right after n1's process was continued does not.
+	at := func(sec float64) string {
+		return t0.Add(time.Duration(sec * float64(time.Second))).Format(time.RFC3339Nano)
+	}
+	with := func(e cluster.Event, f map[string]string) cluster.Event { e.Fields = f; return e }
+	exact := []cluster.Event{
+		with(ev(0, "n1", "volume-serving", "serving as primary at epoch 1 on x"), map[string]string{"epoch": "1", "serving_from": at(0)}),
+		with(ev(10, "n2", "volume-serving", "serving as primary at epoch 2 on y"), map[string]string{"epoch": "2", "serving_from": at(9.9)}),
+		with(ev(13, "n1", "volume-stopped", "stopped serving: this node lost its lease or quorum: it stops serving (self-fence)"),
+			map[string]string{"epoch": "1", "stopped_at": at(10.3)}),
+	}
+	ts, unpaired := servingIntervals(exact, nil, t0.Add(time.Minute))
+	if len(unpaired) != 0 || len(ts) != 2 || !ts[0].toExact || !ts[1].fromExact || !ts[0].to.Equal(t0.Add(10300*time.Millisecond)) {
+		t.Fatalf("tenures from stamped events: %+v %v", ts, unpaired)
+	}
+	if v, d, _ := checkOverlaps(ts, nil, time.Second); len(v) != 1 || !v[0].exact || d != 400*time.Millisecond {
+		t.Fatalf("exact overlap under the tolerance not counted: %v %v", v, d)
+	}
+	woke := map[string][]window{"n1": {{from: t0.Add(2 * time.Second), to: t0.Add(9500 * time.Millisecond)}}}
+	if v, _, _ := checkOverlaps(ts, woke, time.Second); len(v) != 0 {
+		t.Fatalf("overlap within the tolerance after SIGCONT counted: %v", v)
+	}
+	// a stop of another epoch than the open tenure's is reported
+	exact[2].Fields["epoch"] = "3"
+	if _, unpaired := servingIntervals(exact, nil, t0.Add(time.Minute)); len(unpaired) != 1 {
+		t.Fatalf("stop of another epoch not reported: %v", unpaired)
 	}
 }

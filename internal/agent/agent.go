@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -179,9 +180,11 @@ func (a *Agent) Run(ctx context.Context) error {
 
 func (a *Agent) self() string { return a.node.Name() }
 
-func (a *Agent) emit(kind, volume, msg string) {
+func (a *Agent) emit(kind, volume, msg string) { a.emitFields(kind, volume, msg, nil) }
+
+func (a *Agent) emitFields(kind, volume, msg string, fields map[string]string) {
 	a.log.Info(msg, "event", kind, "volume", volume)
-	a.node.Emit(kind, "volume/"+volume, msg, nil)
+	a.node.Emit(kind, "volume/"+volume, msg, fields)
 }
 
 // capacityLoop publishes the pool's free space for placement.
@@ -385,6 +388,7 @@ func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
 		return fmt.Errorf("state moved to epoch %d while starting", m.Epoch())
 	}
 	a.esrv.RemoveExport(name)
+	from := time.Now()
 	if err := a.esrv.AddExport(nbd.Export{Name: name, Description: "hacs volume " + name, Device: m}); err != nil {
 		m.Close()
 		return err
@@ -392,7 +396,10 @@ func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
 	a.prims[name] = &primary{m: m, epoch: m.Epoch(), size: v.spec.Size}
 	delete(a.failed, name)
 	a.putExport(ctx, name, m.Epoch())
-	a.emit("volume-serving", name, fmt.Sprintf("serving as primary at epoch %d on %s (in sync: %v)", m.Epoch(), a.exportAddr, m.InSync()))
+	// epoch, and the time the export began taking requests (the event is
+	// stamped later), for whoever checks that no two epochs overlap.
+	a.emitFields("volume-serving", name, fmt.Sprintf("serving as primary at epoch %d on %s (in sync: %v)", m.Epoch(), a.exportAddr, m.InSync()),
+		map[string]string{"epoch": strconv.FormatUint(m.Epoch(), 10), "serving_from": from.UTC().Format(time.RFC3339Nano)})
 	return nil
 }
 
@@ -414,12 +421,16 @@ func (a *Agent) stopPrimaryLocked(name, why string, graceful bool) {
 		return
 	}
 	delete(a.prims, name)
-	a.esrv.RemoveExport(name)
+	cut := a.esrv.RemoveExport(name)
 	if graceful {
 		p.m.Flush()
 	}
 	p.m.Close()
-	a.emit("volume-stopped", name, "stopped serving: "+why)
+	// stopped_at: when the export's clients were cut off (no request taken
+	// and no reply sent after it); the event is stamped once the requests
+	// in flight ended and the mirror closed.
+	a.emitFields("volume-stopped", name, "stopped serving: "+why,
+		map[string]string{"epoch": strconv.FormatUint(p.epoch, 10), "stopped_at": cut.UTC().Format(time.RFC3339Nano)})
 }
 
 // syncReplicasLocked adds and removes mirror replicas to match placement.

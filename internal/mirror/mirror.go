@@ -40,6 +40,10 @@ var (
 	ErrFenced  = fmt.Errorf("volume is fenced: a newer primary has taken over: %w", syscall.ESHUTDOWN)
 	ErrTimeout = fmt.Errorf("replica did not answer in time: %w", syscall.EIO)
 	ErrNoQuorm = fmt.Errorf("no in-sync replica left: %w", syscall.EIO)
+	// ErrClosed fails I/O that reaches a mirror after Close (this node
+	// stopped serving the volume); ESHUTDOWN makes clients look for the
+	// volume's new primary.
+	ErrClosed = fmt.Errorf("volume is no longer served here: %w", device.ErrClosed)
 )
 
 // Replica describes one replica of the volume.
@@ -137,6 +141,7 @@ type Mirror struct {
 	mu     sync.RWMutex
 	legs   []*leg
 	fenced atomic.Bool
+	closed atomic.Bool // checked under mu: Close closes the devices under it
 	// want is the in-sync set the store must hold: the listed legs. It
 	// changes under mu (held for writing) and is read, without mu, inside
 	// store updates, so that of concurrent updates the store keeps the
@@ -527,9 +532,9 @@ func (m *Mirror) write(off, n int64, op func(device.Device) error) error {
 	c0, c1 := m.chunkRange(off, n)
 
 	m.mu.RLock()
-	if m.fenced.Load() {
+	if err := m.stoppedLocked(); err != nil {
 		m.mu.RUnlock()
-		return ErrFenced
+		return err
 	}
 	targets := m.targetsLocked()
 	var failed []legResult
@@ -704,6 +709,19 @@ func (m *Mirror) fence(why string) {
 	m.cancel()
 }
 
+// stoppedLocked fails I/O on a fenced or closed mirror. Callers hold mu
+// (for reading at least), so that no I/O finds the devices closed under it:
+// with none left to write to, a write would otherwise be acknowledged.
+func (m *Mirror) stoppedLocked() error {
+	if m.fenced.Load() {
+		return ErrFenced
+	}
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
 // Fenced reports whether the mirror stopped because of a newer primary.
 func (m *Mirror) Fenced() bool { return m.fenced.Load() }
 
@@ -754,6 +772,10 @@ func (m *Mirror) flush() error {
 		return ErrFenced
 	}
 	m.mu.RLock()
+	if err := m.stoppedLocked(); err != nil {
+		m.mu.RUnlock()
+		return err
+	}
 	failed := m.fanout(m.targetsLocked(), func(d device.Device) error { return d.Flush() })
 	m.mu.RUnlock()
 	return m.handleFailures(failed)
@@ -797,6 +819,10 @@ func (m *Mirror) readOp(c0, c1 int, op func(device.Device) error) error {
 			return ErrFenced
 		}
 		m.mu.RLock()
+		if err := m.stoppedLocked(); err != nil {
+			m.mu.RUnlock()
+			return err
+		}
 		src := m.sourceLocked()
 		if src == nil {
 			m.mu.RUnlock()
@@ -901,6 +927,7 @@ func (m *Mirror) Replicas() []string {
 // Close stops the mirror: resyncs end and replica devices are closed. It
 // does not flush; callers flush first.
 func (m *Mirror) Close() error {
+	m.closed.Store(true)
 	m.cancel()
 	m.wg.Wait()
 	m.mu.Lock()

@@ -576,3 +576,25 @@ func TestAddAndRemoveReplica(t *testing.T) {
 		t.Fatal("removed the last in-sync replica")
 	}
 }
+
+// TestNoWriteAcknowledgedAfterClose: I/O that reaches a mirror after Close
+// (a client connection that won the race with the export's removal while
+// the agent stops serving) fails instead of being acknowledged with no
+// replica left to hold it.
+func TestNoWriteAcknowledgedAfterClose(t *testing.T) {
+	_, _, m := newVolume(t, 8<<20, []string{"a", "b"}, nil)
+	must(t, m.WriteAt([]byte("x"), 0, false))
+	m.Close()
+	if err := m.WriteAt([]byte("y"), 4096, false); err == nil {
+		t.Fatal("a write after Close was acknowledged")
+	}
+	if err := m.Flush(); err == nil {
+		t.Fatal("a flush after Close was acknowledged")
+	}
+	if err := m.Trim(0, 4096); err == nil {
+		t.Fatal("a trim after Close was acknowledged")
+	}
+	if err := m.ReadAt(make([]byte, 4096), 0); err == nil {
+		t.Fatal("a read after Close succeeded")
+	}
+}

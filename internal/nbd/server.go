@@ -100,8 +100,10 @@ func (s *Server) AddExport(e Export) error {
 }
 
 // RemoveExport stops offering an export and disconnects its clients. It
-// returns once no request on it is being served any more.
-func (s *Server) RemoveExport(name string) {
+// returns once no request on it is being served any more, with the time its
+// clients were cut off: no request was taken, and no reply could reach a
+// client, after it (the wait for the requests in flight comes after).
+func (s *Server) RemoveExport(name string) time.Time {
 	s.mu.Lock()
 	e := s.exports[name]
 	delete(s.exports, name)
@@ -120,9 +122,11 @@ func (s *Server) RemoveExport(name string) {
 	for _, c := range victims {
 		c.nc.Close()
 	}
+	cut := time.Now()
 	for _, c := range victims {
 		<-c.done
 	}
+	return cut
 }
 
 func (s *Server) lookup(name string) *Export {
