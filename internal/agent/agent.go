@@ -15,6 +15,7 @@ import (
 
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/device"
+	"github.com/hacs/hacs/internal/fence"
 	"github.com/hacs/hacs/internal/mirror"
 	"github.com/hacs/hacs/internal/nbd"
 	"github.com/hacs/hacs/internal/policy"
@@ -45,6 +46,9 @@ type Config struct {
 	Settings policy.Settings
 	// Alerts configures alert delivery (by the DC).
 	Alerts AlertConfig
+	// Fence fences lost nodes while this node is the DC and serves the
+	// /v1/fence API (nil: no fencing layer).
+	Fence  *fence.Controller
 	Logger *slog.Logger
 }
 
@@ -161,6 +165,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.vols = cluster.NewCache(ctx, a.node.Client(), cluster.PrefixVolumes, a.log)
 	a.registerAPI()
+	if a.cfg.Fence != nil {
+		a.cfg.Fence.Register(a.node.Mux())
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.cfg.Fence.Run(ctx) }()
+	}
 	a.log.Info("resource manager running", "replica_addr", a.replicaAddr, "export_addr", a.exportAddr)
 
 	a.wg.Add(4)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hacs/hacs/internal/cluster"
+	"github.com/hacs/hacs/internal/fence"
 )
 
 // AlertConfig configures alert agents, in the manner of Pacemaker's: an
@@ -51,7 +52,7 @@ var AlertKinds = []string{
 	// recovery
 	"resync-finished",
 	// fencing
-	"fenced",
+	"fenced", fence.EventStarted, fence.EventSucceeded, fence.EventFailed, fence.EventLevelFailed,
 }
 
 // alertCursorKey holds the revision of the last event the DC alerted on,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
+	"github.com/hacs/hacs/internal/fence"
 	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/store"
 )
@@ -83,6 +84,8 @@ serving before it can expire for the others.`,
 	f.StringVar(&rm.alertExec, "alert-exec", "", "when this node is the DC: run this executable for each cluster event worth an alert (node lost, failover, replica degraded, resync finished, fencing), with the event in HACS_EVENT_* variables and as JSON on stdin; give every agent the same")
 	f.StringVar(&rm.alertURL, "alert-url", "", "when this node is the DC: POST each cluster event worth an alert as JSON to this URL (a webhook); give every agent the same")
 	f.DurationVar(&rm.reReplicateAfter, "re-replicate-after", policy.DefaultReReplicateAfter, "when this node is the DC: a node down this long has its replicas rebuilt elsewhere")
+	f.StringArrayVar(&rm.fenceAgentDirs, "fence-agent-dir", nil, "directory to look fence agents up in before /usr/sbin, /sbin, /usr/local/sbin (repeatable; give every agent the same)")
+	f.DurationVar(&rm.selfFenceGrace, "self-fence-grace", 0, "when this node is the DC: a lost node without fence levels counts as fenced this long after its lease ended (default: the lease TTL); give every agent the same")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory holding all the node's state (identity, etcd data); required")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the host name; fixed once the node exists)")
 	f.StringVar(&cfg.Join, "join", "", "API address HOST:PORT of any member, to join its cluster (with --token)")
@@ -110,6 +113,8 @@ type rmFlags struct {
 	pool, replicaListen, exportListen string
 	alertExec, alertURL               string
 	replicaTimeout, reReplicateAfter  time.Duration
+	fenceAgentDirs                    []string
+	selfFenceGrace                    time.Duration
 }
 
 func runAgent(cfg cluster.Config, rm rmFlags) error {
@@ -146,6 +151,8 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 			return fmt.Errorf("storage pool: %w", err)
 		}
 	}
+	acfg.Fence = fence.NewController(fence.Config{Node: n, Runner: fence.NewRunner(append(slices.Clone(rm.fenceAgentDirs), fence.DefaultAgentDirs...)...),
+		Grace: rm.selfFenceGrace, Logger: slog.Default()})
 	a, err := agent.New(acfg)
 	if err != nil {
 		n.Stop(context.Background())

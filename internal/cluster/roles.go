@@ -56,6 +56,14 @@ func withActor(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// WithActor is withActor for the handlers of other packages (the resource
+// manager's volume API): every state-changing handler is wrapped with it.
+func WithActor(h http.HandlerFunc) http.HandlerFunc { return withActor(h) }
+
+// Actor returns who made the request behind ctx (def when unknown): the one
+// place that names who changed something.
+func Actor(ctx context.Context, def string) string { return actor(ctx, def) }
+
 // actor returns who made the request behind ctx (def when unknown).
 func actor(ctx context.Context, def string) string {
 	if s, ok := ctx.Value(actorKey{}).(string); ok && s != "" {
