@@ -60,6 +60,10 @@ type Controller struct {
 	// gone remembers when this controller saw a node's lease go.
 	gone   map[string]goneAt
 	poke   chan struct{}
+	// minRev is the revision of this controller's last write: rounds wait
+	// until the cache has it, so that no decision is taken on a record
+	// older than its own write.
+	minRev int64
 	wg     sync.WaitGroup
 	timers map[string]time.Time
 }
@@ -150,7 +154,10 @@ func (c *Controller) Run(ctx context.Context) {
 		nodeChanged := c.node.Changes()
 		members := c.node.Members()
 		c.observe(members)
-		if l := c.node.Leadership(); l.IsDC && snap.Synced && !snap.Stale && !members.Stale {
+		c.mu.Lock()
+		caughtUp := snap.Rev >= c.minRev
+		c.mu.Unlock()
+		if l := c.node.Leadership(); l.IsDC && snap.Synced && !snap.Stale && !members.Stale && caughtUp {
 			view, errs := Decode(snap)
 			for _, err := range errs {
 				c.log.Warn("fencing state", "err", err)
@@ -308,6 +315,9 @@ func (c *Controller) put(l cluster.Leadership, rev int64, rec Record, extra ...c
 	if !tr.Succeeded {
 		return 0, fmt.Errorf("recording fencing of %s: the record changed meanwhile or this node is no longer the DC", rec.Node)
 	}
+	c.mu.Lock()
+	c.minRev = max(c.minRev, tr.Header.Revision)
+	c.mu.Unlock()
 	return tr.Header.Revision, nil
 }
 
@@ -369,6 +379,16 @@ func (c *Controller) attempt(l cluster.Leadership, w want, prev Record, continue
 		}
 		return
 	}
+	// the configuration as it is now, not as the cache had it
+	fresh, err := c.read(ctx)
+	if err != nil {
+		c.log.Warn("fencing not started", "node", w.Node, "err", err)
+		return
+	}
+	if fresh.Revs[key] != rev {
+		return // the record changed meanwhile: the next round decides again
+	}
+	view.Devices, view.Levels = fresh.Devices, fresh.Levels
 	action := w.Action
 	if action == "" {
 		action = ActionReboot
@@ -407,7 +427,7 @@ func (c *Controller) attempt(l cluster.Leadership, w want, prev Record, continue
 			rec.LeaseGone = g.at.UTC()
 		}
 	}
-	rev, err := c.put(l, rev, rec)
+	rev, err = c.put(l, rev, rec)
 	if err != nil {
 		c.log.Warn("fencing not started", "node", w.Node, "err", err)
 		return

@@ -57,7 +57,15 @@ esac
 `,
 		"fence_hang":    "#!/bin/sh\ncat >/dev/null\necho starting >&2\nsleep 300 &\necho $! > \"$(dirname \"$0\")/hang-child\"\nsleep 300\n",
 		"fence_garbage": "#!/bin/sh\ncat >/dev/null\nhead -c 100000 /dev/urandom\nhead -c 100000 /dev/urandom >&2\nexit 7\n",
-		"fence_fail":    "#!/bin/sh\ncat >/dev/null\necho 'connecting to 192.0.2.1' >&2\necho 'Failed: Unable to connect' >&2\nexit 1\n",
+		"fence_fail": `#!/bin/sh
+if grep -q '^action=metadata'; then
+  echo '<resource-agent name="fence_fail"><parameters><parameter name="plug"><content type="string"/></parameter></parameters></resource-agent>'
+  exit 0
+fi
+echo 'connecting to 192.0.2.1' >&2
+echo 'Failed: Unable to connect' >&2
+exit 1
+`,
 	}
 	for name, body := range scripts {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755); err != nil {

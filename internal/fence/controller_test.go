@@ -1,0 +1,209 @@
+package fence
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hacs/hacs/internal/cluster"
+)
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startNode(t testing.TB, name, join, token string) *cluster.Node {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() && os.Getenv("HACS_TEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", name)
+	}
+	n, err := cluster.New(cluster.Config{DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
+		PeerListen: freeAddr(t), ClientListen: freeAddr(t), LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
+		Logger: log, Out: io.Discard, Join: join, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Stop(context.Background()) })
+	select {
+	case <-n.Ready():
+	case <-n.Done():
+		t.Fatalf("node %s failed: %v", name, n.Err())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("node %s not ready after 60 s", name)
+	}
+	return n
+}
+
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func events(t testing.TB, n *cluster.Node, kind, node string) []cluster.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	evs, _, err := cluster.ListEvents(ctx, n.Client(), cluster.EventFilter{Kind: kind})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.DeleteFunc(evs, func(e cluster.Event) bool { return e.Fields["node"] != node })
+}
+
+func put(t testing.TB, n *cluster.Node, key, value string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := n.Client().Put(ctx, key, value); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestControllerFencesLostNodes runs the DC's fencing on a real 3-node
+// cluster (embedded etcd, leases), with a stand-in list of needs in place
+// of the resource planner: fencing by lease of a node asked to fence itself
+// (on-fail=fence), level fallback to the real fence_dummy after a failing
+// device, exactly once per loss, and a node whose every level fails stays
+// unfenced (retried with backoff) until nobody needs it any more.
+func TestControllerFencesLostNodes(t *testing.T) {
+	r, dir := scriptAgents(t)
+	if _, err := r.Path("fence_dummy"); err != nil {
+		t.Fatalf("%v: run scripts/install-deps.sh", err)
+	}
+	n1 := startNode(t, "c1", "", "")
+	tok, err := os.ReadFile(filepath.Join(n1.Config().DataDir, "join-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2 := startNode(t, "c2", n1.APIAddr(), string(tok))
+	n3 := startNode(t, "c3", n1.APIAddr(), string(tok))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var ctls []*Controller
+	for _, n := range []*cluster.Node{n1, n2, n3} {
+		c := NewController(Config{Node: n, Runner: r, Backoff: 300 * time.Millisecond, MaxBackoff: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		go c.Run(ctx)
+		ctls = append(ctls, c)
+	}
+	dc := ctls[0]
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	if _, err := n1.WaitDC(wctx); err != nil {
+		t.Fatal(err)
+	}
+	wcancel()
+	record := func(node string) Record {
+		v, _ := dc.View()
+		rec, _ := v.Record(node)
+		return rec
+	}
+
+	// 1. on-fail=fence of an online node without levels: its lease is
+	// revoked, it stops serving, and fencing is confirmed at revoke + TTL
+	// + grace.
+	lease2 := n2.ServingStatus().LeaseID
+	serving2 := n2.Serving()
+	start := time.Now()
+	dc.Require([]Need{{Node: "c2", Lease: lease2, Reason: "on-fail=fence: monitor of web failed", Resources: []string{"web"}}})
+	select {
+	case <-serving2.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("c2 kept serving after its lease was revoked")
+	}
+	stoppedAfter := time.Since(start)
+	waitFor(t, 10*time.Second, "c2 fenced by lease", func() bool { v, _ := dc.View(); return v.Fenced("c2", lease2) })
+	rec := record("c2")
+	if rec.Method != MethodLease || rec.Level != 0 || rec.Attempts != 1 {
+		t.Fatalf("record %+v", rec)
+	}
+	ttl := n1.Config().LeaseTTL
+	if got := rec.Confirmed.Sub(start); got < ttl+ttl { // revoke + TTL + grace (= TTL)
+		t.Fatalf("fencing by lease confirmed %v after it began, before revoke + TTL + grace (%v)", got, 2*ttl)
+	}
+	t.Logf("c2 stopped serving %v after the request; fencing by lease confirmed after %v", stoppedAfter.Round(time.Millisecond), rec.Confirmed.Sub(start).Round(time.Millisecond))
+	waitFor(t, 10*time.Second, "c2 serving again (rejoins with a new lease)", func() bool {
+		return n2.IsServing() && n2.ServingStatus().LeaseID != lease2
+	})
+	// exactly once: asking again for the same loss does nothing
+	for range 3 {
+		dc.Require([]Need{{Node: "c2", Lease: lease2, Reason: "again"}})
+		time.Sleep(200 * time.Millisecond)
+	}
+	if rec := record("c2"); rec.Attempts != 1 || rec.State != StateFenced {
+		t.Fatalf("fenced twice: %+v", rec)
+	}
+	if n := len(events(t, n1, EventStarted, "c2")); n != 1 {
+		t.Fatalf("%d fence-started events for one loss", n)
+	}
+
+	// 2. a lost node with levels: level 1 fails, level 2 (fence_dummy)
+	// fences it; the lease alone does not count.
+	status := filepath.Join(dir, "dummy.status")
+	put(t, n1, DeviceKey("broken"), `{"name":"broken","agent":"fence_fail"}`)
+	put(t, n1, DeviceKey("dummy"), `{"name":"dummy","agent":"fence_dummy","params":{"type":"file","status_file":"`+status+`"},"timeout":"20s"}`)
+	put(t, n1, LevelsKey("c3"), `{"node":"c3","levels":[["broken"],["dummy"]]}`)
+	lease3 := n3.ServingStatus().LeaseID
+	n3.Stop(ctx) // lost (the stand-in list says it held a resource)
+	dc.Require([]Need{{Node: "c3", Lease: lease3, Reason: "it ran ip1", Resources: []string{"ip1"}}})
+	waitFor(t, 20*time.Second, "c3 fenced by a device", func() bool { v, _ := dc.View(); return v.Fenced("c3", lease3) })
+	rec = record("c3")
+	if rec.Method != MethodDevice || rec.Level != 2 || !slices.Equal(rec.Devices, []string{"dummy"}) {
+		t.Fatalf("record %+v", rec)
+	}
+	if b, _ := os.ReadFile(status); strings.TrimSpace(string(b)) != "on" { // rebooted: off, then on
+		t.Errorf("fence_dummy status %q after a reboot", b)
+	}
+	if evs := events(t, n1, EventLevelFailed, "c3"); len(evs) != 1 || evs[0].Fields["level"] != "1" || evs[0].Fields["device"] != "broken" {
+		t.Errorf("fence-level-failed events %+v", evs)
+	}
+	waitFor(t, 5*time.Second, "fence-succeeded event", func() bool {
+		evs := events(t, n1, EventSucceeded, "c3")
+		return len(evs) == 1 && evs[0].Fields["level"] == "2" && evs[0].Fields["device"] == "dummy"
+	})
+
+	// 3. every level fails: the node stays unfenced, retried with backoff,
+	// fence-failed each time; then nobody needs it: cancelled.
+	put(t, n1, LevelsKey("c2"), `{"node":"c2","levels":[["broken"]]}`)
+	lease2b := n2.ServingStatus().LeaseID
+	dc.Require([]Need{{Node: "c2", Lease: lease2b, Reason: "on-fail=fence: stop of db failed"}})
+	waitFor(t, 15*time.Second, "three failed attempts", func() bool { return record("c2").Attempts >= 3 })
+	v, _ := dc.View()
+	if v.Fenced("c2", lease2b) || record("c2").Lease != lease2b {
+		t.Fatalf("c2 counted as fenced though every level failed: %+v", record("c2"))
+	}
+	if rec := record("c2"); rec.LastError == "" || !strings.Contains(rec.LastError, "Unable to connect") {
+		t.Errorf("the record does not say why: %+v", rec)
+	}
+	if n := len(events(t, n1, EventFailed, "c2")); n < 2 {
+		t.Errorf("%d fence-failed events", n)
+	}
+	dc.Require(nil)
+	waitFor(t, 10*time.Second, "cancelled", func() bool { return record("c2").State == StateCancelled })
+	attempts := record("c2").Attempts
+	time.Sleep(1500 * time.Millisecond)
+	if rec := record("c2"); rec.Attempts != attempts || rec.State != StateCancelled {
+		t.Fatalf("retried after the need was withdrawn: %+v", rec)
+	}
+}
