@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -280,4 +281,207 @@ func TestCLIAgainstCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("total %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestCLIVolumeAdmin runs resize, snapshots (create, list, delete, revert)
+// and clone through the real hacs binary against three agents, checking
+// the data through the NBD exports: write, snapshot, overwrite, revert, the
+// old data read back on the primary and, after a SIGKILL of the primary's
+// agent, on the replica that took over; a clone reads like its source. The
+// API's validation (unknown fields, sizes, names, state) is checked on the
+// same cluster.
+func TestCLIVolumeAdmin(t *testing.T) {
+	c := newRMCluster(t, 3)
+	var eps []string
+	for _, n := range []string{"n1", "n2", "n3"} {
+		eps = append(eps, c.ports[n][0])
+	}
+	t.Setenv("HACS_CLUSTER", strings.Join(eps, ","))
+	hacs := func(args ...string) result {
+		t.Helper()
+		return runCmdTimeout(t, 60*time.Second, hacsBin, args...)
+	}
+	ok := func(args ...string) result {
+		t.Helper()
+		r := hacs(args...)
+		if r.code != 0 {
+			t.Fatalf("%v", r)
+		}
+		return r
+	}
+	fails := func(code int, want string, args ...string) {
+		t.Helper()
+		r := hacs(args...)
+		if r.code != code || !strings.Contains(r.stderr, want) {
+			t.Fatalf("want exit %d and %q: %v", code, want, r)
+		}
+	}
+	const MiB = 1 << 20
+	pattern := func(b byte, n int) []byte { return bytes.Repeat([]byte{b, b ^ 0x5a, 'h', 'a'}, n/4) }
+	read := func(v rm.VolumeInfo, off int64, n int) []byte {
+		t.Helper()
+		cl := c.dial(v)
+		defer cl.Close()
+		p := make([]byte, n)
+		if err := cl.ReadAt(p, off); err != nil {
+			t.Fatalf("read [%d,+%d) from %s: %v", off, n, v.Export.Node, err)
+		}
+		return p
+	}
+	write := func(v rm.VolumeInfo, off int64, p []byte) {
+		t.Helper()
+		cl := c.dial(v)
+		defer cl.Close()
+		if err := cl.WriteAt(p, off, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	healthy := func(name string, replicas int) rm.VolumeInfo {
+		t.Helper()
+		var v rm.VolumeInfo
+		c.waitFor(name+" healthy", 60*time.Second, func() bool {
+			v = c.volume(name)
+			return v.Health == "ok" && v.Export != nil && len(v.State.InSync) == replicas
+		})
+		return v
+	}
+
+	ok("volume", "create", "av1", "--size", "16M", "--replicas", "3")
+	v := healthy("av1", 3)
+	a, b := pattern(0xa1, MiB), pattern(0xb2, MiB)
+	write(v, 0, a)
+	write(v, 12*MiB, a)
+
+	// snapshot create / list / delete
+	var s rm.SnapshotInfo
+	if err := json.Unmarshal([]byte(ok("volume", "snapshot", "create", "av1", "s1", "--json").stdout), &s); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Replicas) != 3 || s.Size != 16*MiB {
+		t.Fatalf("snapshot s1: %+v", s)
+	}
+	write(v, 0, b)
+	write(v, 12*MiB, b)
+	ok("volume", "snapshot", "create", "av1", "s2")
+	fails(1, `snapshot named "s2" already`, "volume", "snapshot", "create", "av1", "s2")
+	fails(2, "invalid name", "volume", "snapshot", "create", "av1", "Bad/Name")
+	r := ok("volume", "snapshot", "list", "av1")
+	if !strings.Contains(r.stdout, "s1") || !strings.Contains(r.stdout, "s2") || !strings.Contains(r.stdout, "n1,n2,n3") {
+		t.Fatalf("snapshot list: %v", r)
+	}
+	ok("volume", "snapshot", "delete", "av1", "s2")
+	fails(1, `no snapshot named "s2"`, "volume", "snapshot", "delete", "av1", "s2")
+	var list []rm.SnapshotInfo
+	if err := json.Unmarshal([]byte(ok("storage", "snapshot", "list", "av1", "--json").stdout), &list); err != nil || len(list) != 1 || list[0].Name != "s1" {
+		t.Fatalf("snapshots after delete: %+v %v", list, err)
+	}
+
+	// resize: grow online; shrink refused without --force, and while served
+	fails(1, "discards the data past the new end", "volume", "resize", "av1", "--size", "8M")
+	fails(1, "needs the volume stopped", "volume", "resize", "av1", "--size", "8M", "--force")
+	fails(2, "not a multiple of 4 KiB", "volume", "resize", "av1", "--size", "1000")
+	r = ok("volume", "resize", "av1", "--size", "32M")
+	if !strings.Contains(r.stdout, "resized from 16.0M to 32.0M") && !strings.Contains(r.stdout, "resized from") {
+		t.Fatalf("resize: %v", r)
+	}
+	v = healthy("av1", 3)
+	if v.Spec.Size != 32*MiB {
+		t.Fatalf("size after resize: %d", v.Spec.Size)
+	}
+	if cl := c.dial(v); cl.Size() != 32*MiB {
+		t.Fatalf("export size after resize: %d", cl.Size())
+	}
+	if !bytes.Equal(read(v, 0, MiB), b) || !bytes.Equal(read(v, 12*MiB, MiB), b) {
+		t.Fatal("data changed by the resize")
+	}
+	if !bytes.Equal(read(v, 16*MiB, MiB), make([]byte, MiB)) {
+		t.Fatal("the grown part (where the replication metadata was) does not read as zeroes")
+	}
+	write(v, 20*MiB, b)
+
+	// clone: now, and of a snapshot
+	ok("volume", "clone", "av1", "av1-now")
+	cn := healthy("av1-now", 3)
+	if cn.Spec.Size != 32*MiB || !bytes.Equal(read(cn, 0, 32*MiB), read(v, 0, 32*MiB)) {
+		t.Fatalf("clone av1-now differs from av1 (size %d)", cn.Spec.Size)
+	}
+	ok("volume", "clone", "av1", "av1-s1", "--snapshot", "s1")
+	cs := healthy("av1-s1", 3)
+	if cs.Spec.Size != 16*MiB || !bytes.Equal(read(cs, 0, MiB), a) || !bytes.Equal(read(cs, 12*MiB, MiB), a) {
+		t.Fatal("clone of s1 does not read like s1")
+	}
+	fails(1, "exists already", "volume", "clone", "av1", "av1-now")
+	if got := read(v, 0, MiB); !bytes.Equal(got, b) {
+		t.Fatal("source changed by the clone")
+	}
+
+	// revert: refused while served; --restart stops, reverts, serves
+	fails(1, "is being served", "volume", "snapshot", "revert", "av1", "s1")
+	ok("volume", "snapshot", "create", "av1", "s3")
+	fails(1, "discards the newer snapshots s3", "volume", "snapshot", "revert", "av1", "s1", "--restart")
+	ok("volume", "active", "av1")
+	r = ok("volume", "snapshot", "revert", "av1", "s1", "--restart", "--force")
+	if !strings.Contains(r.stdout, "reverted to s1 on") || !strings.Contains(r.stdout, "s3") {
+		t.Fatalf("revert: %v", r)
+	}
+	v = healthy("av1", 3)
+	if !bytes.Equal(read(v, 0, MiB), a) || !bytes.Equal(read(v, 12*MiB, MiB), a) {
+		t.Fatal("revert: the snapshot's data is not back on the primary")
+	}
+	if !bytes.Equal(read(v, 16*MiB, 16*MiB), make([]byte, 16*MiB)) {
+		t.Fatal("revert: past the snapshot's end (taken at 16M) does not read as zeroes")
+	}
+	// ... and after failover to another replica
+	c.kill(v.Export.Node)
+	v2 := c.waitServed("av1", v.Export.Epoch)
+	if !bytes.Equal(read(v2, 0, MiB), a) || !bytes.Equal(read(v2, 12*MiB, MiB), a) || !bytes.Equal(read(v2, 20*MiB, MiB), make([]byte, MiB)) {
+		t.Fatalf("revert: the snapshot's data is not on %s after failover", v2.Export.Node)
+	}
+
+	// who did it: the actor is in the events
+	var evs []struct {
+		Kind   string            `json:"kind"`
+		Fields map[string]string `json:"fields"`
+	}
+	if err := json.Unmarshal([]byte(ok("events", "--json", "--limit", "0").stdout), &evs); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, e := range evs {
+		if e.Fields["by"] != "" && strings.Contains(e.Fields["by"], "@") {
+			seen[e.Kind] = true
+		}
+	}
+	for _, k := range []string{"volume-created", "snapshot-created", "snapshot-deleted", "volume-resized", "volume-cloned", "volume-reverted", "volume-changed"} {
+		if !seen[k] {
+			t.Errorf("no %s event recording the CLI's actor (seen %v)", k, seen)
+		}
+	}
+
+	// API validation: 4xx with a JSON error, unknown fields refused
+	for _, tc := range []struct {
+		method, path string
+		body         any
+		code         int
+	}{
+		{"POST", "/v1/volumes/av1/resize", map[string]any{"size": 64 * MiB, "sise": 1}, 400},
+		{"POST", "/v1/volumes/av1/resize", map[string]any{"size": 1000}, 400},
+		{"POST", "/v1/volumes/av1/resize", map[string]any{"size": -4096}, 400},
+		{"POST", "/v1/volumes/av1/resize", map[string]any{"size": "1G"}, 400},
+		{"POST", "/v1/volumes/nope/resize", map[string]any{"size": 4096}, 404},
+		{"POST", "/v1/volumes/av1/snapshots", map[string]any{"name": "UPPER"}, 400},
+		{"POST", "/v1/volumes/av1/snapshots", map[string]any{"name": "ok", "extra": true}, 400},
+		{"POST", "/v1/volumes/av1/snapshots/s1/revert", nil, 409},
+		{"POST", "/v1/volumes/av1/snapshots/nope/revert", nil, 404},
+		{"DELETE", "/v1/volumes/av1/snapshots/nope", nil, 404},
+		{"POST", "/v1/volumes/av1/clone", map[string]any{"name": "-bad"}, 400},
+		{"POST", "/v1/volumes/av1/clone", map[string]any{"name": "x", "snapshot": "nope"}, 404},
+		{"POST", "/v1/volumes", map[string]any{"name": "v9", "size": 4096, "replica": 2}, 400},
+		{"POST", "/v1/volumes/av1/prefer", map[string]any{"nodes": []string{"n1"}, "x": 1}, 400},
+	} {
+		code, err := c.call(tc.method, tc.path, tc.body, nil)
+		if err != nil || code != tc.code {
+			t.Errorf("%s %s %v: status %d (want %d) %v", tc.method, tc.path, tc.body, code, tc.code, err)
+		}
+	}
 }

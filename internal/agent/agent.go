@@ -80,7 +80,10 @@ type Agent struct {
 	// /metrics).
 	epochs       map[string]uint64
 	epochChanges map[string]uint64
-	wg           sync.WaitGroup
+	// creating are local replicas being made for a volume the cluster
+	// does not know yet (a clone): cleanup leaves them for a while.
+	creating map[string]time.Time
+	wg       sync.WaitGroup
 }
 
 type primary struct {
@@ -115,7 +118,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
 		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{},
-		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}}
+		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{}}
 	if cfg.Pool != nil {
 		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
 		if err != nil {
@@ -331,6 +334,12 @@ func (a *Agent) cleanup(snap cluster.Snapshot) {
 		moved := v != nil && v.placement != nil && !slices.Contains(v.placement.Replicas, a.self())
 		if (!gone && !moved) || a.prims[lv.Name] != nil {
 			continue
+		}
+		if t, ok := a.creating[lv.Name]; ok {
+			if gone && time.Since(t) < 2*time.Minute {
+				continue
+			}
+			delete(a.creating, lv.Name)
 		}
 		if err := a.cfg.Pool.DeleteVolume(lv.Name); err == nil {
 			why := "volume destroyed"

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -51,15 +52,25 @@ var (
 
 func (a *Agent) registerAPI() {
 	mux := a.node.Mux()
-	mux.HandleFunc("POST /v1/volumes", a.handleCreate)
+	// Every handler that changes something is wrapped with WithActor and
+	// records who did it (a.actor).
+	act := cluster.WithActor
+	mux.HandleFunc("POST /v1/volumes", act(a.handleCreate))
 	mux.HandleFunc("GET /v1/volumes", a.handleList)
 	mux.HandleFunc("GET /v1/volumes/{name}", a.handleInfo)
-	mux.HandleFunc("DELETE /v1/volumes/{name}", a.handleDestroy)
-	mux.HandleFunc("POST /v1/volumes/{name}/standby", a.handleSpec(func(s *Spec, _ []byte) error { s.Stopped = true; return nil }))
-	mux.HandleFunc("POST /v1/volumes/{name}/active", a.handleSpec(func(s *Spec, _ []byte) error { s.Stopped = false; return nil }))
-	mux.HandleFunc("POST /v1/volumes/{name}/prefer", a.handleSpec(a.setPrefer))
-	mux.HandleFunc("POST /v1/volumes/{name}/unfail", a.handleUnfail)
-	mux.HandleFunc("POST /v1/volumes/{name}/verify", a.handleVerify)
+	mux.HandleFunc("DELETE /v1/volumes/{name}", act(a.handleDestroy))
+	mux.HandleFunc("POST /v1/volumes/{name}/standby", act(a.handleSpec(func(s *Spec, _ []byte) error { s.Stopped = true; return nil })))
+	mux.HandleFunc("POST /v1/volumes/{name}/active", act(a.handleSpec(func(s *Spec, _ []byte) error { s.Stopped = false; return nil })))
+	mux.HandleFunc("POST /v1/volumes/{name}/prefer", act(a.handleSpec(a.setPrefer)))
+	mux.HandleFunc("POST /v1/volumes/{name}/unfail", act(a.handleUnfail))
+	mux.HandleFunc("POST /v1/volumes/{name}/verify", act(a.handleVerify))
+	mux.HandleFunc("POST /v1/volumes/{name}/resize", act(a.handleResize))
+	mux.HandleFunc("GET /v1/volumes/{name}/snapshots", a.handleSnapList)
+	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", act(a.handleSnapCreate))
+	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snap}", act(a.handleSnapDelete))
+	mux.HandleFunc("POST /v1/volumes/{name}/snapshots/{snap}/revert", act(a.handleSnapRevert))
+	mux.HandleFunc("POST /v1/volumes/{name}/clone", act(a.handleClone))
+	mux.HandleFunc("POST /v1/replicas/{name}", a.handleReplicaOp)
 	mux.HandleFunc("GET /v1/volumes/{name}/verify", a.handleVerifyProgress)
 	mux.HandleFunc("GET /v1/volumes/{name}/mirror", a.handleMirror)
 	mux.Handle("GET /metrics", a.metricsHandler())
@@ -67,8 +78,8 @@ func (a *Agent) registerAPI() {
 
 func (a *Agent) handleCreate(w http.ResponseWriter, r *http.Request) {
 	var req VolumeRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		writeErr(w, errf(http.StatusBadRequest, "bad request body: %v", err))
+	if err := decodeStrict(r, &req, false); err != nil {
+		writeErr(w, err)
 		return
 	}
 	if err := a.createVolume(r.Context(), req); err != nil {
@@ -108,7 +119,7 @@ func (a *Agent) createVolume(ctx context.Context, req VolumeRequest) error {
 		}
 	}
 	spec := Spec{Name: req.Name, Size: req.Size, Replicas: req.Replicas, Spread: req.Spread, Stopped: req.Stopped,
-		Policy: req.Policy, Created: time.Now().UTC(), By: a.self()}
+		Policy: req.Policy, Created: time.Now().UTC(), By: a.actor(ctx)}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	tr, err := a.node.Client().Txn(cctx).
@@ -121,7 +132,7 @@ func (a *Agent) createVolume(ctx context.Context, req VolumeRequest) error {
 	if !tr.Succeeded {
 		return errf(http.StatusConflict, "volume %s exists already", req.Name)
 	}
-	a.emit("volume-created", req.Name, fmt.Sprintf("created: %d bytes, %d replicas", req.Size, req.Replicas))
+	a.emitBy(ctx, "volume-created", req.Name, fmt.Sprintf("created: %d bytes, %d replicas", req.Size, req.Replicas))
 	return nil
 }
 
@@ -194,10 +205,21 @@ func (a *Agent) handleList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) volume(ctx context.Context, name string) (*volumeView, error) {
-	views, err := a.views(ctx)
+	if cluster.ValidName("volume", name) != nil {
+		return nil, errf(http.StatusNotFound, "no volume named %q", name)
+	}
+	// Only this volume's keys: the answer does not grow with the cluster.
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := a.node.Client().Get(cctx, cluster.PrefixVolumes+name+"/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, err
 	}
+	snap := cluster.Snapshot{Rev: resp.Header.Revision, KVs: map[string]cluster.KV{}, Synced: true}
+	for _, kv := range resp.Kvs {
+		snap.KVs[string(kv.Key)] = cluster.KV{Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision}
+	}
+	views, _ := volumesFrom(snap)
 	v := views[name]
 	if v == nil || v.spec == nil {
 		return nil, errf(http.StatusNotFound, "no volume named %q", name)
@@ -272,7 +294,7 @@ func (a *Agent) deleteKeys(w http.ResponseWriter, r *http.Request, sub, kind, do
 		writeErr(w, err)
 		return
 	}
-	a.emit(kind, name, done)
+	a.emitBy(r.Context(), kind, name, done)
 	writeJSON(w, http.StatusOK, map[string]string{"volume": name, "done": done})
 }
 
@@ -300,7 +322,7 @@ func (a *Agent) handleSpec(change func(*Spec, []byte) error) http.HandlerFunc {
 				return
 			}
 			if tr.Succeeded {
-				a.emit("volume-changed", name, r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:])
+				a.emitBy(r.Context(), "volume-changed", name, r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:])
 				writeJSON(w, http.StatusOK, spec)
 				return
 			}
@@ -313,7 +335,9 @@ func (a *Agent) setPrefer(s *Spec, body []byte) error {
 	var req struct {
 		Nodes []string `json:"nodes"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
 		return errf(http.StatusBadRequest, "bad request body: %v", err)
 	}
 	members := a.node.Members()
@@ -340,6 +364,9 @@ func (a *Agent) handleVerify(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			writeErr(w, err)
 			return
+		}
+		if rep.Repaired > 0 {
+			a.emitBy(r.Context(), "volume-repaired", name, fmt.Sprintf("verify repaired %d bytes", rep.Repaired))
 		}
 		writeJSON(w, http.StatusOK, rep)
 		return

@@ -131,7 +131,12 @@ func (f *Follower) connect(ctx context.Context) (*nbd.Client, Target, error) {
 	if err != nil {
 		return nil, t, err
 	}
-	if f.size != 0 && c.Size() != f.size {
+	if f.size != 0 && c.Size() > f.size {
+		// Grown (hacs volume resize): the device keeps the size it was
+		// attached with; the rest is reached by attaching again.
+		f.log.Warn("the volume grew: this attachment keeps its size; detach and attach again to use the new size",
+			"attached_size", f.size, "new_size", c.Size())
+	} else if f.size != 0 && c.Size() != f.size {
 		c.Close()
 		return nil, t, fmt.Errorf("primary at %s serves %d bytes, volume had %d", t.Addr, c.Size(), f.size)
 	}

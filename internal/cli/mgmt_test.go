@@ -229,6 +229,12 @@ func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 			list[i].Mirror = nil // only info asks the primary
 		}
 		reply(list)
+	case r.Method == "GET" && r.URL.Path == "/v1/volumes/vm1/snapshots":
+		created := time.Date(2026, 11, 22, 1, 0, 0, 0, time.UTC)
+		reply([]agent.SnapshotInfo{
+			{Volume: "vm1", Name: "daily-1", Created: created, By: "alice@admin (from 10.0.0.9)", Size: 10 << 30, Epoch: 3, Replicas: []string{"n1", "n2"}},
+			{Volume: "vm1", Name: "pre-upgrade", Created: created.Add(time.Hour), By: "bob@admin (from 10.0.0.9)", Size: 20 << 30, Epoch: 4, Replicas: []string{"n2"}, Missing: []string{"n1"}},
+		})
 	case r.Method == "GET" && strings.HasPrefix(r.URL.Path, "/v1/volumes/"):
 		name := strings.TrimPrefix(r.URL.Path, "/v1/volumes/")
 		for _, v := range f.volumes {
@@ -298,6 +304,14 @@ func TestCLIAgainstSavedState(t *testing.T) {
 		{[]string{"storage", "-A", "vm2"}, []string{`POST /v1/volumes/vm2/active `}},
 		{[]string{"storage", "-p", "n3,n1", "vm1"}, []string{`POST /v1/volumes/vm1/prefer {"nodes":["n3","n1"]}`}},
 		{[]string{"storage", "create", "db1", "--size", "1G", "--replicas", "3"}, []string{`POST /v1/volumes {"name":"db1","size":1073741824,"replicas":3}`}},
+		{[]string{"volume", "resize", "vm1-2", "--size", "20G"}, []string{`POST /v1/volumes/vm1/resize {"size":21474836480}`, `POST /v1/volumes/vm2/resize {"size":21474836480}`}},
+		{[]string{"storage", "resize", "vm1", "-s", "5G", "--force"}, []string{`POST /v1/volumes/vm1/resize {"size":5368709120,"force":true}`}},
+		{[]string{"volume", "snapshot", "create", "vm1", "daily-2"}, []string{`POST /v1/volumes/vm1/snapshots {"name":"daily-2"}`}},
+		{[]string{"volume", "snapshot", "delete", "vm1", "daily-1"}, []string{`DELETE /v1/volumes/vm1/snapshots/daily-1 `}},
+		{[]string{"volume", "snapshot", "revert", "vm1", "daily-1"}, []string{`POST /v1/volumes/vm1/snapshots/daily-1/revert {}`}},
+		{[]string{"volume", "snapshot", "revert", "vm1", "daily-1", "--force"}, []string{`POST /v1/volumes/vm1/snapshots/daily-1/revert {"force":true}`}},
+		{[]string{"volume", "clone", "vm1", "vm1-copy"}, []string{`POST /v1/volumes/vm1/clone {"name":"vm1-copy"}`}},
+		{[]string{"storage", "clone", "vm1", "vm1-old", "--snapshot", "daily-1"}, []string{`POST /v1/volumes/vm1/clone {"name":"vm1-old","snapshot":"daily-1"}`}},
 		{[]string{"node", "standby", "n1-2"}, []string{`POST /v1/nodes/n1/standby {"standby":true}`, `POST /v1/nodes/n2/standby {"standby":true}`}},
 		{[]string{"node", "active", "ALL"}, []string{`POST /v1/nodes/n1/standby {"standby":false}`, `POST /v1/nodes/n2/standby {"standby":false}`, `POST /v1/nodes/n3/standby {"standby":false}`}},
 		{[]string{"node", "setrole", "n3", "storage"}, []string{`POST /v1/nodes/n3/roles {"add":["storage"]}`}},
@@ -349,6 +363,14 @@ func TestCLIAgainstSavedState(t *testing.T) {
 		{[]string{"cluster", "token"}, "only on the agent's local API socket"},
 		{[]string{"frob"}, `unknown command "frob" for "hacs"`},
 		{[]string{"node", "list", "--bogus"}, "unknown flag: --bogus"},
+		{[]string{"volume", "resize", "vm1"}, `required flag(s) "size" not set`},
+		{[]string{"volume", "resize", "vm1", "--size", "1x"}, `invalid size "1x"`},
+		{[]string{"volume", "resize", "vm1", "--size", "1001"}, "not a multiple of 4 KiB"},
+		{[]string{"volume", "snapshot", "create", "vm1"}, "missing SNAPSHOT"},
+		{[]string{"volume", "snapshot", "create", "vm1", "Snap!"}, `invalid name "Snap!"`},
+		{[]string{"volume", "snapshot", "frob"}, `unknown command "frob"`},
+		{[]string{"volume", "clone", "vm1"}, "missing NEW"},
+		{[]string{"volume", "clone", "vm1", "UPPER"}, `invalid name "UPPER"`},
 	}
 	for _, u := range usage {
 		r := runCLI(u.args...)
@@ -386,6 +408,8 @@ func TestCLIAgainstSavedState(t *testing.T) {
 		{"storage-list.txt", []string{"storage", "-l"}, 0},
 		{"events.txt", []string{"events"}, 0},
 		{"monitor-once.txt", []string{"cluster", "monitor", "-1"}, 0},
+		{"snapshot-list.txt", []string{"volume", "snapshot", "list", "vm1"}, 0},
+		{"snapshot-list.json", []string{"storage", "snapshot", "list", "vm1", "--json"}, 0},
 	} {
 		r := runCLI(g.args...)
 		if r.code != g.code {

@@ -58,7 +58,7 @@ func newVolumeCmd(use string, aliases ...string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     use,
 		Aliases: aliases,
-		Short:   "Manage replicated volumes: create, list, info, standby/active, prefer, verify, attach",
+		Short:   "Manage replicated volumes: create, list, info, standby/active, prefer, resize, snapshot, clone, verify, attach",
 		Long: `Manage the cluster's replicated volumes through any agent's API.
 
 Names accept the VHACS range syntax (vol1-3,vol5) and ALL where several are
@@ -71,7 +71,7 @@ comma-separated list, tried in turn.`,
 		volSpecCmd(f, "active", "Serve volumes again"),
 		volSpecCmd(f, "unfail", "Clear volumes' failure counts"),
 		volRestartCmd(f),
-		volPreferCmd(f), volVerifyCmd(f), volAttachCmd(f))
+		volPreferCmd(f), volVerifyCmd(f), volResizeCmd(f), volSnapshotCmd(f), volCloneCmd(f), volAttachCmd(f))
 	return cmd
 }
 

@@ -177,6 +177,59 @@ func (h *Host) Acquire(volume string, epoch uint64, size int64) (*Handle, error)
 	return &Handle{Device: v.dev, gate: v.gate, host: h, volume: volume, epoch: epoch}, nil
 }
 
+// Use runs fn on a volume's replica device for an administrative operation
+// (snapshot, resize, revert, clone), opening it if no primary has it open.
+// The device is shared with the primaries' handles. fence > 0 also fences
+// every handle opened before, like a primary of epoch fence opening it (an
+// operation that needs the volume stopped: no write of an earlier primary
+// may land after it); an older fence fails with ErrStaleEpoch.
+func (h *Host) Use(volume string, fence uint64, fn func(device.Device) error) error {
+	if err := ValidName(volume); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	v := h.vols[volume]
+	if v == nil {
+		e, err := h.loadEpoch(volume)
+		if err != nil {
+			h.mu.Unlock()
+			return err
+		}
+		v = &hostVol{epoch: e}
+	}
+	if fence > 0 {
+		if fence < v.epoch {
+			h.mu.Unlock()
+			return fmt.Errorf("volume %s: epoch %d < %d: %w", volume, fence, v.epoch, ErrStaleEpoch)
+		}
+		if fence > v.epoch {
+			if err := h.storeEpoch(volume, fence); err != nil {
+				h.mu.Unlock()
+				return fmt.Errorf("volume %s: persist epoch %d: %w", volume, fence, err)
+			}
+			v.epoch = fence
+		}
+		if v.gate != nil {
+			v.gate.fence()
+			v.gate = nil
+		}
+	}
+	if v.dev == nil {
+		dev, err := h.opener.Open(volume, 0)
+		if err != nil {
+			h.mu.Unlock()
+			return fmt.Errorf("open replica %s: %w", volume, err)
+		}
+		v.dev = dev
+	}
+	v.refs++
+	h.vols[volume] = v
+	dev := v.dev
+	h.mu.Unlock()
+	defer h.release(volume)
+	return fn(dev)
+}
+
 func (h *Host) sizeOf(v *hostVol) int64 {
 	if v.dev == nil {
 		return 0

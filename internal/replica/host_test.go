@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hacs/hacs/internal/device"
 	"github.com/hacs/hacs/internal/store"
 )
 
@@ -87,5 +88,56 @@ func TestExportNames(t *testing.T) {
 	}
 	if ValidName("../etc") == nil || ValidName(".hidden") == nil || ValidName("") == nil {
 		t.Fatal("bad names accepted")
+	}
+}
+
+// TestUse: an administrative use shares the device a primary has open;
+// with a fence it shuts out the earlier handles like a newer primary, and
+// an older fence is refused; a missing replica is not created.
+func TestUse(t *testing.T) {
+	dir := t.TempDir()
+	p, err := store.OpenOrCreatePool(filepath.Join(dir, "pool"), store.PoolOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHost(filepath.Join(dir, "state"), PoolOpener{Pool: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Use("nope", 0, func(device.Device) error { return nil }); err == nil {
+		t.Fatal("Use created a missing replica")
+	}
+	hd, err := h.Acquire("vol", 2, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hd.WriteAt([]byte("data"), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	snap := func(d device.Device) error { return d.(*store.Volume).Snapshot("s1") }
+	if err := h.Use("vol", 0, snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := hd.WriteAt([]byte("more"), 0, false); err != nil {
+		t.Fatalf("a use without fence cut the primary off: %v", err)
+	}
+	if err := h.Use("vol", 1, func(device.Device) error { return nil }); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("older fence: %v", err)
+	}
+	if err := h.Use("vol", 2, func(d device.Device) error { return d.(*store.Volume).Revert("s1", false) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := hd.WriteAt([]byte("late"), 0, false); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("a write of the fenced handle after the revert: %v", err)
+	}
+	hd.Close()
+	hd2, err := h.Acquire("vol", 2, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hd2.Close()
+	got := make([]byte, 4)
+	if err := hd2.ReadAt(got, 0); err != nil || string(got) != "data" {
+		t.Fatalf("after revert: %q %v", got, err)
 	}
 }
