@@ -76,3 +76,23 @@ func TestRemoveExportStopsEveryConnectionAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRemovedExportCannotBeSelected: a client that looked an export up
+// before RemoveExport and selects it after (its handshake racing the
+// removal) is refused, so no request is taken after RemoveExport cut the
+// export's clients off (the time the agent reports as stopped_at).
+func TestRemovedExportCannotBeSelected(t *testing.T) {
+	srv := NewServer(nil)
+	if err := srv.AddExport(Export{Name: "vol", Device: device.NewMemory(1 << 20)}); err != nil {
+		t.Fatal(err)
+	}
+	e, err := srv.open("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.RemoveExport("vol")
+	c := &serverConn{srv: srv}
+	if err := c.selectExport(e); err == nil || c.export != nil {
+		t.Fatalf("a removed export was selected (err %v)", err)
+	}
+}

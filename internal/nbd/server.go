@@ -30,6 +30,8 @@ type Export struct {
 	// (NBD_REP_ERR_TLS_REQD to INFO and GO, a disconnect for EXPORT_NAME)
 	// even on a server that allows plaintext.
 	TLS TLSPolicy
+
+	removed bool // by RemoveExport (guarded by the server's mu)
 }
 
 // Server serves NBD exports on any number of listeners. It is safe for
@@ -106,6 +108,9 @@ func (s *Server) AddExport(e Export) error {
 func (s *Server) RemoveExport(name string) time.Time {
 	s.mu.Lock()
 	e := s.exports[name]
+	if e != nil {
+		e.removed = true // a client still negotiating cannot select it
+	}
 	delete(s.exports, name)
 	if s.def == name {
 		s.def = ""
@@ -460,7 +465,10 @@ func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 			c.log.Warn("nbd client disconnected: it asked for an export that requires TLS without TLS", "export", e.Name, "reason", err)
 			return false, errTLSRequiredHangup
 		}
-		c.selectExport(e)
+		if err := c.selectExport(e); err != nil {
+			e.release()
+			return false, err
+		}
 		out := make([]byte, 10, 134)
 		binary.BigEndian.PutUint64(out[0:], uint64(e.Device.Size()))
 		binary.BigEndian.PutUint16(out[8:], c.flags)
@@ -614,15 +622,27 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	if c.metaSet && c.metaExport != name {
 		c.metaSet = false // contexts were chosen for another export
 	}
-	c.selectExport(e)
+	if err := c.selectExport(e); err != nil {
+		e.release()
+		return false, err
+	}
 	return true, nil
 }
 
-func (c *serverConn) selectExport(e *Export) {
+// selectExport starts serving e on this connection, unless RemoveExport
+// removed it since the client looked it up (the connection then ends): a
+// connection either is among those RemoveExport cuts off or never serves
+// the export.
+func (c *serverConn) selectExport(e *Export) error {
 	c.srv.mu.Lock() // RemoveExport reads c.export
+	if e.removed {
+		c.srv.mu.Unlock()
+		return fmt.Errorf("export %q was removed while the client negotiated", e.Name)
+	}
 	c.export = e
 	c.srv.mu.Unlock()
 	c.flags = c.transmissionFlags(e)
+	return nil
 }
 
 // transmissionFlags advertises exactly what the export's device supports.
