@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,14 @@ type Config struct {
 	// export's addresses (HOST:PORT).
 	ReplicaListen string
 	ExportListen  string
+	// ExportTLS, if set, lets clients of the volume exports use NBD
+	// STARTTLS (a volume whose spec says tls: required then refuses
+	// plaintext clients). Without it, such a volume refuses every client.
+	ExportTLS *tls.Config
+	// ExportTLSPolicy is the export server's mode with ExportTLS:
+	// nbd.TLSRequired refuses plaintext clients for every volume; anything
+	// else leaves it to each volume's spec.
+	ExportTLSPolicy nbd.TLSPolicy
 	// ReplicaTimeout drops a replica that does not answer in time
 	// (default 5s).
 	ReplicaTimeout time.Duration
@@ -147,6 +156,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.exportAddr = eln.Addr().String()
 	a.esrv = nbd.NewServer(a.log)
+	if a.cfg.ExportTLS != nil {
+		a.esrv.TLSConfig, a.esrv.TLSPolicy = a.cfg.ExportTLS, nbd.TLSAllowed
+		if a.cfg.ExportTLSPolicy == nbd.TLSRequired {
+			a.esrv.TLSPolicy = nbd.TLSRequired
+		}
+	}
 	go a.esrv.Serve(eln)
 	defer a.esrv.Close()
 
@@ -407,7 +422,10 @@ func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
 	}
 	a.esrv.RemoveExport(name)
 	from := time.Now()
-	if err := a.esrv.AddExport(nbd.Export{Name: name, Description: "hacs volume " + name, Device: m}); err != nil {
+	if v.spec.TLS == nbd.TLSRequired && a.cfg.ExportTLS == nil {
+		a.log.Warn("volume requires TLS but this node has no TLS certificate for exports: its clients are refused", "volume", name)
+	}
+	if err := a.esrv.AddExport(nbd.Export{Name: name, Description: "hacs volume " + name, Device: m, TLS: v.spec.TLS}); err != nil {
 		m.Close()
 		return err
 	}
@@ -422,7 +440,7 @@ func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
 }
 
 func (a *Agent) putExport(ctx context.Context, name string, epoch uint64) {
-	e := Export{Node: a.self(), Addr: a.exportAddr, Name: name, Epoch: epoch}
+	e := Export{Node: a.self(), Addr: a.exportAddr, Name: name, Epoch: epoch, TLS: a.cfg.ExportTLS != nil}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := a.node.Client().Put(pctx, exportKey(name), mustJSON(e)); err != nil {

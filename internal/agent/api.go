@@ -16,6 +16,7 @@ import (
 
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/mirror"
+	"github.com/hacs/hacs/internal/nbd"
 	"github.com/hacs/hacs/internal/policy"
 )
 
@@ -27,6 +28,8 @@ type VolumeRequest struct {
 	Spread   string             `json:"spread,omitempty"`
 	Stopped  bool               `json:"stopped,omitempty"`
 	Policy   policy.Constraints `json:"constraints,omitzero"`
+	// TLS: "off", "allowed" or "required" (see Spec.TLS).
+	TLS nbd.TLSPolicy `json:"tls,omitempty"`
 }
 
 // VolumeInfo is a volume as the API shows it.
@@ -119,7 +122,7 @@ func (a *Agent) createVolume(ctx context.Context, req VolumeRequest) error {
 		}
 	}
 	spec := Spec{Name: req.Name, Size: req.Size, Replicas: req.Replicas, Spread: req.Spread, Stopped: req.Stopped,
-		Policy: req.Policy, Created: time.Now().UTC(), By: a.actor(ctx)}
+		Policy: req.Policy, TLS: req.TLS, Created: time.Now().UTC(), By: a.actor(ctx)}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	tr, err := a.node.Client().Txn(cctx).

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/mirror"
+	"github.com/hacs/hacs/internal/nbd"
 	"github.com/hacs/hacs/internal/policy"
 )
 
@@ -38,8 +39,12 @@ type Spec struct {
 	Spread   string             `json:"spread,omitempty"`
 	Stopped  bool               `json:"stopped,omitempty"`
 	Policy   policy.Constraints `json:"constraints,omitzero"`
-	Created  time.Time          `json:"created"`
-	By       string             `json:"created_by,omitempty"`
+	// TLS is the volume's NBD export policy: required refuses plaintext
+	// clients (NBD_REP_ERR_TLS_REQD); off and allowed (and unset) let both
+	// in on a node with a TLS certificate for exports.
+	TLS     nbd.TLSPolicy `json:"tls,omitempty"`
+	Created time.Time     `json:"created"`
+	By      string        `json:"created_by,omitempty"`
 }
 
 // Placement lists the nodes holding a replica (written by the DC).
@@ -54,6 +59,9 @@ type Export struct {
 	Addr  string `json:"addr"` // NBD address, HOST:PORT
 	Name  string `json:"export"`
 	Epoch uint64 `json:"epoch"`
+	// TLS: the export offers NBD STARTTLS (clients such as hacs volume
+	// attach then use it).
+	TLS bool `json:"tls,omitempty"`
 }
 
 // Degraded is why a volume is not as asked (written by the DC).

@@ -10,6 +10,7 @@ package attach
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,7 +28,9 @@ type Target struct {
 	Network string // "tcp" or "unix"
 	Addr    string
 	Export  string
-	Epoch   uint64 // for logs: which primary this is
+	// TLS, if set, connects with NBD STARTTLS.
+	TLS   *tls.Config
+	Epoch uint64 // for logs: which primary this is
 }
 
 // Resolver names the volume's current primary. It may block until one is
@@ -127,7 +130,7 @@ func (f *Follower) connect(ctx context.Context) (*nbd.Client, Target, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export})
+	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export, TLS: t.TLS})
 	if err != nil {
 		return nil, t, err
 	}

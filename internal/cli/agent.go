@@ -80,6 +80,7 @@ serving before it can expire for the others.`,
 	f.StringVar(&rm.pool, "pool", "", "storage pool directory holding this node's replicas (default DATA_DIR/pool)")
 	f.StringVar(&rm.replicaListen, "replica-listen", "0.0.0.0:7703", "replica server address (primaries reach this node's replicas there)")
 	f.StringVar(&rm.exportListen, "export-listen", "0.0.0.0:10809", "NBD address of the volumes this node serves as primary")
+	rm.exportTLS.register(f, "export-", "", "volume exports' NBD")
 	f.DurationVar(&rm.replicaTimeout, "replica-timeout", 5*time.Second, "a replica that does not answer within this time leaves the in-sync set")
 	f.StringVar(&rm.alertExec, "alert-exec", "", "when this node is the DC: run this executable for each cluster event worth an alert (node lost, failover, replica degraded, resync finished, fencing), with the event in HACS_EVENT_* variables and as JSON on stdin; give every agent the same")
 	f.StringVar(&rm.alertURL, "alert-url", "", "when this node is the DC: POST each cluster event worth an alert as JSON to this URL (a webhook); give every agent the same")
@@ -115,11 +116,16 @@ type rmFlags struct {
 	replicaTimeout, reReplicateAfter  time.Duration
 	fenceAgentDirs                    []string
 	selfFenceGrace                    time.Duration
+	exportTLS                         tlsServerFlags
 }
 
 func runAgent(cfg cluster.Config, rm rmFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	exportTLS, exportPolicy, err := rm.exportTLS.config()
+	if err != nil {
+		return err
+	}
 	n, err := cluster.New(cfg)
 	if err != nil {
 		return err
@@ -128,7 +134,7 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 		return err
 	}
 	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
-		ExportListen: rm.exportListen, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
+		ExportListen: rm.exportListen, ExportTLS: exportTLS, ExportTLSPolicy: exportPolicy, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
 		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter)},
 		Alerts:   agent.AlertConfig{Exec: rm.alertExec, URL: rm.alertURL}}
 	if rm.alertExec != "" {

@@ -76,7 +76,7 @@ comma-separated list, tried in turn.`,
 }
 
 func volCreateCmd(f *volumeFlags) *cobra.Command {
-	var size, nodes, spread string
+	var size, nodes, spread, tlsMode string
 	var replicas, threshold int
 	var standby bool
 	cmd := &cobra.Command{
@@ -97,6 +97,10 @@ func volCreateCmd(f *volumeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			tlsPolicy, err := nbd.ParseTLSPolicy(tlsMode)
+			if err != nil {
+				return fmt.Errorf("--tls: %w", err)
+			}
 			var prefer []string
 			if nodes != "" {
 				if prefer, err = expandNames(nodes, nil); err != nil {
@@ -105,7 +109,7 @@ func volCreateCmd(f *volumeFlags) *cobra.Command {
 			}
 			return eachName(cmd, names, func(name string) error {
 				req := agent.VolumeRequest{Name: name, Size: n, Replicas: replicas, Spread: spread, Stopped: standby,
-					Policy: policy.Constraints{Prefer: prefer, MigrationThreshold: threshold}}
+					Policy: policy.Constraints{Prefer: prefer, MigrationThreshold: threshold}, TLS: tlsPolicy}
 				if err := f.client().do(cmd.Context(), "POST", "/v1/volumes", req, nil); err != nil {
 					return err
 				}
@@ -120,6 +124,7 @@ func volCreateCmd(f *volumeFlags) *cobra.Command {
 	cmd.Flags().StringVar(&spread, "spread", "", "node label to spread replicas over (e.g. zone)")
 	cmd.Flags().IntVar(&threshold, "migration-threshold", 0, "move away from a node after this many failures there (0: never)")
 	cmd.Flags().BoolVar(&standby, "standby", false, "create without serving it")
+	cmd.Flags().StringVar(&tlsMode, "tls", "", "NBD TLS for the volume's clients: off, allowed, or required (plaintext clients refused; needs agents with a TLS certificate for exports)")
 	cmd.MarkFlagRequired("size")
 	return cmd
 }
@@ -379,6 +384,7 @@ func volVerifyCmd(f *volumeFlags) *cobra.Command {
 func volAttachCmd(f *volumeFlags) *cobra.Command {
 	var listen, fuseDir string
 	var maxPause time.Duration
+	var tlsf tlsClientFlags
 	cmd := &cobra.Command{
 		Use:   "attach NAME [--listen unix:PATH | HOST:PORT] [--fuse DIR]",
 		Short: "Serve a volume locally, following its primary through failover",
@@ -395,6 +401,10 @@ SIGTERM) detaches cleanly: flush, unmount, disconnect.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			c := f.client()
+			tlsCfg, err := tlsf.config()
+			if err != nil {
+				return err
+			}
 			resolve := func(ctx context.Context) (attach.Target, error) {
 				var v agent.VolumeInfo
 				if err := c.do(ctx, "GET", "/v1/volumes/"+name, nil, &v); err != nil {
@@ -403,7 +413,16 @@ SIGTERM) detaches cleanly: flush, unmount, disconnect.`,
 				if v.Export == nil {
 					return attach.Target{}, fmt.Errorf("volume %s has no primary serving it (health %s)", name, v.Health)
 				}
-				return attach.Target{Network: "tcp", Addr: v.Export.Addr, Export: v.Export.Name, Epoch: v.Export.Epoch}, nil
+				t := attach.Target{Network: "tcp", Addr: v.Export.Addr, Export: v.Export.Name, Epoch: v.Export.Epoch}
+				// TLS whenever the primary offers it (and always when the
+				// user gave TLS options).
+				if v.Export.TLS || tlsCfg != nil {
+					if tlsCfg == nil {
+						return attach.Target{}, fmt.Errorf("volume %s is served with NBD TLS: give --tls-certificates DIR or --tls-ca FILE", name)
+					}
+					t.TLS = tlsCfg
+				}
+				return t, nil
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -445,5 +464,6 @@ SIGTERM) detaches cleanly: flush, unmount, disconnect.`,
 	cmd.Flags().StringVar(&listen, "listen", "", "local NBD endpoint: unix:PATH or HOST:PORT")
 	cmd.Flags().StringVar(&fuseDir, "fuse", "", "also show the volume as the file DIR/NAME (FUSE)")
 	cmd.Flags().DurationVar(&maxPause, "max-pause", 2*time.Minute, "longest pause before a request fails when no primary serves the volume")
+	tlsf.register(cmd.Flags())
 	return cmd
 }

@@ -756,6 +756,7 @@ func (c *serverConn) startTLS() error {
 	tc := tls.Server(c.nc, c.srv.TLSConfig)
 	if err := tc.Handshake(); err != nil {
 		c.log.Warn("nbd TLS handshake failed", "err", err)
+		c.lingeringClose()
 		return errTLSHandshakeLogged
 	}
 	st := tc.ConnectionState()
@@ -773,3 +774,16 @@ func (c *serverConn) startTLS() error {
 // errTLSHandshakeLogged ends a connection whose TLS handshake failed (the
 // failure is already logged).
 var errTLSHandshakeLogged = errors.New("TLS handshake failed")
+
+// lingeringClose lets the client read the TLS alert that explains a refusal:
+// closing a socket with unread input resets the connection, and the client
+// would see only that. It stops sending, then discards what the client
+// still sends for a moment.
+func (c *serverConn) lingeringClose() {
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	io.Copy(io.Discard, io.LimitReader(c.nc, 1<<20))
+}
