@@ -337,7 +337,9 @@ func TestTLSVolumeExports(t *testing.T) {
 	}
 	addr := sec.Export.Addr
 	plain := func(name string) result { return runCmd(t, "nbdinfo", fmt.Sprintf("nbd://%s/%s", addr, name)) }
-	tlsURI := func(name string) string { return fmt.Sprintf("nbds://%s/%s?tls-certificates=%s", addr, name, d.clientNoCert) }
+	tlsURI := func(name string) string {
+		return fmt.Sprintf("nbds://%s/%s?tls-certificates=%s", addr, name, d.clientNoCert)
+	}
 	if r := plain("sec"); r.code == 0 || !strings.Contains(r.stderr, "Operation not supported") {
 		t.Fatalf("plaintext nbdinfo on a TLS-required volume: %v", r)
 	}
