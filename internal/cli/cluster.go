@@ -24,6 +24,7 @@ import (
 
 	"github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
+	"github.com/hacs/hacs/internal/fence"
 )
 
 // clusterView is one consistent look at the cluster, from one agent: what
@@ -38,7 +39,10 @@ type clusterView struct {
 	Nodes        []nodeView  `json:"nodes"`
 	Volumes      []volumeRow `json:"volumes"`
 	VolumesError string      `json:"volumes_error,omitempty"`
-	Problems     []problem   `json:"problems"`
+	// Fencing is the fencing status (nil when the agent has no fencing
+	// API).
+	Fencing  *fence.Status `json:"fencing,omitempty"`
+	Problems []problem     `json:"problems"`
 }
 
 type quorumView struct {
@@ -146,6 +150,10 @@ func gather(ctx context.Context, c *apiClient, details func(agent.VolumeInfo) bo
 			}()
 		}
 		wg.Wait()
+	}
+	var fst fence.Status
+	if one.do(ctx, "GET", "/v1/fence", nil, &fst) == nil {
+		v.Fencing = &fst
 	}
 	v.build(m, vols)
 	v.Problems = audit(v)
@@ -268,6 +276,16 @@ func audit(v clusterView) []problem {
 	}
 	if v.Quorum.Voters > 0 && v.Quorum.VotersOnline*2 <= v.Quorum.Voters {
 		add("no-quorum", "", "only %d of %d voting members are online: the cluster has no quorum", v.Quorum.VotersOnline, v.Quorum.Voters)
+	}
+	if v.Fencing != nil {
+		for _, r := range v.Fencing.Records {
+			switch r.State {
+			case fence.StateFailed:
+				add("fence-failed", r.Node, "fencing of node %s failed (attempt %d, retried): %s; what it ran stays down until it is fenced", r.Node, r.Attempts, r.LastError)
+			case fence.StatePending, fence.StateFencing:
+				add("fencing", r.Node, "node %s is being fenced (%s): %s", r.Node, r.State, r.Reason)
+			}
+		}
 	}
 	if v.DC == "" {
 		add("no-dc", "", "no DC (designated coordinator) is elected: nothing fails over or re-replicates")
@@ -513,8 +531,29 @@ func renderStatus(w io.Writer, v clusterView) {
 		writeVolumeTable(tw, v)
 		tw.Flush()
 	}
+	if recs := recentFencing(v); len(recs) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		writeFenceRecords(tw, recs)
+		tw.Flush()
+	}
 	fmt.Fprintln(w)
 	writeProblems(w, v.Problems)
+}
+
+// recentFencing: the fencing records worth a line in the status: in
+// progress, failed, or confirmed within the last hour.
+func recentFencing(v clusterView) []fence.Record {
+	if v.Fencing == nil {
+		return nil
+	}
+	var out []fence.Record
+	for _, r := range v.Fencing.Records {
+		if r.Active() || (r.State == fence.StateFenced && v.Time.Sub(r.Confirmed) < time.Hour) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func writeProblems(w io.Writer, ps []problem) {

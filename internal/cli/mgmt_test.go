@@ -246,6 +246,8 @@ func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, cluster.HTTPError(404, "no volume named %q", name))
 	case r.Method == "GET" && r.URL.Path == "/v1/events":
 		reply(map[string]any{"events": []cluster.Event{{Time: time.Unix(1700000000, 0), Node: "n1", Kind: "node-joined", Message: "node n1 joined", Key: "k1"}}})
+	case r.Method == "GET" && strings.HasPrefix(r.URL.Path, "/v1/fence"):
+		cluster.WriteError(w, cluster.HTTPError(404, "no fencing API (an agent older than it)"))
 	case r.Method == "GET" && r.URL.Path == "/v1/token":
 		cluster.WriteError(w, cluster.HTTPError(403, "the join token is served only on the agent's local API socket"))
 	case r.Method == "POST" && strings.HasSuffix(r.URL.Path, "/roles"):
