@@ -526,3 +526,35 @@ func (c *Controller) revoke(lease int64) error {
 	_, err := c.node.Client().Revoke(ctx, clientv3.LeaseID(lease))
 	return err
 }
+
+// Fenced reports whether the loss of node's incarnation lease is confirmed
+// fenced (false while the view is not synced).
+func (c *Controller) Fenced(node string, lease int64) bool {
+	v, ok := c.View()
+	return ok && v.Fenced(node, lease)
+}
+
+// Info says in a few words how far fencing of node is (for the reasons
+// resources wait).
+func (c *Controller) Info(node string) string {
+	v, ok := c.View()
+	if !ok {
+		return "fencing state unknown (the cluster store is not reachable)"
+	}
+	r, found := v.Record(node)
+	if !found {
+		return "fencing not started yet"
+	}
+	switch r.State {
+	case StateFenced:
+		return fmt.Sprintf("fenced at %s (lease %x)", r.Confirmed.Format(time.RFC3339), r.Lease)
+	case StateFailed:
+		return fmt.Sprintf("fencing failed %d time(s), retried at %s: %s", r.Attempts, r.NextTry.Format(time.RFC3339), r.LastError)
+	case StateFencing:
+		if r.Method == MethodLease && !r.ConfirmAt.IsZero() {
+			return fmt.Sprintf("fencing by lease, confirmed at %s", r.ConfirmAt.Format(time.RFC3339))
+		}
+		return fmt.Sprintf("fencing in progress (attempt %d)", r.Attempts)
+	}
+	return "fencing " + r.State
+}
