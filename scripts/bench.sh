@@ -14,6 +14,12 @@
 #            `hacs replica node` processes, replica links over TCP on
 #            127.0.0.1), against nbdkit file: 4k random write at depth 32,
 #            1M sequential write at depth 8, 4k random write at depth 1.
+#   tls      NBD over TLS (x509, STARTTLS; TLS 1.3 as negotiated by libnbd's
+#            GnuTLS): hacs serve --tls require (hacs-tls) against plaintext
+#            hacs serve (hacs), and nbdkit --tls=require (nbdkit-tls) against
+#            plaintext nbdkit: 4k random read and write at depth 32, 1M
+#            sequential read and write at depth 8, TCP. fio's nbd engine
+#            connects with an nbds:// URI.
 #   resync   go test ./internal/mirror -bench Resync (4 GiB volume, 256 MiB
 #            dirty, RESYNC_COUNT runs): median resync throughput.
 #
@@ -39,11 +45,12 @@
 #   JOBS=...          jobs (default: the suite's); known: randread4k
 #                     randwrite4k seqread1m seqwrite1m randwrite4k-qd1
 #   TRANSPORTS=...    unix and/or tcp (127.0.0.1) for the client's connection
-#                     (default: nbd "unix tcp", pool "unix", replica "tcp")
+#                     (default: nbd "unix tcp", pool "unix", replica and tls "tcp")
 #   SERVERS=...       servers (default: the suite's); known: hacs nbdkit
 #                     hacs-poolN hacs-poolN-warm hacs-repN (N replicas, 1..5)
+#                     hacs-tls nbdkit-tls (x509 TLS)
 #   BASELINE=nbdkit   server the ratios are computed against
-#   COMPARE=...       second reference (default: pool "hacs", replica "hacs-rep1")
+#   COMPARE=...       second reference (default: pool and tls "hacs", replica "hacs-rep1")
 #   SNAP_WRITE=16M    data written (4k random) into each layer of a pool volume
 #                     between snapshots
 #   RESYNC_COUNT=5    runs of the resync benchmark
@@ -66,7 +73,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_SUITES="nbd pool replica resync"
+ALL_SUITES="nbd pool replica tls resync"
 if [ -z "${SUITES:-}" ]; then
   if [ -n "${SERVERS:-}${JOBS:-}" ]; then SUITES=nbd; else SUITES=$ALL_SUITES; fi
 fi
@@ -111,6 +118,7 @@ suite_servers() {
     nbd) echo "hacs nbdkit" ;;
     pool) echo "hacs hacs-pool0 hacs-pool20 nbdkit" ;;
     replica) echo "hacs-rep1 hacs-rep2 hacs-rep3 nbdkit" ;;
+    tls) echo "hacs hacs-tls nbdkit nbdkit-tls" ;;
   esac
 }
 suite_jobs() {
@@ -118,6 +126,7 @@ suite_jobs() {
     nbd) echo "randread4k randwrite4k seqread1m seqwrite1m" ;;
     pool) echo "randread4k randwrite4k" ;;
     replica) echo "randwrite4k seqwrite1m randwrite4k-qd1" ;;
+    tls) echo "randread4k randwrite4k seqread1m seqwrite1m" ;;
   esac
 }
 suite_transports() {
@@ -125,12 +134,14 @@ suite_transports() {
     nbd) echo "unix tcp" ;;
     pool) echo "unix" ;;
     replica) echo "tcp" ;;
+    tls) echo "tcp" ;;
   esac
 }
 suite_compare() {
   case $1 in
     pool) echo "hacs" ;;
     replica) echo "hacs-rep1" ;;
+    tls) echo "hacs" ;;
   esac
 }
 
@@ -195,7 +206,7 @@ bounded() {
 ALL_SERVERS=
 for s in $SUITES; do
   case $s in
-    nbd | pool | replica) ALL_SERVERS+=" ${USER_SERVERS:-$(suite_servers "$s")}" ;;
+    nbd | pool | replica | tls) ALL_SERVERS+=" ${USER_SERVERS:-$(suite_servers "$s")}" ;;
     resync) ;;
     *) die "unknown suite $s (known: $ALL_SUITES)" ;;
   esac
@@ -207,7 +218,7 @@ if [ -n "${ALL_SERVERS// /}" ]; then
   fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine"
 fi
 case " $ALL_SERVERS " in *" hacs"*) [ -x "$HACS" ] || die "$HACS not built (make build)" ;; esac
-case " $ALL_SERVERS " in *" nbdkit "*) need nbdkit ;; esac
+case " $ALL_SERVERS " in *" nbdkit "* | *" nbdkit-tls "*) need nbdkit ;; esac
 case " $ALL_SERVERS " in *" hacs-pool"* | *" hacs-rep"*) need nbdcopy ;; esac
 case " $ALL_SERVERS " in *" hacs-rep"*) need jq ;; esac
 
@@ -246,10 +257,12 @@ job_args() {
 # ---- servers ---------------------------------------------------------------
 
 # free_port: a TCP port on 127.0.0.1 nobody listens on right now.
+# Below the kernel's ephemeral range (ip_local_port_range, 32768 and up
+# by default), where the local ends of clients' connections could hold it.
 free_port() {
   local p i
   for ((i = 0; i < 100; i++)); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((20000 + RANDOM % 12000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       echo "$p"
       return
@@ -362,6 +375,26 @@ define_servers() {
           *-warm) ;;
           *) [ "$n" = 0 ] || a="'$HACS' pool revert '$d' v s$n >/dev/null || exit 1; $a" ;;
         esac
+        add_server "$name" "$a" "$uri"
+        ;;
+      hacs-tls | nbdkit-tls)
+        # x509 TLS, certificates made by benchtool --tlscerts. The client
+        # does not verify the server's certificate (tls-verify-peer=false):
+        # fio's nbd engine does not let libnbd read files named in the URI
+        # (tls-certificates=DIR). Encryption costs the same; verification is
+        # what test/tls_test.go checks.
+        read -r listen uri < <(addr "$t" "$name")
+        if [ "$t" = unix ]; then
+          uri="nbds+unix:///?socket=$listen&tls-verify-peer=false"
+        else
+          uri="nbds://127.0.0.1:$listen/?tls-verify-peer=false"
+        fi
+        if [ "$name" = hacs-tls ]; then
+          a="exec '$HACS' serve '$WORKDIR/$name.img' --listen '$(listen_arg "$t" "$listen")' --tls require --tls-certificates '$WORKDIR/tls/server'"
+        else
+          if [ "$t" = unix ]; then a="-U '$listen'"; else a="-i 127.0.0.1 -p $listen"; fi
+          a="exec nbdkit -f $a --tls=require --tls-certificates='$WORKDIR/tls/server' file '$WORKDIR/$name.img'"
+        fi
         add_server "$name" "$a" "$uri"
         ;;
       hacs-rep*)
@@ -662,6 +695,7 @@ cat "$OUT/env.txt" >&2
 log "results in $OUT, images in $WORKDIR"
 BENCHTOOL=$OUT/benchtool
 go build -o "$BENCHTOOL" ./test/benchtool || die "cannot build test/benchtool"
+case " $ALL_SERVERS " in *"-tls "*) "$BENCHTOOL" --tlscerts "$WORKDIR/tls" || die "cannot write TLS certificates" ;; esac
 
 for suite in $SUITES; do
   case $suite in

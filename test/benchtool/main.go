@@ -28,6 +28,12 @@
 // first (bench.sh does this, after a sync, before every run; see warm.go):
 //
 //	benchtool --warm [--drop] FILE...
+//
+// With --tlscerts, it writes a CA and a server and a client certificate for
+// TLS runs (DIR/server: ca-cert.pem, server-cert.pem, server-key.pem;
+// DIR/client: ca-cert.pem, client-cert.pem, client-key.pem):
+//
+//	benchtool --tlscerts DIR
 package main
 
 import (
@@ -95,16 +101,25 @@ func main() {
 	gobench := flag.Bool("gobench", false, "summarise `go test -bench` outputs instead of fio JSON")
 	warm := flag.Bool("warm", false, "read the data (not the holes) of the files into the page cache, as single pages")
 	drop := flag.Bool("drop", false, "with --warm: drop the files' cached pages first")
+	tlsCerts := flag.Bool("tlscerts", false, "write a test CA and certificates into DIR/server and DIR/client (x509 layout of nbdkit, libnbd, qemu)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: benchtool [--baseline NAME] [--compare NAME,...] [--markdown] DIR|FILE.json...\n"+
 			"       benchtool --gobench [--markdown] FILE...\n"+
-			"       benchtool --warm [--drop] FILE...\n")
+			"       benchtool --warm [--drop] FILE...\n"+
+			"       benchtool --tlscerts DIR\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
 	if flag.NArg() == 0 {
 		flag.Usage()
 		os.Exit(2)
+	}
+	if *tlsCerts {
+		if err := writeTLSCerts(flag.Arg(0)); err != nil {
+			fmt.Fprintln(os.Stderr, "benchtool:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if *warm {
 		if _, err := warmFiles(flag.Args(), *drop); err != nil {
