@@ -64,6 +64,10 @@ type Controller struct {
 	// until the cache has it, so that no decision is taken on a record
 	// older than its own write.
 	minRev int64
+	// required is set once Require has been called; requiredTerm is the DC
+	// term of the last call, term the current one.
+	required           bool
+	requiredTerm, term int64
 	wg     sync.WaitGroup
 	timers map[string]time.Time
 }
@@ -102,6 +106,8 @@ func (c *Controller) Runner() *Runner { return c.cfg.Runner }
 func (c *Controller) Require(needs []Need) {
 	c.mu.Lock()
 	c.needs = slices.Clone(needs)
+	c.required = true
+	c.requiredTerm = c.term
 	c.mu.Unlock()
 	c.wake()
 }
@@ -258,13 +264,17 @@ func orDefault(s, d string) string {
 }
 
 func (c *Controller) round(l cluster.Leadership, view View, members cluster.Membership) {
+	c.mu.Lock()
+	c.term = l.Term
+	c.mu.Unlock()
 	ws := c.wanted(view, members)
 	now := time.Now()
 	for node, w := range ws {
 		rec, has := view.Records[node]
-		same := has && rec.Lease == w.Lease && rec.Manual == w.Manual && (w.req == nil || rec.Requested.Equal(w.req.Time))
+		// a loss is the same when the lease is; a manual request is its own
+		same := has && rec.Lease == w.Lease && (w.req == nil || (rec.Manual && rec.Requested.Equal(w.req.Time)))
 		if same && rec.State == StateFenced {
-			if len(view.Holds[node]) > 0 || w.req != nil {
+			if len(release(w, view)) > 0 {
 				c.start(l, w, rec, true, view) // only releases what the fencing covered
 			}
 			continue
@@ -280,8 +290,16 @@ func (c *Controller) round(l cluster.Leadership, view View, members cluster.Memb
 		}
 		c.start(l, w, rec, has && same, view)
 	}
-	// records of losses nobody needs any more
+	// records of losses nobody needs any more — once the planner has
+	// given its list since this node became DC (a new DC must not cancel
+	// what the previous one was doing before its planner has spoken)
+	c.mu.Lock()
+	listed := !c.required || c.requiredTerm == l.Term
+	c.mu.Unlock()
 	for node, rec := range view.Records {
+		if !listed {
+			break
+		}
 		if _, ok := ws[node]; ok || !rec.Active() {
 			continue
 		}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -165,12 +166,22 @@ func TestControllerFencesLostNodes(t *testing.T) {
 	put(t, n1, DeviceKey("dummy"), `{"name":"dummy","agent":"fence_dummy","params":{"type":"file","status_file":"`+status+`"},"timeout":"20s"}`)
 	put(t, n1, LevelsKey("c3"), `{"node":"c3","levels":[["broken"],["dummy"]]}`)
 	lease3 := n3.ServingStatus().LeaseID
-	n3.Stop(ctx) // lost (the stand-in list says it held a resource)
-	dc.Require([]Need{{Node: "c3", Lease: lease3, Reason: "it ran ip1", Resources: []string{"ip1"}}})
+	n3.Stop(ctx) // lost
+	// an operator fences it by hand first (hacs fence c3 --yes) ...
+	put(t, n1, RequestKey("c3"), `{"node":"c3","action":"reboot","reason":"hung","by":"test","time":"2026-01-01T00:00:00Z","lease":"`+strconv.FormatInt(lease3, 10)+`"}`)
 	waitFor(t, 20*time.Second, "c3 fenced by a device", func() bool { v, _ := dc.View(); return v.Fenced("c3", lease3) })
 	rec = record("c3")
-	if rec.Method != MethodDevice || rec.Level != 2 || !slices.Equal(rec.Devices, []string{"dummy"}) {
+	if rec.Method != MethodDevice || rec.Level != 2 || !slices.Equal(rec.Devices, []string{"dummy"}) || !rec.Manual {
 		t.Fatalf("record %+v", rec)
+	}
+	waitFor(t, 5*time.Second, "the request consumed", func() bool { v, _ := dc.View(); return len(v.Requests) == 0 })
+	// ... then the planner finds it ran ip1: that loss is fenced already
+	for range 3 {
+		dc.Require([]Need{{Node: "c3", Lease: lease3, Reason: "it ran ip1", Resources: []string{"ip1"}}})
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r := record("c3"); r.Attempts != 1 || r.Confirmed != rec.Confirmed {
+		t.Fatalf("fenced again: %+v", r)
 	}
 	if b, _ := os.ReadFile(status); strings.TrimSpace(string(b)) != "on" { // rebooted: off, then on
 		t.Errorf("fence_dummy status %q after a reboot", b)
