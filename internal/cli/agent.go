@@ -16,6 +16,7 @@ import (
 
 	"github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
+	"github.com/hacs/hacs/internal/dashboard"
 	"github.com/hacs/hacs/internal/fence"
 	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/store"
@@ -130,6 +131,7 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	if err != nil {
 		return err
 	}
+	dashboard.Register(n.Mux()) // the web dashboard at / and /ui/ (docs/OBSERVABILITY.md)
 	if err := n.Start(ctx); err != nil {
 		return err
 	}

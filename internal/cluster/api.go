@@ -24,6 +24,7 @@ import (
 //	POST   /v1/nodes/{name}/roles       {"roles": [...]} or {"add": [...], "remove": [...]}
 //	DELETE /v1/nodes/{name}[?force=1]   remove a node from the cluster
 //	GET    /v1/events[?limit=N&node=&kind=&resource=&since=RFC3339]
+//	GET    /v1/events/stream[?limit=N&node=&kind=&resource=]  the same, live (Server-Sent Events)
 //	GET    /v1/token                    the join token (local API socket only)
 //
 // Administrative changes are recorded in the event log with who made them
@@ -81,6 +82,7 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("POST /v1/nodes/{name}/roles", withActor(n.handleRoles))
 	n.mux.HandleFunc("DELETE /v1/nodes/{name}", withActor(n.handleRemove))
 	n.mux.HandleFunc("GET /v1/events", n.handleEvents)
+	n.mux.HandleFunc("GET /v1/events/stream", n.handleEventStream)
 	n.mux.HandleFunc("GET /v1/token", n.handleToken)
 }
 

@@ -1,0 +1,275 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	rm "github.com/hacs/hacs/internal/agent"
+)
+
+// chromiumPath is Debian's chromium (scripts/install-deps.sh installs it).
+const chromiumPath = "/usr/bin/chromium"
+
+// artifactDir is where tests leave files for people to look at
+// ($HACS_ARTIFACTS, else test/artifacts, which git ignores).
+func artifactDir(t *testing.T) string {
+	dir := os.Getenv("HACS_ARTIFACTS")
+	if dir == "" {
+		dir = "artifacts"
+	}
+	dir, _ = filepath.Abs(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatalf("artifact dir: %v", err)
+	}
+	return dir
+}
+
+// newBrowser starts headless chromium with a fresh profile and the flags
+// that keep it off the network (on a closed network its background
+// connections are refused and slow it down).
+func newBrowser(t *testing.T) context.Context {
+	t.Helper()
+	path := chromiumPath
+	if _, err := os.Stat(path); err != nil {
+		p, lerr := exec.LookPath("chromium")
+		if lerr != nil {
+			t.Fatalf("chromium not found (%v): install the Debian package chromium (scripts/install-deps.sh, run by make test, does)", err)
+		}
+		path = p
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true), // tests run as root
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("no-default-browser-check", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.Flag("mute-audio", true),
+		chromedp.WindowSize(1440, 1000),
+		chromedp.WSURLReadTimeout(60 * time.Second),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() { cancelCtx(); cancelAlloc() })
+	// The first run starts the browser, which lives as long as ctx: no
+	// timeout on it (WSURLReadTimeout bounds the start).
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting %s: %v", path, err)
+	}
+	return ctx
+}
+
+// browse runs actions with a time limit.
+func browse(t *testing.T, ctx context.Context, limit time.Duration, what string, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	cctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	if err := chromedp.Do(cctx, actions...); err != nil {
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		body, _ := chromedp.Run(tctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
+		t.Fatalf("%s: %v\npage text:\n%s", what, err, clip(body))
+	}
+}
+
+// eval evaluates a JavaScript expression.
+func eval[T any](t *testing.T, ctx context.Context, expr string) T {
+	t.Helper()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(cctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		t.Fatalf("evaluating %s: %v", expr, err)
+	}
+	return v
+}
+
+// waitJS polls a JavaScript expression until it is true (the caller's
+// context limits the wait).
+func waitJS(expr string) chromedp.Action[chromedp.Void] {
+	return chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(0))
+}
+
+// click clicks the element of a CSS selector.
+func click(sel string) chromedp.Action[chromedp.Void] { return chromedp.Click(chromedp.CSS(sel)) }
+
+// TestDashboardBrowser loads the web dashboard of a live 3-agent cluster in
+// headless chromium, checks what it shows, puts the primary's node in
+// standby with the page's button, and sees the page follow the failover to
+// the new primary without a reload. It also checks the API token field
+// against an authenticating proxy, and saves screenshots as artefacts.
+func TestDashboardBrowser(t *testing.T) {
+	ctx := newBrowser(t)
+	c := newRMCluster(t, 3)
+	for _, v := range []rm.VolumeRequest{{Name: "vol", Size: 32 << 20, Replicas: 3}, {Name: "db", Size: 16 << 20, Replicas: 2}} {
+		if code, err := c.call("POST", "/v1/volumes", v, nil); err != nil || code != 201 {
+			t.Fatalf("create %s: %d %v", v.Name, code, err)
+		}
+	}
+	v := c.waitServed("vol", 0)
+	c.waitServed("db", 0)
+	first := v.Export.Node
+	// the page is loaded from another agent than the primary's
+	viewer := "n1"
+	if viewer == first {
+		viewer = "n2"
+	}
+	arts := artifactDir(t)
+
+	browse(t, ctx, 30*time.Second, "loading the dashboard",
+		chromedp.Navigate(c.api(viewer)+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-node="n3"]`)),
+		waitJS(`document.querySelectorAll('tr[data-node][data-state="online"]').length === 3`),
+		waitJS(fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-volume="vol"]');
+			return r && r.dataset.primary === %q && r.dataset.health === "ok" &&
+				r.querySelectorAll('[data-replica-state="in-sync"]').length === 3 })()`, first)),
+		waitJS(`!!document.querySelector('tr[data-volume="db"]')`),
+		waitJS(`document.getElementById("live").textContent === "live"`),
+		waitJS(`document.querySelectorAll('#events tbody tr[data-kind]').length > 0`),
+	)
+	dc := eval[string](t, ctx, `document.getElementById("dc-name").textContent`)
+	url := eval[string](t, ctx, `location.href`)
+	resourcesHidden := eval[bool](t, ctx, `document.getElementById("resources-section").hidden`)
+	if !strings.HasSuffix(url, "/ui/") || dc == "" || dc == "none" {
+		t.Errorf("page %s shows DC %q", url, dc)
+	}
+	resp, err := http.Get(c.api(viewer) + "/v1/resources")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resourcesHidden != (resp.StatusCode == 404) {
+		t.Errorf("resources section hidden %v, but GET /v1/resources answers %s", resourcesHidden, resp.Status)
+	}
+	screenshot(t, ctx, filepath.Join(arts, "dashboard-before-failover.png"))
+
+	// Standby of the primary's node with the page's button: the page
+	// follows the failover without a reload.
+	browse(t, ctx, 60*time.Second, "standby of the primary's node and the failover",
+		chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`),
+		click(fmt.Sprintf(`tr[data-node=%q] button[data-act="node-standby"]`, first)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm-ok`)),
+		click(`#confirm-ok`),
+		waitJS(fmt.Sprintf(`document.querySelector('tr[data-node=%q]').dataset.state === "standby"`, first)),
+		waitJS(fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-volume="vol"]');
+			return r && r.dataset.primary !== "" && r.dataset.primary !== %q && r.dataset.health === "ok" })()`, first)),
+		waitJS(`window.notReloaded === true`),
+		waitJS(`[...document.querySelectorAll('#events tbody tr[data-kind="node-standby"]')].length > 0`),
+	)
+	second := eval[string](t, ctx, `document.querySelector('tr[data-volume="vol"]').dataset.primary`)
+	v2 := c.volume("vol")
+	if v2.Export == nil || v2.Export.Node != second {
+		t.Errorf("the page shows primary %q, the API %+v", second, v2.Export)
+	}
+	t.Logf("the page followed the failover %s -> %s (epoch %d -> %d)", first, second, v.Export.Epoch, v2.State.Epoch)
+	screenshot(t, ctx, filepath.Join(arts, "dashboard-after-failover.png"))
+
+	// The node back to active, with the page.
+	browse(t, ctx, 30*time.Second, "node active again",
+		click(fmt.Sprintf(`tr[data-node=%q] button[data-act="node-active"]`, first)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm-ok`)),
+		click(`#confirm-ok`),
+		waitJS(fmt.Sprintf(`document.querySelector('tr[data-node=%q]').dataset.state === "online"`, first)),
+	)
+
+	// Volume standby and active with the page.
+	browse(t, ctx, 30*time.Second, "volume standby and active",
+		click(`tr[data-volume="db"] button[data-act="vol-standby"]`),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm-ok`)),
+		click(`#confirm-ok`),
+		waitJS(`document.querySelector('tr[data-volume="db"]').dataset.health === "stopped"`),
+		click(`tr[data-volume="db"] button[data-act="vol-active"]`),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm-ok`)),
+		click(`#confirm-ok`),
+		waitJS(`document.querySelector('tr[data-volume="db"]').dataset.health === "ok"`),
+	)
+
+	testDashboardToken(t, ctx, c.api(viewer), arts)
+}
+
+// testDashboardToken puts the dashboard behind a proxy that demands a
+// bearer token for /v1/ (as the API does once authentication is on): the
+// page shows the 401 clearly, then works once the token is entered, and
+// sends it on every request, the event stream included.
+func testDashboardToken(t *testing.T, ctx context.Context, api, arts string) {
+	const secret = "s3cret-token"
+	target, _ := url.Parse(api)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var streamAuthed atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/") && r.Header.Get("Authorization") != "Bearer "+secret {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			json.NewEncoder(w).Encode(map[string]string{"error": "authentication required"})
+			return
+		}
+		if r.URL.Path == "/v1/events/stream" {
+			streamAuthed.Store(true)
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		// the page's event stream would hold Close up
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+
+	// The proxy is another origin: its sessionStorage starts empty.
+	tctx := ctx
+	browse(t, tctx, 30*time.Second, "the page without a token",
+		chromedp.Navigate(srv.URL+"/"),
+		waitJS(`(() => { const b = document.getElementById("banner");
+			return !b.hidden && b.dataset.status === "401" && b.textContent.includes("Not authenticated (401)") })()`),
+		waitJS(`document.getElementById("tokenform").classList.contains("needed")`),
+	)
+	screenshot(t, tctx, filepath.Join(arts, "dashboard-401.png"))
+	browse(t, tctx, 30*time.Second, "the page with the token",
+		chromedp.SendKeys(chromedp.CSS(`#token`), secret),
+		click(`#tokenform button[type="submit"]`),
+		waitJS(`document.getElementById("banner").hidden`),
+		waitJS(`document.querySelectorAll('tr[data-node][data-state="online"]').length === 3`),
+		waitJS(`document.getElementById("live").textContent === "live"`),
+	)
+	stored := eval[string](t, tctx, `sessionStorage.getItem("hacs.token")`)
+	if stored != secret || !streamAuthed.Load() {
+		t.Errorf("token in sessionStorage %q, event stream authenticated %v", stored, streamAuthed.Load())
+	}
+	browse(t, tctx, 10*time.Second, "leaving the page", chromedp.Navigate("about:blank"))
+}
+
+func screenshot(t *testing.T, ctx context.Context, path string) {
+	t.Helper()
+	time.Sleep(600 * time.Millisecond) // let the bars' transitions end
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(cctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", path)
+}
