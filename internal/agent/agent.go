@@ -19,6 +19,7 @@ import (
 	"github.com/hacs/hacs/internal/fence"
 	"github.com/hacs/hacs/internal/mirror"
 	"github.com/hacs/hacs/internal/nbd"
+	"github.com/hacs/hacs/internal/ocf"
 	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/replica"
 	"github.com/hacs/hacs/internal/store"
@@ -58,6 +59,10 @@ type Config struct {
 	// Fence fences lost nodes while this node is the DC and serves the
 	// /v1/fence API (nil: no fencing layer).
 	Fence  *fence.Controller
+	// OCFRoot is where OCF resource agents live (default /usr/lib/ocf);
+	// OCFEnv is added to their environment (such as HA_RSCTMP=DIR).
+	OCFRoot string
+	OCFEnv  []string
 	Logger *slog.Logger
 }
 
@@ -93,6 +98,14 @@ type Agent struct {
 	// does not know yet (a clone): cleanup leaves them for a while.
 	creating map[string]time.Time
 	wg       sync.WaitGroup
+
+	// Resources other than volumes (resnode.go, resdc.go).
+	res         *cluster.Cache
+	runner      *ocf.Runner
+	rmu         sync.Mutex
+	local       map[string]*localRes
+	resWake     chan struct{}
+	lastNoFence time.Time
 }
 
 type primary struct {
@@ -127,7 +140,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
 		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{},
-		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{}}
+		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{},
+		runner: &ocf.Runner{Root: cfg.OCFRoot, Env: cfg.OCFEnv}, local: map[string]*localRes{}, resWake: make(chan struct{}, 1)}
 	if cfg.Pool != nil {
 		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
 		if err != nil {
@@ -182,16 +196,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.vols = cluster.NewCache(ctx, a.node.Client(), cluster.PrefixVolumes, a.log)
+	a.res = cluster.NewCache(ctx, a.node.Client(), cluster.PrefixResources, a.log)
 	a.registerAPI()
 	if a.cfg.Fence != nil {
 		a.cfg.Fence.Register(a.node.Mux())
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.cfg.Fence.Run(ctx) }()
 	}
+	a.registerResourceAPI()
 	a.log.Info("resource manager running", "replica_addr", a.replicaAddr, "export_addr", a.exportAddr)
 
-	a.wg.Add(4)
+	a.wg.Add(6)
 	go func() { defer a.wg.Done(); a.dcLoop(ctx) }()
+	go func() { defer a.wg.Done(); a.resDCLoop(ctx) }()
+	go func() { defer a.wg.Done(); a.resNodeLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.capacityLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.alertLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.takeoverLoop(ctx) }()

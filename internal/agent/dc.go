@@ -50,6 +50,9 @@ func (a *Agent) clusterState(views map[string]*volumeView) policy.State {
 	st := policy.State{Now: time.Now().UTC(), Settings: a.cfg.Settings}
 	for _, n := range a.node.Members().Nodes {
 		pn := policy.Node{Name: n.Name, Online: n.Online, Standby: n.Standby, Labels: n.Labels}
+		if n.Online && n.Alive != nil {
+			pn.Lease = n.Alive.LeaseID
+		}
 		for _, r := range n.Roles {
 			pn.Roles = append(pn.Roles, string(r))
 		}

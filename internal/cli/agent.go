@@ -85,6 +85,8 @@ serving before it can expire for the others.`,
 	f.DurationVar(&rm.replicaTimeout, "replica-timeout", 5*time.Second, "a replica that does not answer within this time leaves the in-sync set")
 	f.StringVar(&rm.alertExec, "alert-exec", "", "when this node is the DC: run this executable for each cluster event worth an alert (node lost, failover, replica degraded, resync finished, fencing), with the event in HACS_EVENT_* variables and as JSON on stdin; give every agent the same")
 	f.StringVar(&rm.alertURL, "alert-url", "", "when this node is the DC: POST each cluster event worth an alert as JSON to this URL (a webhook); give every agent the same")
+	f.StringVar(&rm.ocfRoot, "ocf-root", "/usr/lib/ocf", "OCF_ROOT: where the OCF resource agents are (resource.d/PROVIDER/AGENT)")
+	f.StringArrayVar(&rm.ocfEnv, "ocf-env", nil, "NAME=VALUE added to the environment of every resource agent this node runs, such as HA_RSCTMP=DIR (repeatable)")
 	f.DurationVar(&rm.reReplicateAfter, "re-replicate-after", policy.DefaultReReplicateAfter, "when this node is the DC: a node down this long has its replicas rebuilt elsewhere")
 	f.StringArrayVar(&rm.fenceAgentDirs, "fence-agent-dir", nil, "directory to look fence agents up in before /usr/sbin, /sbin, /usr/local/sbin (repeatable; give every agent the same)")
 	f.DurationVar(&rm.selfFenceGrace, "self-fence-grace", 0, "when this node is the DC: a lost node without fence levels counts as fenced this long after its lease ended (default: the lease TTL); give every agent the same")
@@ -118,6 +120,8 @@ type rmFlags struct {
 	fenceAgentDirs                    []string
 	selfFenceGrace                    time.Duration
 	exportTLS                         tlsServerFlags
+	ocfRoot                           string
+	ocfEnv                            []string
 }
 
 func runAgent(cfg cluster.Config, rm rmFlags) error {
@@ -138,7 +142,14 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
 		ExportListen: rm.exportListen, ExportTLS: exportTLS, ExportTLSPolicy: exportPolicy, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
 		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter)},
-		Alerts:   agent.AlertConfig{Exec: rm.alertExec, URL: rm.alertURL}}
+		Alerts:   agent.AlertConfig{Exec: rm.alertExec, URL: rm.alertURL},
+		OCFRoot:  rm.ocfRoot, OCFEnv: rm.ocfEnv}
+	for _, e := range rm.ocfEnv {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			n.Stop(context.Background())
+			return fmt.Errorf("--ocf-env %q: want NAME=VALUE", e)
+		}
+	}
 	if rm.alertExec != "" {
 		if rm.alertExec, err = filepath.Abs(rm.alertExec); err != nil {
 			return err

@@ -85,7 +85,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(newServeCmd(), newReplicaCmd(), newPoolCmd(), newAgentCmd(), newClusterCmd(), newNodeCmd(),
-		newVolumeCmd("volume"), newStorageCmd(), newEventsCmd(), newDemoCmd(), newFenceCmd())
+		newVolumeCmd("volume"), newStorageCmd(), newEventsCmd(), newDemoCmd(), newFenceCmd(), newResourceCmd(), newConstraintCmd())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return asUsage(err) })
 	preciseArgs(root)
 	return root

@@ -19,7 +19,7 @@ import (
 // confirmed fenced (unless it requires quorum only).
 func PlanResources(st ResState) []ResAction {
 	p := &resPlanner{st: st, nodes: map[string]Node{}, res: map[string]*Resource{}, vols: map[string]Volume{},
-		desired: map[string]string{}, running: map[string]bool{}, fenceAsked: map[string]bool{}}
+		desired: map[string]string{}, running: map[string]bool{}, fenceAsked: map[string]int{}}
 	for _, n := range st.Nodes {
 		p.nodes[n.Name] = n
 	}
@@ -49,7 +49,7 @@ type resPlanner struct {
 	desired map[string]string
 	// running tells whether a planned unit runs fully where it is assigned.
 	running    map[string]bool
-	fenceAsked map[string]bool
+	fenceAsked map[string]int
 	out        []ResAction
 }
 
@@ -222,12 +222,15 @@ func (p *resPlanner) lease(u *Resource, n string) int64 {
 	return l
 }
 
-func (p *resPlanner) fence(node string, lease int64, reason string) {
-	if p.fenceAsked[node] {
+func (p *resPlanner) fence(node string, lease int64, unit, reason string) {
+	if i, ok := p.fenceAsked[node]; ok {
+		if a := &p.out[i]; !slices.Contains(a.Resources, unit) {
+			a.Resources = append(a.Resources, unit)
+		}
 		return
 	}
-	p.fenceAsked[node] = true
-	p.out = append(p.out, ResAction{Kind: ResFence, Node: node, Lease: lease, Reason: reason})
+	p.fenceAsked[node] = len(p.out)
+	p.out = append(p.out, ResAction{Kind: ResFence, Node: node, Lease: lease, Resources: []string{unit}, Reason: reason})
 }
 
 // waitFence says what a unit waits for.
@@ -453,7 +456,7 @@ func (p *resPlanner) unit(u *Resource) {
 				delete(active, n)
 				continue
 			}
-			p.fence(n, lease, fmt.Sprintf("resource %s was active on %s, lost without a clean stop", u.Name, n))
+			p.fence(n, lease, u.Name, fmt.Sprintf("resource %s was active on %s, lost without a clean stop", u.Name, n))
 			blocked(fmt.Sprintf("was active on %s, which was lost; %s", n, p.waitFence(n)))
 			return
 		case active[n] == StateStopFailed:
@@ -461,7 +464,7 @@ func (p *resPlanner) unit(u *Resource) {
 				delete(active, n)
 				continue
 			}
-			p.fence(n, lease, fmt.Sprintf("resource %s failed to stop on %s", u.Name, n))
+			p.fence(n, lease, u.Name, fmt.Sprintf("resource %s failed to stop on %s", u.Name, n))
 			blocked(fmt.Sprintf("failed to stop on %s; %s", n, p.waitFence(n)))
 			return
 		case active[n] == StateFailed && p.onFail(u) == OnFailFence:
@@ -469,7 +472,7 @@ func (p *resPlanner) unit(u *Resource) {
 				delete(active, n)
 				continue
 			}
-			p.fence(n, lease, fmt.Sprintf("resource %s failed on %s (on-fail=fence)", u.Name, n))
+			p.fence(n, lease, u.Name, fmt.Sprintf("resource %s failed on %s (on-fail=fence)", u.Name, n))
 			blocked(fmt.Sprintf("failed on %s (on-fail=fence); %s", n, p.waitFence(n)))
 			return
 		}

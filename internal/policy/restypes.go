@@ -132,7 +132,9 @@ type ResAction struct {
 	Resource string `json:"resource,omitempty"`
 	Node     string `json:"node,omitempty"`
 	From     string `json:"from,omitempty"`
-	// Lease (fence) is the lost incarnation of Node to fence.
-	Lease  int64  `json:"lease,omitempty"`
+	// Lease (fence) is the lost incarnation of Node to fence; Resources
+	// are the units that wait for it.
+	Lease     int64    `json:"lease,omitempty"`
+	Resources []string `json:"resources,omitempty"`
 	Reason string `json:"reason"`
 }
