@@ -87,6 +87,7 @@ func (a *Agent) resModelNow(ctx context.Context) (*resModel, error) {
 		snap.KVs[string(kv.Key)] = cluster.KV{Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision}
 	}
 	m, _ := resourcesFrom(snap)
+	a.markLost(m)
 	return m, nil
 }
 
@@ -213,6 +214,20 @@ func (a *Agent) handleResCreate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, spec)
 }
 
+// markLost flags the statuses written by agent incarnations that are gone.
+func (a *Agent) markLost(m *resModel) {
+	members := a.node.Members()
+	for _, v := range m.res {
+		for node, s := range v.status {
+			n, ok := members.Node(node)
+			if !ok || !n.Online || (n.Alive != nil && s.Lease != 0 && n.Alive.LeaseID != s.Lease) {
+				s.Lost = true
+				v.status[node] = s
+			}
+		}
+	}
+}
+
 func (a *Agent) resInfo(m *resModel, name string) ResourceInfo {
 	v := m.res[name]
 	ri := ResourceInfo{Spec: *v.spec, Assigned: v.assign, Blocked: v.blocked, Group: m.group[name]}
@@ -235,6 +250,9 @@ func (a *Agent) resInfo(m *resModel, name string) ResourceInfo {
 	failed, active := false, false
 	for _, p := range prims {
 		for node, s := range m.res[p].status {
+			if s.Lost {
+				continue
+			}
 			switch s.State {
 			case policy.StateRunning, policy.StatePromoted:
 				running[node]++
@@ -379,7 +397,7 @@ func (a *Agent) handleResMove(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"resource": name, "done": "move constraint cleared"})
 		return
 	}
-	if (req.Node == "") == req.Clear {
+	if req.Node == "" {
 		writeErr(w, errf(http.StatusBadRequest, "give a node to move %s to (or clear)", name))
 		return
 	}

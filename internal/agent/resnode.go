@@ -340,12 +340,13 @@ func (a *Agent) runOp(ctx context.Context, m *resModel, l *localRes, op string) 
 			// Clean up after the failed start.
 			stop := a.runner.Run(context.Background(), in, ocf.ActionStop, spec.Ops.timeout(ocf.ActionStop), 0)
 			next = "stopped"
-			if stop.RC != ocf.RCOK {
+			if stop.RC != ocf.RCOK && stop.RC != ocf.RCErrInstalled {
 				next = policy.StateStopFailed
 				evMsg += "; the stop after it failed too: " + stop.Message
 			}
 		case ocf.ActionStop:
-			if res.RC == ocf.RCOK {
+			// An agent that is not installed cannot be running here.
+			if res.RC == ocf.RCOK || res.RC == ocf.RCErrInstalled {
 				next = "stopped"
 				evKind, evMsg = "resource-stopped", fmt.Sprintf("stopped on %s in %v", a.self(), res.Duration.Round(time.Millisecond))
 				break
@@ -367,6 +368,12 @@ func (a *Agent) runOp(ctx context.Context, m *resModel, l *localRes, op string) 
 				failure = &policy.Failure{Op: "monitor", Message: res.Message, Fatal: ocf.Hard(res.RC)}
 				evKind, evMsg = "resource-failed", "monitor failed on "+a.self()+": "+res.Message
 			}
+		}
+		if failure != nil && failure.Message == "" {
+			failure.Message = action + ": " + ocf.Describe(res.RC)
+		}
+		if evMsg != "" && strings.HasSuffix(evMsg, ": ") {
+			evMsg += action + ": " + ocf.Describe(res.RC)
 		}
 		var rev int64
 		if failure != nil {

@@ -109,6 +109,9 @@ type ResourceStatus struct {
 	Message string    `json:"message,omitempty"`
 	Stderr  string    `json:"stderr,omitempty"`
 	At      time.Time `json:"at"`
+	// Lost is set by the API (never stored) when the incarnation that wrote
+	// it is gone: the node is offline or its agent restarted since.
+	Lost bool `json:"lost,omitempty"`
 }
 
 // resView gathers one resource's keys from a snapshot.

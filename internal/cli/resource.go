@@ -268,7 +268,11 @@ func printResourceInfo(w io.Writer, r agent.ResourceInfo) {
 		fmt.Fprintln(w, "\nNODE\tSTATE\tLAST-OP\tRC\tAT\tMESSAGE")
 		for _, node := range sortedStatusNodes(r.Status) {
 			st := r.Status[node]
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", node, st.State, orDash(st.Op), st.RC, st.At.Format(time.RFC3339), orDash(st.Message))
+			state := st.State
+			if st.Lost {
+				state += " (node lost: last known)"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", node, state, orDash(st.Op), st.RC, st.At.Format(time.RFC3339), orDash(st.Message))
 		}
 	}
 	if len(r.Failures) > 0 {

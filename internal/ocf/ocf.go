@@ -192,6 +192,9 @@ func success(action string, rc int) bool {
 
 func lastLine(s string) string {
 	s = strings.TrimSpace(s)
+	if strings.ContainsRune(s, '\uFFFD') || !utf8.ValidString(s) {
+		return "(unprintable output; see the agent's stderr)"
+	}
 	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
 		s = s[i+1:]
 	}

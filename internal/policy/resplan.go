@@ -363,6 +363,20 @@ func (p *resPlanner) orderGate(u *Resource) (wait, mustStop string) {
 	return wait, mustStop
 }
 
+// stopWait says why unit u may not stop yet: a unit ordered after it is
+// still active (it stops first).
+func (p *resPlanner) stopWait(u *Resource) string {
+	for _, c := range p.st.Constraints {
+		if c.Kind != ConsOrder || p.unitOf(c.First) != u.Name {
+			continue
+		}
+		if d := p.res[p.unitOf(c.Resource)]; d != nil && len(p.active(d)) > 0 {
+			return "waiting for " + c.Resource + " to stop first (order constraint " + c.ID + ")"
+		}
+	}
+	return ""
+}
+
 type resCand struct {
 	name  string
 	score int
@@ -506,6 +520,10 @@ func (p *resPlanner) unit(u *Resource) {
 			return
 		}
 		if u.Assigned != "" {
+			if w := p.stopWait(u); w != "" {
+				blocked(w)
+				return
+			}
 			reason := why
 			if target != "" {
 				reason = p.moveWhy(u, current, target, fails)
@@ -518,6 +536,13 @@ func (p *resPlanner) unit(u *Resource) {
 			blocked(why)
 		}
 		return
+	}
+	if target == "" && u.Assigned != "" && len(active) > 0 {
+		if w := p.stopWait(u); w != "" {
+			p.desired[u.Name] = ""
+			blocked(w)
+			return
+		}
 	}
 	p.desired[u.Name] = target
 	switch {
