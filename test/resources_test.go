@@ -411,33 +411,48 @@ func TestResourcesOCF(t *testing.T) {
 		c.kill(node)
 		moved := c.waitRunning("q1", 20*time.Second, node)
 		t.Logf("q1 (requires=quorum) recovered on %s %v after %s's agent was SIGKILLed", moved, time.Since(killed).Round(time.Millisecond), node)
-		var ri rm.ResourceInfo
-		c.waitFor("d1 blocked waiting for fencing", 20*time.Second, func() bool {
-			ri = c.resource("d1")
-			return ri.Blocked != nil && strings.Contains(ri.Blocked.Reason, "confirmed fenced")
-		})
-		t.Logf("d1: %s", ri.Blocked.Reason)
-		for _, r := range []string{"d1", "d2"} {
-			if files := c.stateFiles("Dummy", r); !slices.Equal(files, []string{node}) {
-				t.Fatalf("%s: state files on %v: started elsewhere without fencing", r, files)
+		// d1 requires fencing: it waits until the lost incarnation of its
+		// node is confirmed fenced (here by level 0: the lease is gone and
+		// the self-fence grace passed), then is recovered elsewhere.
+		d1to := c.waitRunning("d1", 30*time.Second, node)
+		d1at := time.Since(killed)
+		var fencedAt, blockedAt, startedAt time.Time
+		var out struct {
+			Events []cluster.Event `json:"events"`
+		}
+		_, b := c.do("GET", "/v1/events?kind=fence-succeeded", nil)
+		json.Unmarshal(b, &out)
+		for _, e := range out.Events {
+			if e.Fields["subject"] == node && e.Time.After(killed) {
+				fencedAt = e.Time
 			}
-		}
-		// The node comes back: its probes find d1, d2 and q1 still "running"
-		// there; d1 and d2 continue, q1 (now elsewhere) is stopped there.
-		c.startNode(node)
-		c.waitFor("q1 stopped on "+node+" by the probe", 30*time.Second, func() bool {
-			return slices.Equal(c.stateFiles("Dummy", "q1"), []string{moved})
-		})
-		if got := c.waitRunning("d1", 30*time.Second); got != node {
-			t.Fatalf("d1 on %s after the restart, want %s", got, node)
-		}
-		if files := c.stateFiles("Dummy", "d1"); !slices.Equal(files, []string{node}) {
-			t.Fatalf("d1 state files on %v", files)
 		}
 		for _, e := range c.events("d1") {
-			if e.Kind == "resource-started" && e.Time.After(killed) {
-				t.Errorf("d1 started again after the restart (the probe should have found it): %+v", e)
+			switch {
+			case e.Kind == "resource-blocked" && strings.Contains(e.Message, "confirmed fenced") && blockedAt.IsZero() && e.Time.After(killed):
+				blockedAt = e.Time
+				t.Logf("d1 was blocked: %s", e.Message)
+			case e.Kind == "resource-started" && e.Time.After(killed):
+				startedAt = e.Time
 			}
+		}
+		if fencedAt.IsZero() || blockedAt.IsZero() || startedAt.Before(fencedAt) {
+			t.Fatalf("d1 restarted at %v; blocked at %v; %s fenced at %v: want blocked, then fenced, then started", startedAt, blockedAt, node, fencedAt)
+		}
+		t.Logf("d1 (requires=fencing) recovered on %s %v after the kill, once %s was confirmed fenced (%v after the kill)",
+			d1to, d1at.Round(time.Millisecond), node, fencedAt.Sub(killed).Round(time.Millisecond))
+		// The node comes back: its probes find the state files a SIGKILLed
+		// agent left (what level-0 fencing does not cover), and stop them
+		// there: each resource ends on one node.
+		c.startNode(node)
+		for _, r := range []string{"d1", "d2", "q1"} {
+			c.waitFor(r+" stopped on "+node+" by the probe", 30*time.Second, func() bool {
+				files := c.stateFiles("Dummy", r)
+				return len(files) == 1 && files[0] != node
+			})
+		}
+		if got := c.waitRunning("d1", 10*time.Second); got != d1to {
+			t.Fatalf("d1 on %s after the restart, want %s", got, d1to)
 		}
 	})
 }

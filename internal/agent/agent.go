@@ -58,12 +58,12 @@ type Config struct {
 	Alerts AlertConfig
 	// Fence fences lost nodes while this node is the DC and serves the
 	// /v1/fence API (nil: no fencing layer).
-	Fence  *fence.Controller
+	Fence *fence.Controller
 	// OCFRoot is where OCF resource agents live (default /usr/lib/ocf);
 	// OCFEnv is added to their environment (such as HA_RSCTMP=DIR).
 	OCFRoot string
 	OCFEnv  []string
-	Logger *slog.Logger
+	Logger  *slog.Logger
 }
 
 // Agent is the resource manager of one node.

@@ -136,5 +136,5 @@ type ResAction struct {
 	// are the units that wait for it.
 	Lease     int64    `json:"lease,omitempty"`
 	Resources []string `json:"resources,omitempty"`
-	Reason string `json:"reason"`
+	Reason    string   `json:"reason"`
 }
