@@ -15,6 +15,12 @@ missing=()
 for p in "${pkgs[@]}"; do
   command -v "${probe[$p]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${probe[$p]}" ] || missing+=("$p")
 done
+# OCF resource agents are files, not commands: resource-agents (heartbeat provider: Filesystem,
+# IPaddr2, Dummy, ...; ~3 MB plus cluster-glue and gawk), pacemaker-resource-agents (pacemaker
+# provider: Dummy, Stateful); iputils-arping for the ip type's gratuitous ARP.
+[ -x /usr/lib/ocf/resource.d/heartbeat/Filesystem ] || missing+=(resource-agents)
+[ -x /usr/lib/ocf/resource.d/pacemaker/Stateful ] || missing+=(pacemaker-resource-agents)
+command -v arping >/dev/null 2>&1 || [ -x /usr/sbin/arping ] || missing+=(iputils-arping)
 # nbdfuse ships in its own package on newer Debian, in libnbd-bin on bookworm.
 if ! command -v nbdfuse >/dev/null 2>&1; then
   missing+=(libnbd-bin)
