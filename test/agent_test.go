@@ -228,10 +228,20 @@ func TestResourceManagerFailover(t *testing.T) {
 
 	// The old node returns, resyncs and is in sync again.
 	c.start(first)
-	c.waitFor(first+" back in sync", 60*time.Second, func() bool {
-		v := c.volume("vol")
-		return v.State != nil && len(v.State.InSync) == 2
-	})
+	// hacs volume resync-wait returns once it is, printing plain progress
+	// lines (not a terminal).
+	cluster := c.ports["n1"][0] + "," + c.ports["n2"][0] + "," + c.ports["n3"][0]
+	rw := exec.Command(hacsBin, "volume", "resync-wait", "vol", "--timeout", "60s", "--cluster", cluster)
+	var rwErr bytes.Buffer
+	rw.Stderr = &rwErr
+	out, err := rw.Output()
+	t.Logf("resync-wait: %s%s", out, rwErr.String())
+	if err != nil || !strings.HasPrefix(string(out), "vol: 2 replica(s) in sync") || strings.Contains(rwErr.String(), "\x1b") {
+		t.Fatalf("resync-wait: %v\n%s%s", err, out, rwErr.String())
+	}
+	if v := c.volume("vol"); v.State == nil || len(v.State.InSync) != 2 {
+		t.Fatalf("after resync-wait: %+v", v.State)
+	}
 	var rep struct {
 		Differences []any `json:"differences"`
 		Compared    []string
@@ -255,7 +265,7 @@ func TestResourceManagerFailover(t *testing.T) {
 	}
 
 	// hacs volume restart: stopped, then served again at a newer epoch.
-	out, err := exec.Command(hacsBin, "volume", "restart", "vol", "--cluster", c.ports["n1"][0]+","+c.ports["n2"][0]+","+c.ports["n3"][0]).CombinedOutput()
+	out, err = exec.Command(hacsBin, "volume", "restart", "vol", "--cluster", cluster).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "vol: restarted, served by") {
 		t.Fatalf("volume restart: %v\n%s", err, out)
 	}

@@ -71,7 +71,7 @@ comma-separated list, tried in turn.`,
 		volSpecCmd(f, "active", "Serve volumes again"),
 		volSpecCmd(f, "unfail", "Clear volumes' failure counts"),
 		volRestartCmd(f),
-		volPreferCmd(f), volVerifyCmd(f), volResizeCmd(f), volSnapshotCmd(f), volCloneCmd(f), volAttachCmd(f))
+		volPreferCmd(f), volVerifyCmd(f), volResyncWaitCmd(f), volResizeCmd(f), volSnapshotCmd(f), volCloneCmd(f), volAttachCmd(f))
 	return cmd
 }
 
@@ -345,12 +345,13 @@ func volVerifyCmd(f *volumeFlags) *cobra.Command {
 				path += "?repair=1"
 			}
 			var rep mirror.VerifyReport
-			// On a terminal, a progress bar on stderr from the primary's
-			// progress (GET .../verify).
+			// Progress on stderr from the primary's (GET .../verify): a
+			// bar on a terminal, plain lines otherwise.
 			stop := func() {}
-			if !f.asJSON && isTerminal(cmd.ErrOrStderr()) {
+			if !f.asJSON {
 				c := f.client()
-				stop = pollProgress(cmd.Context(), cmd.ErrOrStderr(), "verify "+args[0], 250*time.Millisecond,
+				stderr := cmd.ErrOrStderr()
+				stop = pollProgress(cmd.Context(), newProgress(stderr, "verify "+args[0], isTerminal(stderr)), 250*time.Millisecond,
 					func(ctx context.Context) (int64, int64, bool) {
 						var p agent.VerifyProgress
 						err := c.do(ctx, "GET", "/v1/volumes/"+args[0]+"/verify", nil, &p)
