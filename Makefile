@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/hacs
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build test deps demo bench fuzz clean
+.PHONY: all build test deps demo bench bench-cli fuzz clean
 
 all: build
 
@@ -24,6 +24,12 @@ demo: build
 
 bench: build deps
 	bash scripts/bench.sh
+	bash scripts/bench-cli.sh
+
+# hacs volume list / cluster status with 1000 volumes on a local 3-agent
+# cluster (VOLUMES, SIZE, RUNS: see the script).
+bench-cli: build
+	bash scripts/bench-cli.sh
 
 # Short fuzzing session of every fuzz target (FUZZTIME per target).
 FUZZTIME ?= 30s

@@ -112,6 +112,7 @@ type primary struct {
 	m     *mirror.Mirror
 	epoch uint64
 	size  int64
+	from  time.Time // when its export began taking requests
 }
 
 // New prepares an agent on a started node.
@@ -260,7 +261,7 @@ func (a *Agent) nodeLoop(ctx context.Context) {
 		snap, changed := a.vols.Snapshot()
 		nodeChanged := a.node.Changes()
 		if snap.Synced {
-			a.reconcile(ctx, snap)
+			a.startPrimaries(ctx, a.reconcile(ctx, snap))
 			if i%5 == 0 && !snap.Stale {
 				a.cleanup(snap)
 			}
@@ -275,7 +276,9 @@ func (a *Agent) nodeLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) {
+// reconcile stops what this node must no longer serve and returns the
+// volumes it must start serving (startPrimaries starts them).
+func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) []*volumeView {
 	views, errs := volumesFrom(snap)
 	for _, err := range errs {
 		a.log.Error("cluster store", "err", err)
@@ -301,8 +304,9 @@ func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) {
 		}
 	}
 	if !serving || a.host == nil {
-		return
+		return nil
 	}
+	var starts []*volumeView
 	for name, v := range views {
 		if v.spec == nil || v.state == nil || v.placement == nil || v.state.Primary != a.self() {
 			continue
@@ -312,11 +316,7 @@ func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) {
 			if a.failed[name] == v.state.Epoch {
 				continue // counted already; the DC decides what next
 			}
-			if err := a.startPrimaryLocked(ctx, v); err != nil {
-				a.emit("volume-start-failed", name, fmt.Sprintf("cannot serve at epoch %d: %v", v.state.Epoch, err))
-				a.failed[name] = v.state.Epoch
-				a.recordFailure(ctx, name)
-			}
+			starts = append(starts, v)
 			continue
 		}
 		a.syncReplicasLocked(ctx, v, p)
@@ -324,6 +324,47 @@ func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) {
 			a.putExport(ctx, name, p.epoch)
 		}
 	}
+	return starts
+}
+
+// parallelStarts bounds the primaries started at once: opening one waits
+// mostly on round trips (replica links, metadata writes with FUA, the
+// store), so a node that must serve many volumes at once (a failover of a
+// busy node, a thousand volumes created) starts them side by side.
+const parallelStarts = 8
+
+// startPrimaries starts serving volumes, parallelStarts at a time, and
+// returns when every start ended (so reconcile never runs beside them).
+func (a *Agent) startPrimaries(ctx context.Context, vs []*volumeView) {
+	sem := make(chan struct{}, parallelStarts)
+	var wg sync.WaitGroup
+	for _, v := range vs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			a.mu.Lock()
+			stats := a.statsLocked(v.name)
+			a.mu.Unlock()
+			m, err := a.openMirror(ctx, v, stats)
+			a.mu.Lock()
+			if err == nil {
+				err = a.installLocked(ctx, v, m)
+			}
+			if err != nil {
+				a.emit("volume-start-failed", v.name, fmt.Sprintf("cannot serve at epoch %d: %v", v.state.Epoch, err))
+				a.failed[v.name] = v.state.Epoch
+				a.mu.Unlock()
+				a.recordFailure(ctx, v.name)
+				return
+			}
+			from := a.prims[v.name].from
+			a.mu.Unlock()
+			a.announce(ctx, v.name, m, from)
+		}()
+	}
+	wg.Wait()
 }
 
 // countEpochsLocked counts the volumes' epoch changes seen in the store.
@@ -403,21 +444,38 @@ func (a *Agent) replicaFor(name string, size int64, node string) mirror.Replica 
 }
 
 func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
-	var reps []mirror.Replica
-	for _, n := range v.placement.Replicas {
-		reps = append(reps, a.replicaFor(v.name, v.spec.Size, n))
+	m, err := a.openMirror(ctx, v, a.statsLocked(v.name))
+	if err != nil {
+		return err
 	}
-	if !slices.Contains(v.placement.Replicas, a.self()) {
-		return fmt.Errorf("this node holds no replica of %s", v.name)
+	if err := a.installLocked(ctx, v, m); err != nil {
+		return err
 	}
-	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	name := v.name
+	a.announce(ctx, v.name, m, a.prims[v.name].from)
+	return nil
+}
+
+func (a *Agent) statsLocked(name string) *mirror.Stats {
 	stats := a.stats[name]
 	if stats == nil {
 		stats = mirror.NewStats()
 		a.stats[name] = stats
 	}
+	return stats
+}
+
+// openMirror opens the volume's mirror as its primary (a.mu not needed).
+func (a *Agent) openMirror(ctx context.Context, v *volumeView, stats *mirror.Stats) (*mirror.Mirror, error) {
+	var reps []mirror.Replica
+	for _, n := range v.placement.Replicas {
+		reps = append(reps, a.replicaFor(v.name, v.spec.Size, n))
+	}
+	if !slices.Contains(v.placement.Replicas, a.self()) {
+		return nil, fmt.Errorf("this node holds no replica of %s", v.name)
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	name := v.name
 	m, err := mirror.Open(octx, mirror.Config{
 		Stats:  stats,
 		Volume: name, Self: a.self(), Size: v.spec.Size, Replicas: reps, Store: a.node.Volumes(),
@@ -432,11 +490,21 @@ func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
 		},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if m.Epoch() != v.state.Epoch {
 		m.Close()
-		return fmt.Errorf("state moved to epoch %d while starting", m.Epoch())
+		return nil, fmt.Errorf("state moved to epoch %d while starting", m.Epoch())
+	}
+	return m, nil
+}
+
+// installLocked exports an opened mirror and records it as served.
+func (a *Agent) installLocked(ctx context.Context, v *volumeView, m *mirror.Mirror) error {
+	name := v.name
+	if a.prims[name] != nil {
+		m.Close()
+		return fmt.Errorf("volume %s is served already", name)
 	}
 	a.esrv.RemoveExport(name)
 	from := time.Now()
@@ -447,14 +515,19 @@ func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
 		m.Close()
 		return err
 	}
-	a.prims[name] = &primary{m: m, epoch: m.Epoch(), size: v.spec.Size}
+	a.prims[name] = &primary{m: m, epoch: m.Epoch(), size: v.spec.Size, from: from}
 	delete(a.failed, name)
+	return nil
+}
+
+// announce publishes where a volume is served now (a.mu not needed: the
+// key's content depends only on the epoch).
+func (a *Agent) announce(ctx context.Context, name string, m *mirror.Mirror, from time.Time) {
 	a.putExport(ctx, name, m.Epoch())
 	// epoch, and the time the export began taking requests (the event is
 	// stamped later), for whoever checks that no two epochs overlap.
 	a.emitFields("volume-serving", name, fmt.Sprintf("serving as primary at epoch %d on %s (in sync: %v)", m.Epoch(), a.exportAddr, m.InSync()),
 		map[string]string{"epoch": strconv.FormatUint(m.Epoch(), 10), "serving_from": from.UTC().Format(time.RFC3339Nano)})
-	return nil
 }
 
 func (a *Agent) putExport(ctx context.Context, name string, epoch uint64) {

@@ -529,13 +529,14 @@ func (n *Node) writeEvents(ctx context.Context, pending []Event) []Event {
 		pending = pending[len(pending)-1024:]
 	}
 	for len(pending) > 0 {
+		k := min(len(pending), maxEventBatch)
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := AppendEvent(cctx, n.cli, pending[0])
+		err := appendEvents(cctx, n.cli, pending[:k])
 		cancel()
 		if err != nil {
 			return pending
 		}
-		pending = pending[1:]
+		pending = pending[k:]
 	}
 	return pending
 }

@@ -21,15 +21,25 @@ const (
 // Plan computes the actions for a snapshot. It is pure and deterministic:
 // the same state always gives the same actions, in the same order.
 func Plan(st State) []Action {
-	p := planner{st: st, nodes: map[string]Node{}}
+	p := planner{st: st, nodes: map[string]Node{}, primaries: map[string]int{}, replicas: map[string]int{}}
 	for _, n := range st.Nodes {
 		p.nodes[n.Name] = n
+	}
+	for _, v := range st.Volumes {
+		if v.Primary != "" {
+			p.primaries[v.Primary]++
+		}
+		for _, n := range v.Placed {
+			p.replicas[n]++
+		}
 	}
 	vols := slices.Clone(st.Volumes)
 	sort.Slice(vols, func(i, j int) bool { return vols[i].Name < vols[j].Name })
 	var out []Action
 	for _, v := range vols {
-		out = append(out, p.volume(v)...)
+		acts := p.volume(v)
+		p.account(acts)
+		out = append(out, acts...)
 	}
 	return out
 }
@@ -37,6 +47,38 @@ func Plan(st State) []Action {
 type planner struct {
 	st    State
 	nodes map[string]Node
+	// primaries and replicas count what each node serves and holds, with
+	// the actions planned so far: among otherwise equal nodes the least
+	// loaded is chosen (like Pacemaker's default placement strategy), so
+	// that many volumes created at once spread over the nodes.
+	primaries map[string]int
+	replicas  map[string]int
+}
+
+// account updates the load counts with planned actions.
+func (p *planner) account(acts []Action) {
+	for _, a := range acts {
+		switch a.Kind {
+		case ActPlace:
+			for _, n := range a.Replicas {
+				p.replicas[n]++
+			}
+			if a.Node != "" {
+				p.primaries[a.Node]++
+			}
+		case ActPromote:
+			p.primaries[a.Node]++
+			if a.From != "" {
+				p.primaries[a.From]--
+			}
+		case ActStop:
+			p.primaries[a.From]--
+		case ActAddReplica:
+			p.replicas[a.Node]++
+		case ActRemoveReplica:
+			p.replicas[a.Node]--
+		}
+	}
 }
 
 func (p *planner) reReplicateAfter() time.Duration {
@@ -124,6 +166,9 @@ func (p *planner) pickReplicaNodes(v Volume, keep []string, want int) ([]string,
 		if a.score != b.score {
 			return a.score > b.score
 		}
+		if p.replicas[a.name] != p.replicas[b.name] {
+			return p.replicas[a.name] < p.replicas[b.name]
+		}
 		if a.free != b.free {
 			return a.free > b.free
 		}
@@ -190,6 +235,9 @@ func (p *planner) primaryCandidates(v Volume) []string {
 		}
 		if (cands[i].name == v.Primary) != (cands[j].name == v.Primary) {
 			return cands[i].name == v.Primary
+		}
+		if p.primaries[cands[i].name] != p.primaries[cands[j].name] {
+			return p.primaries[cands[i].name] < p.primaries[cands[j].name]
 		}
 		return cands[i].name < cands[j].name
 	})

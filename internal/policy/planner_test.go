@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite the expected actions of the corpus from the planner's output")
@@ -111,5 +113,38 @@ func TestResourceCorpus(t *testing.T) {
 				t.Fatal("planner is not deterministic")
 			}
 		})
+	}
+}
+
+// TestManyNewVolumesSpread: volumes created at once on equal nodes are
+// spread over them, primaries and replicas alike (the least loaded node
+// wins a tie), and an existing primary does not move for balance.
+func TestManyNewVolumesSpread(t *testing.T) {
+	st := State{Now: time.Unix(1700000000, 0)}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		st.Nodes = append(st.Nodes, Node{Name: n, Online: true, Roles: []string{RoleStorage}, FreeBytes: 1 << 40})
+	}
+	st.Volumes = append(st.Volumes, Volume{Name: "old", Size: 1 << 20, Replicas: 2, Placed: []string{"n1", "n2"}, Epoch: 1, Primary: "n1", InSync: []string{"n1", "n2"}})
+	for i := 0; i < 300; i++ {
+		st.Volumes = append(st.Volumes, Volume{Name: fmt.Sprintf("v%03d", i), Size: 1 << 20, Replicas: 2})
+	}
+	primaries, replicas := map[string]int{}, map[string]int{}
+	for _, a := range Plan(st) {
+		if a.Volume == "old" {
+			t.Fatalf("the existing volume was moved: %+v", a)
+		}
+		if a.Kind != ActPlace {
+			t.Fatalf("unexpected action %+v", a)
+		}
+		primaries[a.Node]++
+		for _, r := range a.Replicas {
+			replicas[r]++
+		}
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if primaries[n] < 99 || primaries[n] > 101 || replicas[n] < 199 || replicas[n] > 201 {
+			t.Errorf("not spread: primaries %v, replicas %v", primaries, replicas)
+			break
+		}
 	}
 }
