@@ -112,8 +112,21 @@ func waitJS(expr string) chromedp.Action[chromedp.Void] {
 	return chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(0))
 }
 
-// click clicks the element of a CSS selector.
-func click(sel string) chromedp.Action[chromedp.Void] { return chromedp.Click(chromedp.CSS(sel)) }
+// click clicks the element of a CSS selector with the mouse. The page
+// redraws a table when its data changes: a click that finds its element
+// replaced between the query and the click is tried again.
+func click(sel string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		var err error
+		for range 10 {
+			if _, err = chromedp.Click(chromedp.CSS(sel))(ctx, t); err == nil || ctx.Err() != nil {
+				return err
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return err
+	})
+}
 
 // TestDashboardBrowser loads the web dashboard of a live 3-agent cluster in
 // headless chromium, checks what it shows, puts the primary's node in
@@ -205,6 +218,30 @@ func TestDashboardBrowser(t *testing.T) {
 		click(`#confirm-ok`),
 		waitJS(`document.querySelector('tr[data-volume="db"]').dataset.health === "ok"`),
 	)
+
+	// A snapshot with the page (POST /v1/volumes/vol/snapshots); a bad name
+	// gets the agent's error, with its status, shown.
+	snapshot := func(name string) chromedp.Action[chromedp.Void] {
+		return chromedp.Steps(
+			click(`tr[data-volume="vol"] button[data-act="vol-snapshot"]`),
+			chromedp.WaitVisible(chromedp.CSS(`#confirm-input`)),
+			chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.getElementById("confirm-input").value = %q`, name)),
+			click(`#confirm-ok`))
+	}
+	browse(t, ctx, 30*time.Second, "snapshot with the page",
+		snapshot("dash-snap"),
+		waitJS(`(() => { const t = document.getElementById("toast");
+			return !t.hidden && t.textContent === "volume vol: snapshot dash-snap created" })()`),
+		waitJS(`[...document.querySelectorAll('#events tbody tr[data-kind="snapshot-created"]')].length > 0`),
+		snapshot("bad name!"),
+		waitJS(`(() => { const t = document.getElementById("toast");
+			return !t.hidden && t.classList.contains("error") && t.textContent.startsWith("volume vol: 400 ") })()`),
+	)
+	var snaps []rm.SnapshotInfo
+	if code, err := c.call("GET", "/v1/volumes/vol/snapshots", nil, &snaps); err != nil || code != 200 || len(snaps) != 1 || snaps[0].Name != "dash-snap" {
+		t.Fatalf("snapshots after the page made one: %d %v %+v", code, err, snaps)
+	}
+	t.Logf("snapshot made by the page: %s on %v by %q", snaps[0].Name, snaps[0].Replicas, snaps[0].By)
 
 	testDashboardToken(t, ctx, c.api(viewer), arts)
 }

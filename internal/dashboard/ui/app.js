@@ -98,6 +98,15 @@ function bar(pct, cls) {
   return '<span class="bar ' + (cls || "") + '"><span data-pct="' + pct.toFixed(1) + '"></span></span>';
 }
 
+// setHTML replaces an element's content only when it changed, so that
+// what the operator points at or selects stays in place between updates.
+function setHTML(el, html) {
+  if (el.dataset.html === html) return false;
+  el.innerHTML = html;
+  el.dataset.html = html;
+  return true;
+}
+
 // Inline style attributes are refused by the page's content security policy:
 // bar widths are set through the DOM after rendering.
 function applyBars(root) {
@@ -281,10 +290,10 @@ function renderHeader() {
   const vols = state.volumes || [];
   const ok = vols.filter((v) => v.health === "ok").length;
   const dc = st && st.leadership ? st.leadership.dc : "";
-  $("summary").innerHTML =
+  setHTML($("summary"),
     "<span>nodes <b>" + online + "/" + nodes.length + "</b> online</span>" +
     "<span>volumes <b>" + ok + "/" + vols.length + "</b> ok</span>" +
-    "<span>DC <b id=\"dc-name\">" + esc(dc || "none") + "</b></span>";
+    "<span>DC <b id=\"dc-name\">" + esc(dc || "none") + "</b></span>");
   if (state.updated) $("updated").textContent = "updated " + state.updated.toLocaleTimeString();
 }
 
@@ -324,10 +333,10 @@ function renderNodes() {
   const dc = state.status && state.status.leadership ? state.status.leadership.dc : "";
   const prims = primariesByNode();
   if (!nodes.length) {
-    tb.innerHTML = '<tr><td colspan="8" class="empty">' + (state.nodes ? "no nodes" : state.authError ? "not authorized" : "loading…") + "</td></tr>";
+    setHTML(tb, '<tr><td colspan="8" class="empty">' + (state.nodes ? "no nodes" : state.authError ? "not authorized" : "loading…") + "</td></tr>");
     return;
   }
-  tb.innerHTML = nodes.map((n) => {
+  setHTML(tb, nodes.map((n) => {
     const st = n.state || (n.online ? (n.standby ? "standby" : "online") : "offline");
     let storage = '<span class="muted">–</span>';
     const cap = n.alive && n.alive.capacity;
@@ -351,7 +360,7 @@ function renderNodes() {
       '<td class="mono">' + esc(n.api_addr || "") + "</td>" +
       '<td class="muted">' + esc(n.version || "") + "</td>" +
       "<td>" + action + "</td></tr>";
-  }).join("");
+  }).join(""));
   applyBars(tb);
 }
 
@@ -390,11 +399,11 @@ function renderVolumes() {
   const tb = $("volumes").tBodies[0];
   const vols = state.volumes || [];
   if (!vols.length) {
-    tb.innerHTML = '<tr><td colspan="7" class="empty">' + (state.authError ? "not authorized" : "no volumes") + "</td></tr>";
+    setHTML(tb, '<tr><td colspan="7" class="empty">' + (state.authError ? "not authorized" : "no volumes") + "</td></tr>");
     return;
   }
   const flash = {};
-  tb.innerHTML = vols.map((v) => {
+  setHTML(tb, vols.map((v) => {
     const name = v.spec.name;
     const d = state.details[name] || v;
     const primary = d.export ? d.export.node : "";
@@ -416,7 +425,7 @@ function renderVolumes() {
       "<td>" + esc(epoch) + "</td>" +
       "<td>" + replicaRows(v, state.details[name]) + "</td>" +
       "<td>" + actions + "</td></tr>";
-  }).join("");
+  }).join(""));
   applyBars(tb);
 }
 
@@ -427,11 +436,11 @@ function renderResources() {
   const tb = $("resources").tBodies[0];
   const rs = state.resources;
   if (!rs.length) {
-    tb.innerHTML = '<tr><td colspan="5" class="empty">no resources</td></tr>';
+    setHTML(tb, '<tr><td colspan="5" class="empty">no resources</td></tr>');
     return;
   }
   const pick = (o, ...ks) => { for (const k of ks) if (o[k] != null && o[k] !== "") return o[k]; return ""; };
-  tb.innerHTML = rs.map((r) => {
+  setHTML(tb, rs.map((r) => {
     const spec = r.spec || {};
     const status = r.status || r.state_info || {};
     const name = pick(r, "name") || pick(spec, "name");
@@ -442,20 +451,20 @@ function renderResources() {
     const msg = pick(r, "message", "reason", "error") || pick(status, "message", "reason", "error");
     return '<tr data-resource="' + esc(name) + '"><td class="name">' + esc(name) + "</td><td>" + esc(kind) + "</td><td>" +
       (st ? badge(st, String(st).toLowerCase()) : "") + "</td><td>" + esc(node) + '</td><td class="muted">' + esc(msg) + "</td></tr>";
-  }).join("");
+  }).join(""));
 }
 
 function renderEvents() {
   const tb = $("events").tBodies[0];
   const evs = state.events.slice().reverse();
   if (!evs.length) {
-    tb.innerHTML = '<tr><td colspan="5" class="empty">' + (state.authError ? "not authorized" : "no events") + "</td></tr>";
+    setHTML(tb, '<tr><td colspan="5" class="empty">' + (state.authError ? "not authorized" : "no events") + "</td></tr>");
     return;
   }
-  tb.innerHTML = evs.map((e) =>
+  setHTML(tb, evs.map((e) =>
     '<tr data-kind="' + esc(e.kind) + '"><td class="mono">' + esc(fmtTime(e.time)) + "</td><td>" + esc(e.node) +
     "</td><td>" + esc(e.kind) + "</td><td>" + esc(e.resource || (e.fields && e.fields.subject) || "") +
-    "</td><td>" + esc(e.message) + "</td></tr>").join("");
+    "</td><td>" + esc(e.message) + "</td></tr>").join(""));
 }
 
 // ---------- actions ----------
