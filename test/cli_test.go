@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -415,6 +416,49 @@ func TestCLIVolumeAdmin(t *testing.T) {
 		t.Fatal("source changed by the clone")
 	}
 
+	// through an agent that is not the primary: passed on to it, with the
+	// caller's actor
+	other := "n1"
+	if v.Export.Node == "n1" {
+		other = "n2"
+	}
+	post := func(node, method, path string, body any) int {
+		t.Helper()
+		b, _ := json.Marshal(body)
+		req, _ := http.NewRequest(method, c.api(node)+path, bytes.NewReader(b))
+		req.Header.Set(cluster.ActorHeader, "tester@ci")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(other, "POST", "/v1/volumes/av1/snapshots", rm.SnapshotRequest{Name: "via-other"}); code != 201 {
+		t.Fatalf("snapshot through %s (primary %s): status %d", other, v.Export.Node, code)
+	}
+	if code := post(other, "DELETE", "/v1/volumes/av1/snapshots/via-other", nil); code != 200 {
+		t.Fatalf("snapshot delete through %s: status %d", other, code)
+	}
+	list = nil
+	if err := json.Unmarshal([]byte(ok("volume", "snapshot", "list", "av1", "--json").stdout), &list); err != nil || len(list) != 1 {
+		t.Fatalf("snapshots left after clone and delete (want only s1): %+v %v", list, err)
+	}
+
+	// a stopped volume: snapshot, shrink (--force) and grow back offline
+	ok("volume", "standby", "av1-s1")
+	c.waitFor("av1-s1 stopped", 60*time.Second, func() bool {
+		x := c.volume("av1-s1")
+		return x.Export == nil && x.State != nil && x.State.Primary == ""
+	})
+	ok("volume", "snapshot", "create", "av1-s1", "cold")
+	ok("volume", "resize", "av1-s1", "--size", "8M", "--force")
+	ok("volume", "active", "av1-s1")
+	cs = healthy("av1-s1", 3)
+	if cs.Spec.Size != 8*MiB || c.dial(cs).Size() != 8*MiB || !bytes.Equal(read(cs, 0, MiB), a) {
+		t.Fatalf("after an offline shrink: size %d", cs.Spec.Size)
+	}
+
 	// revert: refused while served; --restart stops, reverts, serves
 	fails(1, "is being served", "volume", "snapshot", "revert", "av1", "s1")
 	ok("volume", "snapshot", "create", "av1", "s3")
@@ -451,6 +495,15 @@ func TestCLIVolumeAdmin(t *testing.T) {
 		if e.Fields["by"] != "" && strings.Contains(e.Fields["by"], "@") {
 			seen[e.Kind] = true
 		}
+	}
+	forwarded := false
+	for _, e := range evs {
+		if e.Kind == "snapshot-created" && strings.HasPrefix(e.Fields["by"], "tester@ci") {
+			forwarded = true
+		}
+	}
+	if !forwarded {
+		t.Error("the snapshot passed on to the primary does not record the caller (tester@ci)")
 	}
 	for _, k := range []string{"volume-created", "snapshot-created", "snapshot-deleted", "volume-resized", "volume-cloned", "volume-reverted", "volume-changed"} {
 		if !seen[k] {

@@ -477,7 +477,9 @@ func (a *Agent) resizePrimary(ctx context.Context, name string, size int64) erro
 	}
 	old, epoch := p.size, p.epoch
 	a.stopPrimaryLocked(name, fmt.Sprintf("resizing from %d to %d bytes", old, size), true)
-	err = a.resizeReplicas(ctx, name, v.placement.Replicas, epoch, old, size)
+	rctx, cancel := context.WithTimeout(ctx, resizeTimeout)
+	defer cancel()
+	err = a.resizeReplicas(rctx, name, v.placement.Replicas, epoch, old, size)
 	if err == nil {
 		if _, err = a.changeSpec(ctx, name, func(s *Spec) error { s.Size = size; return nil }); err != nil {
 			a.resizeReplicas(context.WithoutCancel(ctx), name, v.placement.Replicas, epoch, size, old)
@@ -608,6 +610,13 @@ func (a *Agent) handleSnapCreate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, s)
 }
 
+// snapshotTimeout bounds how long a snapshot holds a volume's writes, and
+// resizeTimeout how long a resize keeps the volume unserved.
+const (
+	snapshotTimeout = 10 * time.Second
+	resizeTimeout   = 30 * time.Second
+)
+
 // takeSnapshot snapshots every in-sync replica at one point of the write
 // stream: on the primary, writes are quiesced around it; a stopped volume
 // has no writes.
@@ -617,9 +626,13 @@ func (a *Agent) takeSnapshot(ctx context.Context, v *volumeView, snap string) (S
 		s.Epoch = v.state.Epoch
 	}
 	take := func(nodes []string) error {
+		// Writes wait meanwhile: a replica's agent that does not answer
+		// soon fails the snapshot rather than the volume's writes.
+		tctx, cancel := context.WithTimeout(ctx, snapshotTimeout)
+		defer cancel()
 		var done []string
 		for _, n := range nodes {
-			if err := a.replicaCall(ctx, n, v.name, replicaOp{Op: "snapshot", Snapshot: snap}); err != nil {
+			if err := a.replicaCall(tctx, n, v.name, replicaOp{Op: "snapshot", Snapshot: snap}); err != nil {
 				for _, d := range done {
 					a.replicaCall(context.WithoutCancel(ctx), d, v.name, replicaOp{Op: "delete-snapshot", Snapshot: snap})
 				}
