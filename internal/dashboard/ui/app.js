@@ -439,18 +439,23 @@ function renderResources() {
     setHTML(tb, '<tr><td colspan="5" class="empty">no resources</td></tr>');
     return;
   }
-  const pick = (o, ...ks) => { for (const k of ks) if (o[k] != null && o[k] !== "") return o[k]; return ""; };
+  // ResourceInfo of GET /v1/resources: spec, health, running, assigned,
+  // blocked, status per node, failures per node, group
   setHTML(tb, rs.map((r) => {
     const spec = r.spec || {};
-    const status = r.status || r.state_info || {};
-    const name = pick(r, "name") || pick(spec, "name");
-    const kind = pick(r, "kind", "type", "agent") || pick(spec, "kind", "type", "agent");
-    let st = pick(r, "state", "health", "phase") || pick(status, "state", "health", "phase");
-    if (typeof st === "object") st = JSON.stringify(st);
-    const node = pick(r, "node", "running_on", "location", "primary") || pick(status, "node", "running_on", "location");
-    const msg = pick(r, "message", "reason", "error") || pick(status, "message", "reason", "error");
-    return '<tr data-resource="' + esc(name) + '"><td class="name">' + esc(name) + "</td><td>" + esc(kind) + "</td><td>" +
-      (st ? badge(st, String(st).toLowerCase()) : "") + "</td><td>" + esc(node) + '</td><td class="muted">' + esc(msg) + "</td></tr>";
+    const name = spec.name || r.name || "";
+    let kind = spec.type || "";
+    if (r.group) kind += " (in " + r.group + ")";
+    if ((spec.members || []).length) kind += ": " + spec.members.join(", ");
+    const health = r.health || "";
+    const where = (r.running || []).join(", ") || (r.assigned ? r.assigned.node + " (assigned)" : "");
+    const notes = [];
+    if (r.blocked) notes.push(r.blocked.reason);
+    for (const [node, f] of Object.entries(r.failures || {})) if (f && f.count) notes.push("fail count " + f.count + " on " + node);
+    for (const [node, st] of Object.entries(r.status || {})) if (st && st.message && st.state !== "running") notes.push(node + ": " + st.message);
+    if (!notes.length && r.assigned && r.assigned.reason) notes.push(r.assigned.reason);
+    return '<tr data-resource="' + esc(name) + '" data-health="' + esc(health) + '"><td class="name">' + esc(name) + "</td><td>" + esc(kind) +
+      "</td><td>" + (health ? badge(health) : "") + "</td><td>" + esc(where) + '</td><td class="muted">' + esc(notes.join("; ")) + "</td></tr>";
   }).join(""));
 }
 
