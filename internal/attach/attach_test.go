@@ -324,3 +324,49 @@ func TestExt4OnFileViewAcrossFailover(t *testing.T) {
 		t.Fatalf("failovers %d", f.Failovers())
 	}
 }
+
+// TestFollowerAcrossResize: when the volume grows (its export comes back
+// larger), the follower reattaches and keeps its size; an export smaller
+// than the attached size is refused (a pause, then EIO), never read.
+func TestFollowerAcrossResize(t *testing.T) {
+	srv := nbd.NewServer(quiet)
+	sock := filepath.Join(shortDir(t), "export.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	serve := func(size int64) {
+		d := device.NewMemory(size)
+		if err := d.WriteAt([]byte("hacs"), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		srv.RemoveExport("vol")
+		if err := srv.AddExport(nbd.Export{Name: "vol", Device: d}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serve(1 << 20)
+	resolve := func(ctx context.Context) (Target, error) {
+		return Target{Network: "unix", Addr: sock, Export: "vol", Epoch: 1}, nil
+	}
+	f, err := NewFollower(context.Background(), resolve, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.MaxPause = 500 * time.Millisecond
+	buf := make([]byte, 4)
+	serve(2 << 20) // grown: the connection is cut, the export is larger
+	if err := f.ReadAt(buf, 0); err != nil || string(buf) != "hacs" {
+		t.Fatalf("read after the volume grew: %q %v", buf, err)
+	}
+	if f.Size() != 1<<20 {
+		t.Fatalf("size %d after growth: want the attached size", f.Size())
+	}
+	serve(512 << 10)
+	if err := f.ReadAt(buf, 0); err == nil {
+		t.Fatal("read through an export smaller than the attached device")
+	}
+}
