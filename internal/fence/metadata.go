@@ -128,7 +128,7 @@ func (m *Metadata) Check(d Device) error {
 func (m *Metadata) names() []string {
 	var out []string
 	for _, p := range m.Parameters {
-		if p.Deprecated == "1" || slices.Contains(suppliedByHacs, p.Name) {
+		if p.Deprecated == "1" || slices.Contains(suppliedByHacs, p.Name) || p.Name == "help" || p.Name == "version" {
 			continue
 		}
 		out = append(out, p.Name)
