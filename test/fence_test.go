@@ -1,17 +1,12 @@
 package test
 
 import (
-	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/fence"
@@ -35,39 +30,6 @@ exit 1
 	return dir
 }
 
-// holdResource is the stand-in for a resource without data-path fencing
-// running on node: a hold of that node's current incarnation.
-func holdResource(t *testing.T, c *rmCluster, node, resource string) int64 {
-	t.Helper()
-	var m cluster.Membership
-	if _, err := c.call("GET", "/v1/nodes", nil, &m); err != nil {
-		t.Fatal(err)
-	}
-	ni, ok := m.Node(node)
-	if !ok || ni.Alive == nil {
-		t.Fatalf("node %s not online", node)
-	}
-	var client string
-	for name, p := range c.ports {
-		if !c.procs[name].exited() && name != node {
-			client = p[2]
-			break
-		}
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + client}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	b, _ := json.Marshal(fence.Hold{Node: node, Resource: resource, Lease: ni.Alive.LeaseID, Since: time.Now()})
-	if _, err := cli.Put(ctx, fence.HoldKey(node, resource), string(b)); err != nil {
-		t.Fatal(err)
-	}
-	return ni.Alive.LeaseID
-}
-
 func (c *rmCluster) fenceRecord(node string) fence.Record {
 	var r fence.Record
 	c.call("GET", "/v1/fence/nodes/"+node, nil, &r)
@@ -82,20 +44,30 @@ func (c *rmCluster) eventsOf(kind, node string) []cluster.Event {
 	return slices.DeleteFunc(out.Events, func(e cluster.Event) bool { return e.Fields["node"] != node })
 }
 
+// startedAfter returns the first resource-started event of resource after t.
+func (c *resCluster) startedAfter(resource string, t time.Time) (cluster.Event, bool) {
+	for _, e := range c.events(resource) {
+		if e.Kind == "resource-started" && e.Time.After(t) {
+			return e, true
+		}
+	}
+	return cluster.Event{}, false
+}
+
 // TestFenceLostNodeThroughAgents: three real agents; fence devices and
 // levels configured with the CLI (checked against the agents' metadata);
-// a node holding a resource without data-path fencing is SIGKILLed and the
-// DC fences it — level 1 fails, level 2 (Debian's fence_dummy) succeeds —
-// exactly once, and the node rejoins cleanly afterwards. Then a node whose
-// every level fails stays "fence failed" (cluster status says why, retried
-// with backoff) until an operator adds a working level.
-//
-// Until the resource planner's resources are wired to the fence controller,
-// the stand-in for "node ran a floating IP" is a hold of its incarnation.
+// the node running an OCF Dummy service (Debian's pacemaker agent, requires
+// fencing) is SIGKILLed and the DC fences it — level 1 fails, level 2
+// (Debian's fence_dummy) succeeds — exactly once; only then is the service
+// started elsewhere, and the node rejoins cleanly. Then a node whose every
+// level fails stays "fence failed": its service stays down, never started
+// twice, and cluster status says why, until an operator adds a working
+// level.
 func TestFenceLostNodeThroughAgents(t *testing.T) {
 	requireTools(t, "fence_dummy")
 	agents := fenceTestAgents(t)
-	c := newRMCluster(t, 3, "--fence-agent-dir", agents)
+	c := newResCluster(t, 3, "--fence-agent-dir", agents)
+	c.dumpOnFailure(t, "svc3", "svc2")
 	hacs := func(args ...string) result {
 		return runCmd(t, hacsBin, append([]string{"--cluster", c.ports["n1"][0] + "," + c.ports["n2"][0]}, args...)...)
 	}
@@ -127,18 +99,30 @@ func TestFenceLostNodeThroughAgents(t *testing.T) {
 	}
 	fails("Unable to connect", "fence", "test", "broken")
 
-	// n3 runs a resource that needs fencing, and is killed.
-	lease3 := holdResource(t, c, "n3", "ip1")
+	// svc3 (no data-path fencing) runs on n3, whose agent is killed.
+	fast := map[string]any{"monitor_interval": "1s"}
+	on := func(node string) map[string]any {
+		return map[string]any{"prefer": []string{node}, "stickiness": 5000}
+	}
+	c.mustDo("POST", "/v1/resources", map[string]any{"name": "svc3", "type": "ocf:pacemaker:Dummy", "ops": fast, "constraints": on("n3")}, 201)
+	if got := c.waitRunning("svc3", 30*time.Second); got != "n3" {
+		t.Fatalf("svc3 on %s, want n3", got)
+	}
+	var nodes cluster.Membership
+	c.call("GET", "/v1/nodes", nil, &nodes)
+	n3, _ := nodes.Node("n3")
+	lease3 := n3.Alive.LeaseID
 	c.kill("n3")
 	killed := time.Now()
-	var rec fence.Record
-	c.waitFor("n3 fenced", 60*time.Second, func() bool {
-		rec = c.fenceRecord("n3")
-		return rec.State == fence.StateFenced && rec.Lease == lease3
-	})
-	t.Logf("n3 fenced %v after SIGKILL (lease TTL 2s): %+v", time.Since(killed).Round(time.Millisecond), rec)
-	if rec.Method != fence.MethodDevice || rec.Level != 2 || !slices.Equal(rec.Devices, []string{"dummy3"}) || rec.Attempts != 1 {
+	moved := c.waitRunning("svc3", 60*time.Second, "n3")
+	rec := c.fenceRecord("n3")
+	t.Logf("n3 fenced %v after SIGKILL (lease TTL 2s); svc3 started on %s %v after it", rec.Confirmed.Sub(killed).Round(time.Millisecond), moved, time.Since(killed).Round(time.Millisecond))
+	if rec.State != fence.StateFenced || rec.Lease != lease3 || rec.Method != fence.MethodDevice || rec.Level != 2 ||
+		!slices.Equal(rec.Devices, []string{"dummy3"}) || rec.Attempts != 1 || !slices.Contains(rec.Resources, "svc3") {
 		t.Fatalf("record %+v", rec)
+	}
+	if ev, ok := c.startedAfter("svc3", killed); !ok || ev.Time.Before(rec.Confirmed) {
+		t.Fatalf("svc3 started at %v, before n3 was confirmed fenced at %v", ev.Time, rec.Confirmed)
 	}
 	if b, _ := os.ReadFile(status3); strings.TrimSpace(string(b)) != "on" {
 		t.Errorf("fence_dummy's status after a reboot: %q", b)
@@ -153,10 +137,11 @@ func TestFenceLostNodeThroughAgents(t *testing.T) {
 		t.Errorf("cluster status does not show the fencing:\n%s", out)
 	}
 
-	// n3 comes back: it rejoins; the loss stays fenced, nothing is fenced again.
-	c.start("n3")
+	// n3 comes back: it rejoins, its probe stops what the killed agent
+	// left, and nothing is fenced again.
+	c.startNode("n3", "--fence-agent-dir", agents)
 	c.waitOnline(3)
-	time.Sleep(2 * time.Second)
+	c.waitFor("svc3 only on "+moved, 30*time.Second, func() bool { return slices.Equal(c.stateFiles("Dummy", "svc3"), []string{moved}) })
 	if r := c.fenceRecord("n3"); r.Attempts != 1 || r.State != fence.StateFenced || r.Lease != lease3 {
 		t.Fatalf("after the rejoin: %+v", r)
 	}
@@ -164,24 +149,40 @@ func TestFenceLostNodeThroughAgents(t *testing.T) {
 		t.Fatalf("%d fence-started events for n3's one loss", n)
 	}
 
-	// n2's only level fails: it stays unfenced, and the cluster says why.
+	// n2's only level fails: svc2 stays down and the cluster says why.
 	ok("fence", "level", "add", "n2", "broken")
-	lease2 := holdResource(t, c, "n2", "web")
+	c.mustDo("POST", "/v1/resources", map[string]any{"name": "svc2", "type": "ocf:pacemaker:Dummy", "ops": fast, "constraints": on("n2")}, 201)
+	if got := c.waitRunning("svc2", 30*time.Second); got != "n2" {
+		t.Fatalf("svc2 on %s, want n2", got)
+	}
 	c.kill("n2")
+	killed = time.Now()
 	c.waitFor("n2 fence failed twice", 60*time.Second, func() bool {
 		r := c.fenceRecord("n2")
-		return r.State == fence.StateFailed && r.Attempts >= 2 && r.Lease == lease2
+		return r.State == fence.StateFailed && r.Attempts >= 2
 	})
+	time.Sleep(2 * time.Second)
+	if files := c.stateFiles("Dummy", "svc2"); !slices.Equal(files, []string{"n2"}) {
+		t.Fatalf("svc2 started elsewhere while n2 is not fenced: state files on %v", files)
+	}
+	if _, started := c.startedAfter("svc2", killed); started {
+		t.Fatal("svc2 started while n2 is not fenced")
+	}
 	out := hacs("cluster", "status").stdout
 	if !strings.Contains(out, "fencing of node n2 failed") || !strings.Contains(out, "Unable to connect") {
 		t.Errorf("cluster status does not say why n2 is not fenced:\n%s", out)
 	}
-	// the operator adds a working level: the next retry fences n2
+	// the operator adds a working level: the next retry fences n2, then
+	// svc2 starts elsewhere
 	status2 := filepath.Join(agents, "n2.status")
 	ok("fence", "device", "add", "dummy2", "--agent", "fence_dummy", "--param", "type=file", "--param", "status_file="+status2, "--host-map", "n2:blade2")
 	ok("fence", "level", "add", "n2", "dummy2")
-	c.waitFor("n2 fenced", 90*time.Second, func() bool { r := c.fenceRecord("n2"); return r.State == fence.StateFenced })
-	if r := c.fenceRecord("n2"); r.Level != 2 || r.Lease != lease2 {
-		t.Fatalf("n2: %+v", r)
+	moved2 := c.waitRunning("svc2", 90*time.Second, "n2")
+	r2 := c.fenceRecord("n2")
+	if r2.State != fence.StateFenced || r2.Level != 2 {
+		t.Fatalf("n2: %+v", r2)
+	}
+	if ev, _ := c.startedAfter("svc2", killed); ev.Time.Before(r2.Confirmed) {
+		t.Fatalf("svc2 started on %s at %v, before n2 was fenced at %v", moved2, ev.Time, r2.Confirmed)
 	}
 }

@@ -58,8 +58,8 @@ type Controller struct {
 	// planner named by node only).
 	leases map[string]int64
 	// gone remembers when this controller saw a node's lease go.
-	gone   map[string]goneAt
-	poke   chan struct{}
+	gone map[string]goneAt
+	poke chan struct{}
 	// minRev is the revision of this controller's last write: rounds wait
 	// until the cache has it, so that no decision is taken on a record
 	// older than its own write.
@@ -68,8 +68,8 @@ type Controller struct {
 	// term of the last call, term the current one.
 	required           bool
 	requiredTerm, term int64
-	wg     sync.WaitGroup
-	timers map[string]time.Time
+	wg                 sync.WaitGroup
+	timers             map[string]time.Time
 }
 
 type goneAt struct {
@@ -95,7 +95,7 @@ func NewController(cfg Config) *Controller {
 		cfg.Logger = slog.Default()
 	}
 	return &Controller{cfg: cfg, node: cfg.Node, log: cfg.Logger.With("component", "fence"), running: map[string]bool{},
-		leases: map[string]int64{}, gone: map[string]goneAt{}, poke: make(chan struct{}, 1), timers: map[string]time.Time{}}
+		leases: map[string]int64{}, gone: map[string]goneAt{}, poke: make(chan struct{}, 1)}
 }
 
 // Runner returns the controller's agent runner.
@@ -168,7 +168,7 @@ func (c *Controller) Run(ctx context.Context) {
 			for _, err := range errs {
 				c.log.Warn("fencing state", "err", err)
 			}
-			c.round(l, view, members)
+			c.round(l, view)
 		}
 		select {
 		case <-ctx.Done():
@@ -207,7 +207,7 @@ type want struct {
 	req *Request
 }
 
-func (c *Controller) wanted(view View, members cluster.Membership) map[string]want {
+func (c *Controller) wanted(view View) map[string]want {
 	c.mu.Lock()
 	needs := slices.Clone(c.needs)
 	leases := maps.Clone(c.leases)
@@ -219,9 +219,9 @@ func (c *Controller) wanted(view View, members cluster.Membership) map[string]wa
 		}
 		if old, ok := out[w.Node]; ok {
 			if old.req != nil || old.Lease != w.Lease {
-				return // the oldest need first; the next round sees the rest
+				return // one loss per node at a time: the next round sees the rest
 			}
-			old.Resources = append(old.Resources, w.Resources...)
+			old.Resources = slices.Concat(old.Resources, w.Resources)
 			if !strings.Contains(old.Reason, w.Reason) {
 				old.Reason += "; " + w.Reason
 			}
@@ -238,21 +238,6 @@ func (c *Controller) wanted(view View, members cluster.Membership) map[string]wa
 	for _, n := range needs {
 		add(want{Need: n})
 	}
-	// holds of incarnations that are gone
-	for node, hs := range view.Holds {
-		cur := int64(0)
-		if ni, ok := members.Node(node); ok && ni.Online && ni.Alive != nil {
-			cur = ni.Alive.LeaseID
-		}
-		names := slices.Sorted(maps.Keys(hs))
-		for _, res := range names {
-			h := hs[res]
-			if h.Lease == cur {
-				continue
-			}
-			add(want{Need: Need{Node: node, Lease: h.Lease, Reason: fmt.Sprintf("it ran %s and was lost without a clean stop", res), Resources: []string{res}}})
-		}
-	}
 	return out
 }
 
@@ -263,11 +248,11 @@ func orDefault(s, d string) string {
 	return s
 }
 
-func (c *Controller) round(l cluster.Leadership, view View, members cluster.Membership) {
+func (c *Controller) round(l cluster.Leadership, view View) {
 	c.mu.Lock()
 	c.term = l.Term
 	c.mu.Unlock()
-	ws := c.wanted(view, members)
+	ws := c.wanted(view)
 	now := time.Now()
 	for node, w := range ws {
 		rec, has := view.Records[node]
@@ -369,18 +354,12 @@ func fields(node string, lease int64, extra ...string) map[string]string {
 }
 
 // release returns the ops that end what a confirmed fencing covers: the
-// holds of the fenced incarnation and the manual request.
+// manual request.
 func release(w want, view View) []clientv3.Op {
-	var ops []clientv3.Op
-	for res, h := range view.Holds[w.Node] {
-		if h.Lease == w.Lease {
-			ops = append(ops, clientv3.OpDelete(HoldKey(w.Node, res)))
-		}
-	}
 	if w.req != nil {
-		ops = append(ops, clientv3.OpDelete(RequestKey(w.Node)))
+		return []clientv3.Op{clientv3.OpDelete(RequestKey(w.Node))}
 	}
-	return ops
+	return nil
 }
 
 // attempt runs one fencing attempt of w.Node.

@@ -19,7 +19,6 @@ const (
 	PrefixLevels   = Prefix + "levels/"
 	PrefixNodes    = Prefix + "nodes/"
 	PrefixRequests = Prefix + "requests/"
-	PrefixHolds    = Prefix + "holds/"
 )
 
 // DeviceKey holds a Device (written by the API).
@@ -35,21 +34,6 @@ func RecordKey(node string) string { return PrefixNodes + node }
 // RequestKey holds a manual fencing Request (written by the API, consumed by
 // the DC).
 func RequestKey(node string) string { return PrefixRequests + node }
-
-// HoldKey records that resource runs (or may run) on node, started by the
-// node incarnation of a given lease (written by that node; deleted after a
-// clean stop, or by the DC once that incarnation is fenced).
-func HoldKey(node, resource string) string { return PrefixHolds + node + "/" + resource }
-
-// Hold is a resource without data-path fencing held by one node
-// incarnation: while it exists and that incarnation is gone, the node must
-// be fenced before the resource runs anywhere else.
-type Hold struct {
-	Node     string    `json:"node"`
-	Resource string    `json:"resource"`
-	Lease    int64     `json:"lease,string"`
-	Since    time.Time `json:"since"`
-}
 
 // Actions of the fence-agent protocol.
 const (
@@ -246,8 +230,6 @@ type View struct {
 	Levels   map[string]Levels
 	Records  map[string]Record
 	Requests map[string]Request
-	// Holds by node, then resource.
-	Holds map[string]map[string]Hold
 	// Revs are the keys' ModRevisions (for conditioned writes).
 	Revs map[string]int64
 }
@@ -256,7 +238,7 @@ type View struct {
 // skipped.
 func Decode(snap cluster.Snapshot) (View, []error) {
 	v := View{Devices: map[string]Device{}, Levels: map[string]Levels{}, Records: map[string]Record{},
-		Requests: map[string]Request{}, Holds: map[string]map[string]Hold{}, Revs: map[string]int64{}}
+		Requests: map[string]Request{}, Revs: map[string]int64{}}
 	var errs []error
 	keys := make([]string, 0, len(snap.KVs))
 	for k := range snap.KVs {
@@ -286,16 +268,6 @@ func Decode(snap cluster.Snapshot) (View, []error) {
 			var r Request
 			if err = json.Unmarshal(kv.Value, &r); err == nil {
 				v.Requests[strings.TrimPrefix(k, PrefixRequests)] = r
-			}
-		case strings.HasPrefix(k, PrefixHolds):
-			var h Hold
-			if err = json.Unmarshal(kv.Value, &h); err == nil {
-				node, res, _ := strings.Cut(strings.TrimPrefix(k, PrefixHolds), "/")
-				h.Node, h.Resource = node, res
-				if v.Holds[node] == nil {
-					v.Holds[node] = map[string]Hold{}
-				}
-				v.Holds[node][res] = h
 			}
 		default:
 			continue
