@@ -172,8 +172,14 @@ func TestDashboardBrowser(t *testing.T) {
 	dc := eval[string](t, ctx, `document.getElementById("dc-name").textContent`)
 	url := eval[string](t, ctx, `location.href`)
 	if !strings.HasSuffix(url, "/ui/") || dc == "" || dc == "none" {
-		t.Errorf("page %s shows DC %q", url, dc)
+		t.Fatalf("page %s shows DC %q", url, dc)
 	}
+	// the DC exports the resource's state as the page shows it
+	c.waitFor("the resource's metrics on the DC", 10*time.Second, func() bool {
+		m := scrape(t, c.api(dc))
+		return m[`hacs_cluster_resource_health{health="running",resource="dummy1"}`] == 1 &&
+			m[`hacs_cluster_resource_health{health="failed",resource="dummy1"}`] == 0 && m[`hacs_cluster_resource_running_nodes{resource="dummy1"}`] == 1
+	})
 	screenshot(t, ctx, filepath.Join(arts, "dashboard-before-failover.png"))
 
 	// Standby of the primary's node with the page's button: the page

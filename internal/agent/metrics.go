@@ -116,6 +116,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descLeaseExpired, descSelfFences, descLastRenewal, descDCElections, descDCSeen} {
 		ch <- d
 	}
+	for _, d := range resourceDescs {
+		ch <- d
+	}
 }
 
 func b2f(b bool) float64 {
@@ -163,6 +166,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 	if a.node.IsDC() {
 		a.collectCluster(gauge, counter)
+		a.collectResources(gauge)
 	}
 
 	type served struct {

@@ -388,7 +388,7 @@ function replicaRows(v, d) {
       extra = '<span class="pct">' + esc(human(r.out_of_sync_bytes)) + " to resync</span>";
     }
     if (r && !r.connected && !r.local) extra += ' <span class="pct">not connected</span>';
-    if (r && r.last_error) extra += ' <span class="pct" title="' + esc(r.last_error) + '">error</span>';
+    if (r && r.last_error && st !== "in-sync") extra += ' <span class="pct" title="' + esc(r.last_error) + '">last error: ' + esc(r.last_error.length > 60 ? r.last_error.slice(0, 57) + "…" : r.last_error) + "</span>";
     return '<div class="replica" data-replica="' + esc(id) + '" data-replica-state="' + esc(st) + '">' +
       '<span class="rname">' + esc(id) + "</span>" + badge(st) +
       (id === primary ? '<span class="primary-mark">primary</span>' : "") + extra + "</div>";
