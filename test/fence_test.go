@@ -185,4 +185,38 @@ func TestFenceLostNodeThroughAgents(t *testing.T) {
 	if ev, _ := c.startedAfter("svc2", killed); ev.Time.Before(r2.Confirmed) {
 		t.Fatalf("svc2 started on %s at %v, before n2 was fenced at %v", moved2, ev.Time, r2.Confirmed)
 	}
+
+	// on-fail=fence: the monitor of svc1 fails on a node that is online;
+	// the DC has that node fenced (its lease revoked, its levels run) and
+	// svc1 starts again only afterwards.
+	c.startNode("n2", "--fence-agent-dir", agents)
+	c.waitOnline(3)
+	var st cluster.Status
+	c.call("GET", "/v1/status", nil, &st)
+	target := otherThan([]string{"n3", "n2", "n1"}, st.Leadership.DC)
+	c.mustDo("POST", "/v1/resources", map[string]any{"name": "svc1", "type": "ocf:pacemaker:Dummy", "ops": fast, "on_fail": "fence", "constraints": on(target)}, 201)
+	if got := c.waitRunning("svc1", 30*time.Second); got != target {
+		t.Fatalf("svc1 on %s, want %s", got, target)
+	}
+	c.call("GET", "/v1/nodes", nil, &nodes)
+	ti, _ := nodes.Node(target)
+	leaseT := ti.Alive.LeaseID
+	failed := time.Now()
+	if err := os.Remove(filepath.Join(c.varrun[target], "Dummy-svc1.state")); err != nil {
+		t.Fatal(err)
+	}
+	var rt fence.Record
+	c.waitFor(target+" fenced for on-fail=fence", 60*time.Second, func() bool {
+		rt = c.fenceRecord(target)
+		return rt.State == fence.StateFenced && rt.Lease == leaseT
+	})
+	if rt.Manual || !strings.Contains(rt.Reason, "on-fail=fence") {
+		t.Errorf("record %+v", rt)
+	}
+	c.waitRunning("svc1", 60*time.Second)
+	if ev, ok := c.startedAfter("svc1", failed); !ok || ev.Time.Before(rt.Confirmed) {
+		t.Fatalf("svc1 started again at %v, before %s was fenced at %v", ev.Time, target, rt.Confirmed)
+	}
+	t.Logf("on-fail=fence: %s fenced by %s level %d %v after the monitor failure", target, rt.Method, rt.Level, rt.Confirmed.Sub(failed).Round(time.Millisecond))
+	c.waitOnline(3) // the fenced node serves again with a new lease
 }

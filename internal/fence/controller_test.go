@@ -217,4 +217,19 @@ func TestControllerFencesLostNodes(t *testing.T) {
 	if rec := record("c2"); rec.Attempts != attempts || rec.State != StateCancelled {
 		t.Fatalf("retried after the need was withdrawn: %+v", rec)
 	}
+
+	// 4. on-fail=fence of the DC's own node: it does not power itself off;
+	// it gives up its lease (and so the DC role), and the next DC, whose
+	// planner names the same loss, fences it.
+	lease1 := n1.ServingStatus().LeaseID
+	for _, c := range ctls {
+		c.Require([]Need{{Node: "c1", Lease: lease1, Reason: "on-fail=fence on the DC"}})
+	}
+	waitFor(t, 15*time.Second, "c1 fenced by the next DC", func() bool { v, _ := ctls[1].View(); return v.Fenced("c1", lease1) })
+	v, _ = ctls[1].View()
+	rec, _ = v.Record("c1")
+	if rec.DC == "c1" || rec.Method != MethodLease || rec.Attempts != 2 {
+		t.Fatalf("record %+v", rec)
+	}
+	waitFor(t, 10*time.Second, "c1 serving again", func() bool { return n1.IsServing() && n1.ServingStatus().LeaseID != lease1 })
 }
