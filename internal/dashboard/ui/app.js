@@ -144,13 +144,16 @@ async function load() {
   if (nodes.status === "fulfilled") state.nodes = nodes.value; else note(nodes.reason);
   if (vols.status === "fulfilled") {
     state.volumes = vols.value || [];
-    // the details hold the primary's view: replica states, resync progress
-    const infos = await Promise.allSettled(state.volumes.slice(0, 100).map((v) =>
+    // The details hold the primary's view (replica states, resync
+    // progress): asked for the volumes that are not all in sync only, so
+    // that a large cluster costs few requests.
+    const want = state.volumes.filter((v) => v.health !== "ok" && v.health !== "stopped").slice(0, 50);
+    const infos = await Promise.allSettled(want.map((v) =>
       api("GET", "/v1/volumes/" + encodeURIComponent(v.spec.name))));
     const details = {};
     infos.forEach((r, i) => {
-      if (r.status === "fulfilled") details[state.volumes[i].spec.name] = r.value;
-      else note(r.reason);
+      if (r.status === "fulfilled") details[want[i].spec.name] = r.value;
+      else if (r.reason.status !== 404) note(r.reason);
     });
     state.details = details;
   } else {
