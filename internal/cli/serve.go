@@ -117,7 +117,7 @@ Pre-shared keys (nbdkit's --tls-psk) are not supported: Go's TLS has no PSK.`,
 	cmd.Flags().StringVar(&desc, "description", "", "export description shown to clients")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes")
 	cmd.Flags().StringVar(&poolDir, "pool", "", "export VOLUME of the storage pool in this directory instead of a file")
-	tlsf.register(cmd.Flags(), "", "off", "NBD")
+	tlsf.register(cmd.Flags(), "", "", "NBD")
 	return cmd
 }
 

@@ -25,7 +25,7 @@ type tlsServerFlags struct {
 func (f *tlsServerFlags) register(fs *pflag.FlagSet, prefix, defaultMode, what string) {
 	f.prefix = prefix
 	p := "--" + prefix
-	fs.StringVar(&f.mode, prefix+"tls", defaultMode, what+" TLS: off, on (plaintext or TLS) or require (plaintext clients refused)")
+	fs.StringVar(&f.mode, prefix+"tls", defaultMode, what+" TLS: off, on (plaintext or TLS) or require (plaintext clients refused); default: on when a certificate is given, else off")
 	fs.StringVar(&f.dir, prefix+"tls-certificates", "", "directory with ca-cert.pem, server-cert.pem and server-key.pem (nbdkit/qemu layout)")
 	fs.StringVar(&f.cert, prefix+"tls-cert", "", "server certificate (PEM; overrides "+p+"tls-certificates)")
 	fs.StringVar(&f.key, prefix+"tls-key", "", "server private key (PEM; overrides "+p+"tls-certificates)")
@@ -73,7 +73,14 @@ func (f *tlsServerFlags) config() (*tls.Config, nbd.TLSPolicy, error) {
 	if !certGiven {
 		return nil, 0, fmt.Errorf("--%[1]stls %[2]s needs a certificate: --%[1]stls-certificates DIR or --%[1]stls-cert and --%[1]stls-key", f.prefix, f.mode)
 	}
-	cfg, err := f.files().ServerConfig(f.verifyPeer)
+	files := f.files()
+	if f.dir != "" && (files.Cert == "" || files.Key == "") && (f.cert == "" || f.key == "") {
+		return nil, 0, fmt.Errorf("--%stls-certificates %s: no server-cert.pem and server-key.pem there", f.prefix, f.dir)
+	}
+	if f.verifyPeer && files.CA == "" {
+		return nil, 0, fmt.Errorf("--%stls-verify-peer needs the CA of the client certificates: ca-cert.pem in --%[1]stls-certificates or --%[1]stls-ca", f.prefix)
+	}
+	cfg, err := files.ServerConfig(f.verifyPeer)
 	if err != nil {
 		return nil, 0, fmt.Errorf("TLS: %w", err)
 	}

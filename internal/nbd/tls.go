@@ -43,7 +43,7 @@ func ParseTLSPolicy(s string) (TLSPolicy, error) {
 	case "required", "require":
 		return TLSRequired, nil
 	}
-	return TLSDefault, fmt.Errorf("unknown TLS policy %q (want off, allowed or required)", s)
+	return TLSDefault, fmt.Errorf("unknown TLS policy %q (want off, on/allowed or require/required)", s)
 }
 
 func (p TLSPolicy) String() string {
