@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/hacs/hacs/internal/cluster"
 )
 
@@ -193,6 +195,36 @@ func TestControllerFencesLostNodes(t *testing.T) {
 		evs := events(t, n1, EventSucceeded, "c3")
 		return len(evs) == 1 && evs[0].Fields["level"] == "2" && evs[0].Fields["device"] == "dummy"
 	})
+
+	// the DC reports it in its metrics
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(dc.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += "," + l.GetName() + "=" + l.GetValue()
+			}
+			got[key] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	for key, want := range map[string]float64{
+		"hacs_fence_node_state,node=c3,state=fenced":                               1,
+		"hacs_fence_node_state,node=c3,state=failed":                               0,
+		"hacs_fence_attempts,node=c3":                                              1,
+		"hacs_fence_devices":                                                       2,
+		"hacs_fence_agent_runs_total,action=reboot,agent=fence_fail,result=failed": 1,
+		"hacs_fence_agent_runs_total,action=reboot,agent=fence_dummy,result=ok":    1,
+	} {
+		if got[key] != want {
+			t.Errorf("metric %s = %v, want %v (all: %v)", key, got[key], want, got)
+		}
+	}
 
 	// 3. every level fails: the node stays unfenced, retried with backoff,
 	// fence-failed each time; then nobody needs it: cancelled.

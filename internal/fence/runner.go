@@ -35,8 +35,9 @@ type Runner struct {
 	// Dirs are searched in order for an agent (default DefaultAgentDirs).
 	Dirs []string
 
-	mu   sync.Mutex
-	meta map[string]*Metadata
+	mu    sync.Mutex
+	meta  map[string]*Metadata
+	stats runStats
 }
 
 // NewRunner returns a runner that looks agents up in dirs (nil: the
@@ -298,5 +299,6 @@ func (r *Runner) Run(ctx context.Context, d Device, action, node string) Result 
 	}
 	res := r.Exec(ctx, d.Agent, action, params, d.ActionTimeout())
 	res.Device = d.Name
+	r.stats.add(d.Agent, action, res.OK())
 	return res
 }
