@@ -1,9 +1,11 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -247,6 +249,8 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	t.Logf("snapshot made by the page: %s on %v by %q", snaps[0].Name, snaps[0].Replicas, snaps[0].By)
 
+	testCloneProgress(t, c, viewer)
+
 	testDashboardToken(t, ctx, c.api(viewer), arts)
 }
 
@@ -313,4 +317,81 @@ func screenshot(t *testing.T, ctx context.Context, path string) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", path)
+}
+
+// testCloneProgress clones a volume full of data with the real CLI while
+// polling GET /v1/clones/NEW on the agent the CLI asks (it coordinates the
+// copies): the progress only goes forward, within the three copies' total,
+// and ends.
+func testCloneProgress(t *testing.T, c *rmCluster, agentName string) {
+	v := c.volume("vol")
+	cl := c.dial(v)
+	buf := bytes.Repeat([]byte("clone me"), (1<<20)/8)
+	for off := int64(0); off < 32<<20; off += int64(len(buf)) {
+		if err := cl.WriteAt(buf, off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	polled := make(chan []rm.CloneProgress)
+	go func() {
+		var seen []rm.CloneProgress
+		defer func() { polled <- seen }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var p rm.CloneProgress
+			if code, err := c.callOn(agentName, "GET", "/v1/clones/vol-copy", nil, &p); err == nil && code == 200 && p.Running {
+				seen = append(seen, p)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	r := runCmdTimeout(t, 60*time.Second, hacsBin, "volume", "clone", "vol", "vol-copy", "--cluster", c.ports[agentName][0])
+	close(stop)
+	seen := <-polled
+	if r.code != 0 || !strings.Contains(r.stdout, "created vol-copy from vol") || strings.Contains(r.stderr, "\x1b") {
+		t.Fatalf("clone: %v", r)
+	}
+	var last int64
+	for _, p := range seen {
+		if p.Total != 3*(32<<20) || p.Done < last || p.Done > p.Total {
+			t.Errorf("clone progress went wrong: %+v after %d done (%d samples: %+v)", p, last, len(seen), seen)
+			break
+		}
+		last = p.Done
+	}
+	t.Logf("clone progress: %d samples while it ran, the last %d of %d bytes; the CLI's stderr: %q", len(seen), last, 3*(32<<20), r.stderr)
+	var after rm.CloneProgress
+	if code, err := c.callOn(agentName, "GET", "/v1/clones/vol-copy", nil, &after); err != nil || code != 200 || after.Running {
+		t.Errorf("clone progress after the clone: %d %v %+v", code, err, after)
+	}
+}
+
+// callOn asks one agent.
+func (c *rmCluster) callOn(name, method, path string, body, out any) (int, error) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.api(name)+path, rd)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if out != nil && resp.StatusCode/100 == 2 {
+		return resp.StatusCode, json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode, nil
 }

@@ -315,21 +315,23 @@ func (a *Agent) replicaOp(volume string, op replicaOp) error {
 		a.mu.Lock()
 		a.creating[op.New] = time.Now()
 		a.mu.Unlock()
+		run, endCopy := a.clones.startCopy(op.New) // progress: GET /v1/clones/NEW
 		err := a.host.Use(volume, 0, func(d device.Device) error {
 			v, err := admin(d)
 			if err != nil {
 				return err
 			}
-			err = v.Clone(op.Snapshot, op.New)
+			err = cloneCopy(v, op.Snapshot, op.New, run)
 			if errors.Is(err, fs.ErrExist) {
 				// A leftover replica of a destroyed volume of that name
 				// (the cluster has no such volume).
 				if err = a.cfg.Pool.DeleteVolume(op.New); err == nil {
-					err = v.Clone(op.Snapshot, op.New)
+					err = cloneCopy(v, op.Snapshot, op.New, run)
 				}
 			}
 			return err
 		})
+		endCopy()
 		if err != nil {
 			return err
 		}
@@ -931,8 +933,12 @@ func (a *Agent) handleClone(w http.ResponseWriter, r *http.Request) {
 	// the new end is gone from its snapshots too).
 	size := min(s.Size, src.spec.Size)
 	var done []string
+	plan, endPlan := a.clones.startPlan(req.Name, nodes, size) // progress: GET /v1/clones/NEW
+	defer endPlan()
 	for _, n := range nodes {
-		if err := a.replicaCall(ctx, n, src.name, replicaOp{Op: "clone", Snapshot: snap, New: req.Name, Size: size}); err != nil {
+		err := a.replicaCall(ctx, n, src.name, replicaOp{Op: "clone", Snapshot: snap, New: req.Name, Size: size})
+		plan.finish(n)
+		if err != nil {
 			a.log.Warn("clone", "volume", src.name, "node", n, "err", err)
 			continue
 		}

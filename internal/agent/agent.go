@@ -94,6 +94,8 @@ type Agent struct {
 	// /metrics).
 	epochs       map[string]uint64
 	epochChanges map[string]uint64
+	// clones are the clone copies and coordinations under way (progress).
+	clones cloneRegistry
 	// creating are local replicas being made for a volume the cluster
 	// does not know yet (a clone): cleanup leaves them for a while.
 	creating map[string]time.Time

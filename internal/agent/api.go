@@ -73,6 +73,7 @@ func (a *Agent) registerAPI() {
 	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snap}", act(a.handleSnapDelete))
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots/{snap}/revert", act(a.handleSnapRevert))
 	mux.HandleFunc("POST /v1/volumes/{name}/clone", act(a.handleClone))
+	mux.HandleFunc("GET /v1/clones/{name}", a.handleCloneProgress)
 	mux.HandleFunc("POST /v1/replicas/{name}", a.handleReplicaOp)
 	mux.HandleFunc("GET /v1/volumes/{name}/verify", a.handleVerifyProgress)
 	mux.HandleFunc("GET /v1/volumes/{name}/mirror", a.handleMirror)

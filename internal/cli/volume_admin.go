@@ -264,7 +264,8 @@ func volCloneCmd(f *volumeFlags) *cobra.Command {
 --snapshot, of its data now (a snapshot taken for the purpose at one point
 of the writes, deleted after). Each node holding the snapshot copies it
 locally into NEW's replica; NEW has SOURCE's size, replica count and
-constraints, and is served at once.`,
+constraints, and is served at once. The copy's progress is shown on standard
+error (a bar on a terminal, plain lines otherwise).`,
 		Example: "  hacs volume clone vm1 vm1-test\n  hacs volume clone vm1 vm1-old --snapshot before-upgrade",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -274,7 +275,22 @@ constraints, and is served at once.`,
 			var out struct {
 				Replicas []string `json:"replicas"`
 			}
-			if err := f.client().do(cmd.Context(), "POST", "/v1/volumes/"+args[0]+"/clone", agent.CloneRequest{Name: args[1], Snapshot: snap}, &out); err != nil {
+			// The copy's progress on stderr (GET /v1/clones/NEW): a bar on a
+			// terminal, plain lines otherwise.
+			stop := func() {}
+			if !f.asJSON {
+				c := f.client()
+				stderr := cmd.ErrOrStderr()
+				stop = pollProgress(cmd.Context(), newProgress(stderr, "clone "+args[1], isTerminal(stderr)), 250*time.Millisecond,
+					func(ctx context.Context) (int64, int64, bool) {
+						var p agent.CloneProgress
+						err := c.do(ctx, "GET", "/v1/clones/"+args[1], nil, &p)
+						return p.Done, p.Total, err == nil && p.Running
+					})
+			}
+			err := f.client().do(cmd.Context(), "POST", "/v1/volumes/"+args[0]+"/clone", agent.CloneRequest{Name: args[1], Snapshot: snap}, &out)
+			stop()
+			if err != nil {
 				return err
 			}
 			if f.asJSON {

@@ -498,18 +498,28 @@ func (v *Volume) Resize(size int64, force bool) error {
 // Clone creates volume newName in the same pool with the content of
 // snapshot, copied sparsely (holes and zero blocks are not written).
 func (v *Volume) Clone(snapshot, newName string) error {
+	return v.CloneProgress(snapshot, newName, nil)
+}
+
+// CloneProgress is Clone, calling progress (when not nil) with the bytes
+// of the snapshot gone through so far and its size, as the copy advances.
+func (v *Volume) CloneProgress(snapshot, newName string, progress func(done, total int64)) error {
 	s, err := v.OpenSnapshot(snapshot)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	return v.pool.createVolume(newName, s.Size(), func(dst *device.File) error { return copySparse(s, dst) })
+	return v.pool.createVolume(newName, s.Size(), func(dst *device.File) error { return copySparse(s, dst, progress) })
 }
 
 // copySparse copies the data of src into dst, skipping holes and blocks of
-// zeroes.
-func copySparse(src device.Device, dst *device.File) error {
+// zeroes; progress (when not nil) hears of each step.
+func copySparse(src device.Device, dst *device.File, progress func(done, total int64)) error {
 	size := src.Size()
+	if progress == nil {
+		progress = func(int64, int64) {}
+	}
+	progress(0, size)
 	buf := make([]byte, granuleSize)
 	for pos := int64(0); pos < size; {
 		ext, err := src.Extents(pos, size-pos)
@@ -527,9 +537,11 @@ func copySparse(src device.Device, dst *device.File) error {
 						return err
 					}
 					q += n
+					progress(q, size)
 				}
 			}
 			pos += e.Length
+			progress(pos, size)
 		}
 	}
 	return dst.Flush()

@@ -368,7 +368,18 @@ func TestSnapshotDeleteRevertClone(t *testing.T) {
 						}
 					}
 				case "clone":
-					if err = v.Clone(s.arg, "c"); err == nil {
+					// the progress goes forward, up to the snapshot's size
+					var last, total int64 = -1, -1
+					err = v.CloneProgress(s.arg, "c", func(done, all int64) {
+						if done < last || done > all || (total >= 0 && all != total) {
+							t.Errorf("clone progress %d of %d after %d of %d", done, all, last, total)
+						}
+						last, total = done, all
+					})
+					if err == nil && (last != total || total != snaps[s.arg].Size()) {
+						t.Errorf("clone progress ended at %d of %d (snapshot of %d bytes)", last, total, snaps[s.arg].Size())
+					}
+					if err == nil {
 						c, err := p.OpenVolume("c", Options{})
 						if err != nil {
 							t.Fatal(err)
