@@ -264,11 +264,11 @@ func (a *Agent) callPrimary(ctx context.Context, node, method, path string, out 
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, method, "http://"+n.APIAddr+path, nil)
+	req, err := http.NewRequestWithContext(cctx, method, a.node.Scheme()+"://"+n.APIAddr+path, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := a.node.HTTPClient().Do(req)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +70,11 @@ func (n *Node) startAPI() error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          nil,
 	}
+	if n.creds != nil {
+		// HTTPS only on TCP; the 0600 Unix socket stays plain HTTP
+		n.apiLn = tls.NewListener(sniffListener{Listener: n.apiLn, log: n.log, what: "API"}, n.creds.ServerConfig(false))
+		n.httpSrv.ErrorLog = tlsErrorLog(n.log)
+	}
 	go n.httpSrv.Serve(n.apiLn)
 	go n.httpSrv.Serve(n.sockLn)
 	return nil
@@ -76,6 +82,7 @@ func (n *Node) startAPI() error {
 
 func (n *Node) routes() {
 	n.mux.HandleFunc("POST /v1/join", n.handleJoin)
+	n.mux.HandleFunc("GET /v1/join/ca", n.handleJoinCA)
 	n.mux.HandleFunc("GET /v1/status", n.handleStatus)
 	n.mux.HandleFunc("GET /v1/nodes", n.handleNodes)
 	n.mux.HandleFunc("POST /v1/nodes/{name}/standby", withActor(n.handleStandby))

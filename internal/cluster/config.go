@@ -84,6 +84,11 @@ type Config struct {
 	// extends every lease by an election timeout and delays the new DC).
 	AllowDCRaftLeader bool
 
+	// Insecure creates (or joins) a cluster without TLS and without API
+	// authentication: for special cases only (docs/SECURITY.md). Ignored on
+	// restart, where the mode comes from the data directory.
+	Insecure bool
+
 	// JoinTimeout bounds the join handshake retries (default 60s).
 	JoinTimeout time.Duration
 

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -47,11 +49,12 @@ func (n *Node) startEtcd(state, initialCluster string) (*embed.Etcd, error) {
 	ec := embed.NewConfig()
 	ec.Name = id.Name
 	ec.Dir = id.etcdDir(n.cfg.DataDir)
-	lp, err := url.Parse("http://" + n.peerListen)
+	scheme := etcdScheme(id.Insecure)
+	lp, err := url.Parse(scheme + n.peerListen)
 	if err != nil {
 		return nil, err
 	}
-	lc, err := url.Parse("http://" + n.clientListen)
+	lc, err := url.Parse(scheme + n.clientListen)
 	if err != nil {
 		return nil, err
 	}
@@ -88,6 +91,14 @@ func (n *Node) startEtcd(state, initialCluster string) (*embed.Etcd, error) {
 	ec.MaxLearners = 1
 	ec.EnableGRPCGateway = false
 	ec.UnsafeNoFsync = n.cfg.EtcdUnsafeNoFsync
+	if n.creds != nil {
+		// mutual TLS on the peer and client URLs: only holders of a node
+		// certificate of this cluster, not revoked, get in; etcd rereads
+		// the certificate and the revocation list at every connection
+		p := n.creds.paths
+		ti := transport.TLSInfo{CertFile: p.Cert, KeyFile: p.Key, TrustedCAFile: p.CACert, ClientCertAuth: true, CRLFile: p.CRL}
+		ec.PeerTLSInfo, ec.ClientTLSInfo = ti, ti
+	}
 	ec.ListenMetricsUrls = nil
 	ec.Metrics = "basic"
 	e, err := embed.StartEtcd(ec)
@@ -159,7 +170,7 @@ func (n *Node) diagnoseEtcdStop(e *embed.Etcd) error {
 		}
 	}
 	if len(others) > 0 {
-		if cli, err := newClient(others); err == nil {
+		if cli, err := newClient(others, n.TLSClientConfig()); err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			r, err := cli.Get(ctx, RemovedKey(n.ident.NodeID))
 			cancel()
@@ -173,8 +184,9 @@ func (n *Node) diagnoseEtcdStop(e *embed.Etcd) error {
 }
 
 // newClient connects to the cluster store.
-func newClient(endpoints []string) (*clientv3.Client, error) {
+func newClient(endpoints []string, tc *tls.Config) (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{
+		TLS:                  tc,
 		Endpoints:            endpoints,
 		DialTimeout:          2 * time.Second,
 		DialKeepAliveTime:    2 * time.Second,
@@ -228,13 +240,21 @@ var quietMessages = []string{
 	"setting up serving from embedded etcd failed.",
 }
 
+// tlsMessages are logged at any level: a connection refused by TLS.
+var tlsMessages = []string{
+	"rejected connection on client endpoint",
+	"rejected connection on peer endpoint",
+}
+
 func (c quietCore) With(f []zapcore.Field) zapcore.Core { return quietCore{c.Core.With(f)} }
+
+func (c quietCore) Enabled(l zapcore.Level) bool { return l >= zapcore.WarnLevel || c.Core.Enabled(l) }
 
 func (c quietCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
 	if slices.Contains(quietMessages, e.Message) {
 		return ce
 	}
-	if c.Enabled(e.Level) {
+	if c.Core.Enabled(e.Level) || slices.Contains(tlsMessages, e.Message) {
 		return ce.AddCore(e, c)
 	}
 	return ce

@@ -49,7 +49,7 @@ func startTestEtcd(t testing.TB) (*embed.Etcd, *clientv3.Client) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("embedded etcd not ready after 30 s")
 	}
-	cli, err := newClient([]string{client.String()})
+	cli, err := newClient([]string{client.String()}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,8 @@ type identity struct {
 	Endpoints []string `json:"endpoints"`
 	// Removed is set once the node learns it was removed; it never runs
 	// again with this data directory.
+	// Insecure: the cluster runs without TLS (created with --insecure).
+	Insecure  bool      `json:"insecure,omitempty"`
 	Removed   bool      `json:"removed,omitempty"`
 	RemovedAt time.Time `json:"removed_at,omitzero"`
 }

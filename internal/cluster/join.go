@@ -31,6 +31,9 @@ type joinRequest struct {
 	APIAddr   string `json:"api_addr"`
 	PeerURL   string `json:"peer_url,omitempty"`
 	ClientURL string `json:"client_url,omitempty"`
+	// CSR is the joining node's certificate request (PEM); its key never
+	// leaves the node.
+	CSR string `json:"csr,omitempty"`
 }
 
 // joinResponse admits the node.
@@ -41,6 +44,10 @@ type joinResponse struct {
 	InitialCluster string   `json:"initial_cluster,omitempty"`
 	Endpoints      []string `json:"endpoints"`
 	Message        string   `json:"message"`
+	// Cert is the node certificate the cluster CA issued (PEM), CRL the
+	// current revocation list.
+	Cert string `json:"cert,omitempty"`
+	CRL  []byte `json:"crl,omitempty"` // DER
 }
 
 // httpError carries an HTTP status with a message for the user.
@@ -76,13 +83,13 @@ func (n *Node) prepareJoin(ctx context.Context) error {
 		if name == "" {
 			name = defaultName()
 		}
-		id = &identity{ClusterID: tok.ClusterID, NodeID: randomHex(8), Name: name, Schema: SchemaVersion, CreatedAt: time.Now().UTC(), Joining: true}
+		id = &identity{ClusterID: tok.ClusterID, NodeID: randomHex(8), Name: name, Schema: SchemaVersion, CreatedAt: time.Now().UTC(), Joining: true, Insecure: n.cfg.Insecure}
 	}
 	n.ident = id
 	n.apiListen = n.pick(n.cfg.APIAddr, id.APIAddr, DefaultAPIAddr)
 	n.peerListen = n.pick(n.cfg.PeerListen, id.PeerListen, DefaultPeerListen)
 	n.clientListen = n.pick(n.cfg.ClientListen, id.ClientListen, DefaultClientListen)
-	peer, client, err := n.etcdURLs()
+	peer, client, err := n.etcdURLs(id.Insecure)
 	if err != nil {
 		return err
 	}
@@ -95,7 +102,20 @@ func (n *Node) prepareJoin(ctx context.Context) error {
 		Token: n.cfg.Token, Name: id.Name, NodeID: id.NodeID, Version: n.cfg.Version, Schema: SchemaVersion,
 		Roles: n.cfg.Roles, APIAddr: n.apiAddr, PeerURL: id.PeerURL, ClientURL: id.ClientURL,
 	}
-	resp, err := n.requestJoin(ctx, req)
+	var hc *http.Client
+	if !id.Insecure {
+		if hc, req.CSR, err = n.prepareJoinTLS(ctx, tok); err != nil {
+			var refused *joinRefused
+			if errors.As(err, &refused) {
+				os.Remove(filepath.Join(n.cfg.DataDir, identityFile))
+			}
+			return err
+		}
+	}
+	resp, err := n.requestJoin(ctx, req, hc)
+	if err == nil && !id.Insecure {
+		err = n.installJoinCert(resp)
+	}
 	if err != nil {
 		var refused *joinRefused
 		if errors.As(err, &refused) {
@@ -116,11 +136,15 @@ func (n *Node) prepareJoin(ctx context.Context) error {
 
 // requestJoin runs the handshake with the member at --join, retrying while
 // the cluster is busy (another join in progress) up to JoinTimeout.
-func (n *Node) requestJoin(ctx context.Context, req joinRequest) (*joinResponse, error) {
+func (n *Node) requestJoin(ctx context.Context, req joinRequest, hc *http.Client) (*joinResponse, error) {
 	body, _ := json.Marshal(req)
 	url := "http://" + n.cfg.Join + "/v1/join"
+	if hc != nil {
+		url = "https://" + n.cfg.Join + "/v1/join"
+	} else {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
 	deadline := time.Now().Add(n.cfg.JoinTimeout)
-	hc := &http.Client{Timeout: 30 * time.Second}
 	unreachable := 0
 	maybeSent := false // a request may have reached the member
 	for {
@@ -314,6 +338,14 @@ func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, e
 			}
 		}
 		resp.Endpoints = voterEndpoints(&clientv3.MemberListResponse{Members: members})
+	}
+	if n.creds != nil {
+		if req.CSR == "" {
+			return nil, errStatus(http.StatusBadRequest, "this cluster runs with TLS: the joining node sent no certificate request (was it started with --insecure? drop that flag)")
+		}
+		if resp.Cert, resp.CRL, err = n.issueJoinCert(ctx, cli, req); err != nil {
+			return nil, err
+		}
 	}
 	cfg := NodeConfig{
 		ID: req.NodeID, Name: req.Name, Roles: roles, APIAddr: req.APIAddr, Voter: resp.Voter, MemberID: resp.MemberID,

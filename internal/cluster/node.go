@@ -114,6 +114,15 @@ type Node struct {
 	// rolesGiven: Config.Roles was set (--roles); otherwise a restarted
 	// node keeps the roles of its record (changed with ChangeRoles).
 	rolesGiven bool
+
+	// the cluster PKI (nil in an --insecure cluster)
+	creds    *tlsCreds
+	newCA    *caRecord // CA of a cluster being created, stored at creation
+	httpOnce sync.Once
+	httpCli  *http.Client
+	revMu    sync.RWMutex
+	revoked  map[string]struct{} // serials (decimal) of revoked certificates
+	renewMu  sync.Mutex
 }
 
 // New checks cfg and returns a node ready to Start.
@@ -198,6 +207,13 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	n.log = n.log.With("node", n.ident.Name)
+	if !n.ident.Insecure && !n.ident.External {
+		if err := n.setupCreds(); err != nil {
+			return err
+		}
+	} else if n.ident.Insecure {
+		n.log.Warn("this cluster runs WITHOUT TLS and WITHOUT API authentication (--insecure): anyone who reaches its ports can read and change every volume")
+	}
 	if err := n.startAPI(); err != nil {
 		return err
 	}
@@ -272,14 +288,15 @@ func (n *Node) prepareRestart() error {
 		if err != nil {
 			return err
 		}
-		if "http://"+peer != id.PeerURL {
-			return fmt.Errorf("this node's etcd member is known to the cluster at peer URL %s, but --peer-listen %s would make it http://%s: restart with the address it had (or without --peer-listen)", id.PeerURL, n.peerListen, peer)
+		scheme := etcdScheme(id.Insecure)
+		if scheme+peer != id.PeerURL {
+			return fmt.Errorf("this node's etcd member is known to the cluster at peer URL %s, but --peer-listen %s would make it %s%s: restart with the address it had (or without --peer-listen)", id.PeerURL, n.peerListen, scheme, peer)
 		}
 		client, err := advertiseAddr(n.clientListen, n.cfg.Advertise)
 		if err != nil {
 			return err
 		}
-		id.ClientURL = "http://" + client
+		id.ClientURL = scheme + client
 		if err := checkListen("--peer-listen", n.peerListen); err != nil {
 			return err
 		}
@@ -299,11 +316,12 @@ func (n *Node) prepareCreate() error {
 	n.apiListen = n.pick(n.cfg.APIAddr, "", DefaultAPIAddr)
 	n.peerListen = n.pick(n.cfg.PeerListen, "", DefaultPeerListen)
 	n.clientListen = n.pick(n.cfg.ClientListen, "", DefaultClientListen)
-	peer, client, err := n.etcdURLs()
+	peer, client, err := n.etcdURLs(n.cfg.Insecure)
 	if err != nil {
 		return err
 	}
 	id := &identity{
+		Insecure:  n.cfg.Insecure,
 		ClusterID: randomHex(8),
 		NodeID:    randomHex(8),
 		Name:      name,
@@ -320,6 +338,11 @@ func (n *Node) prepareCreate() error {
 	n.ident = id
 	n.creating = true
 	n.newSecret = newSecret()
+	if !id.Insecure {
+		if err := n.createPKI(id.ClusterID, id.NodeID, name, n.certHosts(peer, client)); err != nil {
+			return fmt.Errorf("creating the cluster CA: %w", err)
+		}
+	}
 	return id.save(n.cfg.DataDir)
 }
 
@@ -528,7 +551,7 @@ func (n *Node) bringUp(ctx context.Context) error {
 		go n.watchEtcd()
 	}
 	eps := n.clientEndpoints()
-	cli, err := newClient(eps)
+	cli, err := newClient(eps, n.TLSClientConfig())
 	if err != nil {
 		return fmt.Errorf("connecting to the cluster store at %v: %w", eps, err)
 	}
@@ -545,7 +568,9 @@ func (n *Node) bringUp(ctx context.Context) error {
 	n.nodesCache = NewCache(ctx, cli, PrefixNodes, n.log)
 	n.dcCache = NewCache(ctx, cli, PrefixDC, n.log)
 
-	n.wg.Add(5)
+	n.wg.Add(7)
+	go n.revocationLoop()
+	go n.renewLoop()
 	go n.eventWriter()
 	go n.watchLoop()
 	go n.endpointsLoop()
@@ -623,8 +648,16 @@ func (n *Node) checkCluster(ctx context.Context) error {
 		}
 		info := ClusterInfo{ID: id, CreatedAt: time.Now().UTC(), CreatedBy: n.ident.Name, Schema: SchemaVersion, Version: n.cfg.Version, Voters: n.cfg.Voters, External: n.ident.External}
 		b, _ := json.Marshal(info)
+		ops := []clientv3.Op{clientv3.OpPut(KeyClusterInfo, string(b)), clientv3.OpPut(KeyJoinSecret, secret)}
+		if n.newCA != nil {
+			cb, _ := json.Marshal(n.newCA)
+			ops = append(ops, clientv3.OpPut(KeyCA, string(cb)))
+			if leaf := n.creds.Leaf(); leaf != nil {
+				ops = append(ops, clientv3.OpPut(certKey(n.ident.NodeID, leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339)))
+			}
+		}
 		tr, err := n.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(KeyClusterInfo), "=", 0)).
-			Then(clientv3.OpPut(KeyClusterInfo, string(b)), clientv3.OpPut(KeyJoinSecret, secret)).Commit()
+			Then(ops...).Commit()
 		if err != nil {
 			return err
 		}
@@ -784,7 +817,7 @@ func (n *Node) checkNotRemoved(ctx context.Context) error {
 	if len(others) == 0 {
 		return nil
 	}
-	cli, err := newClient(others)
+	cli, err := newClient(others, n.TLSClientConfig())
 	if err != nil {
 		return nil
 	}
@@ -794,6 +827,9 @@ func (n *Node) checkNotRemoved(ctx context.Context) error {
 	r, err := cli.Get(cctx, RemovedKey(n.ident.NodeID))
 	if err == nil && len(r.Kvs) > 0 {
 		return n.markRemoved()
+	}
+	if err != nil && n.creds != nil {
+		return n.probeRevoked(ctx, others)
 	}
 	return nil
 }
@@ -915,7 +951,7 @@ func (n *Node) cleanup() {
 
 // etcdURLs checks that the embedded etcd's listen addresses are free and
 // returns the peer and client URLs other nodes reach them at.
-func (n *Node) etcdURLs() (peer, client string, err error) {
+func (n *Node) etcdURLs(insecure bool) (peer, client string, err error) {
 	if err := checkListen("--peer-listen", n.peerListen); err != nil {
 		return "", "", err
 	}
@@ -928,5 +964,22 @@ func (n *Node) etcdURLs() (peer, client string, err error) {
 	if client, err = advertiseAddr(n.clientListen, n.cfg.Advertise); err != nil {
 		return "", "", err
 	}
-	return "http://" + peer, "http://" + client, nil
+	scheme := etcdScheme(insecure)
+	return scheme + peer, scheme + client, nil
+}
+
+func etcdScheme(insecure bool) string {
+	if insecure {
+		return "http://"
+	}
+	return "https://"
+}
+
+// certHosts are the hosts to name in this node's certificate.
+func (n *Node) certHosts(urls ...string) []string {
+	h := hostsOf(append([]string{n.apiAddr}, urls...)...)
+	if n.cfg.Advertise != "" {
+		h = append(h, n.cfg.Advertise)
+	}
+	return h
 }

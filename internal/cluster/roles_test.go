@@ -58,13 +58,13 @@ func TestNodeRolesAndToken(t *testing.T) {
 	n := startNode(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	api := "http://" + n.APIAddr()
+	api := n.Scheme() + "://" + n.APIAddr()
 
 	post := func(path, body string) (int, map[string]any) {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(ctx, "POST", api+path, strings.NewReader(body))
 		req.Header.Set(ActorHeader, "alice@desk")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := n.HTTPClient().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +110,7 @@ func TestNodeRolesAndToken(t *testing.T) {
 	})
 
 	// the token: refused over TCP, answered on the socket
-	resp, err := http.Get(api + "/v1/token")
+	resp, err := n.HTTPClient().Get(api + "/v1/token")
 	if err != nil {
 		t.Fatal(err)
 	}
