@@ -22,12 +22,13 @@ import (
 // rmCluster is a cluster of `hacs agent` processes on loopback running the
 // resource manager.
 type rmCluster struct {
-	extra []string // more agent flags
-	t     *testing.T
-	dir   string
-	procs map[string]*proc
-	ports map[string][5]string // api, peer, client, replica, export
-	token string
+	extra  []string // more agent flags
+	t      *testing.T
+	dir    string
+	procs  map[string]*proc
+	ports  map[string][5]string // api, peer, client, replica, export
+	token  string
+	client *http.Client
 }
 
 func newRMCluster(t *testing.T, n int, extra ...string) *rmCluster {
@@ -66,7 +67,7 @@ func (c *rmCluster) start(name string) {
 	}
 	pr := startProc(c.t, false, hacsBin, args...)
 	pr.waitReady(c.t, "API", func() error {
-		resp, err := http.Get("http://" + p[0] + "/v1/volumes")
+		resp, err := c.hc().Get("https://" + p[0] + "/v1/volumes")
 		if err != nil {
 			return err
 		}
@@ -85,7 +86,15 @@ func (c *rmCluster) kill(name string) {
 	<-p.done
 }
 
-func (c *rmCluster) api(name string) string { return "http://" + c.ports[name][0] }
+func (c *rmCluster) api(name string) string { return "https://" + c.ports[name][0] }
+
+// hc is an HTTPS client of the cluster's API with its admin token.
+func (c *rmCluster) hc() *http.Client {
+	if c.client == nil {
+		c.client = apiHTTP(c.t, filepath.Join(c.dir, "n1"))
+	}
+	return c.client
+}
 
 // call asks the first live agent.
 func (c *rmCluster) call(method, path string, body, out any) (int, error) {
@@ -102,7 +111,7 @@ func (c *rmCluster) call(method, path string, body, out any) (int, error) {
 			rd = bytes.NewReader(nil)
 		}
 		req, _ := http.NewRequest(method, c.api(name)+path, rd)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := c.hc().Do(req)
 		if err != nil {
 			lastErr = err
 			continue
@@ -231,7 +240,7 @@ func TestResourceManagerFailover(t *testing.T) {
 	// hacs volume resync-wait returns once it is, printing plain progress
 	// lines (not a terminal).
 	cluster := c.ports["n1"][0] + "," + c.ports["n2"][0] + "," + c.ports["n3"][0]
-	rw := exec.Command(hacsBin, "volume", "resync-wait", "vol", "--timeout", "60s", "--cluster", cluster)
+	rw := exec.Command(hacsBin, append([]string{"volume", "resync-wait", "vol", "--timeout", "60s", "--cluster", cluster}, cliCreds(filepath.Join(c.dir, "n1"))...)...)
 	var rwErr bytes.Buffer
 	rw.Stderr = &rwErr
 	out, err := rw.Output()
@@ -265,7 +274,7 @@ func TestResourceManagerFailover(t *testing.T) {
 	}
 
 	// hacs volume restart: stopped, then served again at a newer epoch.
-	out, err = exec.Command(hacsBin, "volume", "restart", "vol", "--cluster", cluster).CombinedOutput()
+	out, err = exec.Command(hacsBin, append([]string{"volume", "restart", "vol", "--cluster", cluster}, cliCreds(filepath.Join(c.dir, "n1"))...)...).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "vol: restarted, served by") {
 		t.Fatalf("volume restart: %v\n%s", err, out)
 	}

@@ -30,6 +30,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 		eps = append(eps, c.ports[n][0])
 	}
 	t.Setenv("HACS_CLUSTER", strings.Join(eps, ","))
+	credEnv(t, filepath.Join(c.dir, "n1"))
 
 	hacs := func(args ...string) result {
 		t.Helper()

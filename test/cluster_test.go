@@ -740,7 +740,7 @@ func TestClusterRefusals(t *testing.T) {
 
 	// a joining node of another version: refused by the member
 	body := fmt.Sprintf(`{"token":%q,"name":"future","node_id":"0123456789abcdef","version":"v9.0.0","schema":99,"roles":["storage"],"api_addr":"127.0.0.1:1"}`, tok)
-	resp, err := http.Post("http://"+n1.api+"/v1/join", "application/json", strings.NewReader(body))
+	resp, err := apiHTTP(t, n1.dir).Post("https://"+n1.api+"/v1/join", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -978,7 +978,7 @@ func startClusterFsync(t testing.TB, agents ...*agent) {
 // and two events each.
 func fillVolumes(t testing.TB, a *agent, n int) {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + a.client}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + a.client}, TLS: nodeTLS(t, a.dir), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

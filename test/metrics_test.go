@@ -19,9 +19,9 @@ import (
 
 // scrape reads an agent's /metrics as series (name{labels} as printed,
 // labels sorted as the client library prints them) to values.
-func scrape(t *testing.T, api string) map[string]float64 {
+func scrape(t *testing.T, hc *http.Client, api string) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(api + "/metrics")
+	resp, err := hc.Get(api + "/metrics")
 	if err != nil {
 		t.Fatalf("scrape %s: %v", api, err)
 	}
@@ -84,7 +84,7 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 	v := c.waitServed("vol", 0)
 	first := v.Export.Node
 	c.waitFor("3 replicas in sync", 30*time.Second, func() bool {
-		m := scrape(t, c.api(first))
+		m := scrape(t, c.hc(), c.api(first))
 		return m[`hacs_volume_replicas{state="in-sync",volume="vol"}`] == 3
 	})
 	cl := c.dial(v)
@@ -93,12 +93,12 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 	dcs := 0
 	var dcName string
 	for name := range c.procs {
-		if m := scrape(t, c.api(name)); m["hacs_node_dc"] == 1 {
+		if m := scrape(t, c.hc(), c.api(name)); m["hacs_node_dc"] == 1 {
 			dcName = name
 		}
 	}
 	for name := range c.procs {
-		m := scrape(t, c.api(name))
+		m := scrape(t, c.hc(), c.api(name))
 		if m["hacs_node_lease_grants_total"] < 1 || m["hacs_node_lease_last_renewal_timestamp_seconds"] < float64(time.Now().Add(-time.Minute).Unix()) {
 			t.Errorf("%s: lease metrics: grants %v last renewal %v", name, m["hacs_node_lease_grants_total"],
 				m["hacs_node_lease_last_renewal_timestamp_seconds"])
@@ -130,7 +130,7 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 		t.Errorf("%d agents say they are the DC", dcs)
 	}
 
-	before := scrape(t, c.api(first))
+	before := scrape(t, c.hc(), c.api(first))
 	if before[volSeries("hacs_volume_epoch", "vol", "")] != float64(v.Export.Epoch) {
 		t.Errorf("epoch gauge %v, want %d", before[volSeries("hacs_volume_epoch", "vol", "")], v.Export.Epoch)
 	}
@@ -149,7 +149,7 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 				return
 			default:
 			}
-			m := scrape(t, c.api(first))
+			m := scrape(t, c.hc(), c.api(first))
 			n := m[volSeries("hacs_volume_operations_total", "vol", "write")]
 			if n < last {
 				t.Errorf("write counter went down from %v to %v", last, n)
@@ -182,7 +182,7 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 	}
 	close(stop)
 	wg.Wait()
-	after := scrape(t, c.api(first))
+	after := scrape(t, c.hc(), c.api(first))
 	t.Logf("%d scrapes during I/O", scrapes)
 	delta := func(name, op string) float64 {
 		s := volSeries(name, "vol", op)
@@ -227,7 +227,7 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 
 	c.waitFor("lease renewals counted on every node", 20*time.Second, func() bool {
 		for name := range c.procs {
-			m := scrape(t, c.api(name))
+			m := scrape(t, c.hc(), c.api(name))
 			if _, ok := m["hacs_node_lease_renewal_failures_total"]; !ok || m["hacs_node_lease_renewals_total"] < 1 {
 				return false
 			}
@@ -237,7 +237,7 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 
 	// Verify progress answers on every agent (the others ask the primary).
 	for name := range c.procs {
-		resp, err := http.Get(c.api(name) + "/v1/volumes/vol/verify")
+		resp, err := c.hc().Get(c.api(name) + "/v1/volumes/vol/verify")
 		if err != nil || resp.StatusCode != 200 {
 			t.Fatalf("%s: GET verify progress: %v %v", name, err, resp)
 		}
@@ -261,14 +261,14 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 			if p.exited() {
 				continue
 			}
-			if m := scrape(t, c.api(name)); m["hacs_node_dc"] == 1 && m[volSeries("hacs_cluster_volume_epoch_changes_total", "vol", "")] >= 1 {
+			if m := scrape(t, c.hc(), c.api(name)); m["hacs_node_dc"] == 1 && m[volSeries("hacs_cluster_volume_epoch_changes_total", "vol", "")] >= 1 {
 				return true
 			}
 		}
 		return false
 	})
 	c.waitFor("the lost replica outdated in the metrics", 20*time.Second, func() bool {
-		m := scrape(t, c.api(second))
+		m := scrape(t, c.hc(), c.api(second))
 		return m[fmt.Sprintf(`hacs_volume_replica_state{replica="%s",state="outdated",volume="vol"}`, first)] == 1 &&
 			m[volSeries("hacs_volume_epoch", "vol", "")] == float64(v2.Export.Epoch) &&
 			m[fmt.Sprintf(`hacs_volume_resync_remaining_bytes{replica="%s",volume="vol"}`, first)] > 0
@@ -309,7 +309,7 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$HACS_EVENT_KIND" "$HACS_EVENT_NODE" "$HA
 	failures := 0.0
 	for name, p := range c.procs {
 		if !p.exited() {
-			failures += scrape(t, c.api(name))[`hacs_alert_delivery_failures_total{target="exec"}`]
+			failures += scrape(t, c.hc(), c.api(name))[`hacs_alert_delivery_failures_total{target="exec"}`]
 		}
 	}
 	t.Logf("delivery failures counted by the live agents: %v", failures)

@@ -164,6 +164,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.replicaAddr = ln.Addr().String()
 		a.rsrv = replica.NewServer(a.host, a.log)
+		if tc := a.node.TLSServerConfig(true); tc != nil {
+			// replication links: mutual TLS with node certificates only
+			a.rsrv.TLSConfig, a.rsrv.TLSPolicy = tc, nbd.TLSRequired
+		}
 		go a.rsrv.Serve(ln)
 		defer a.rsrv.Close()
 	}
@@ -441,7 +445,7 @@ func (a *Agent) replicaFor(name string, size int64, node string) mirror.Replica 
 		if info.ReplicaAddr == "" {
 			return nil, fmt.Errorf("node %s has no replica server", node)
 		}
-		return nbd.Dial(ctx, "tcp", info.ReplicaAddr, nbd.ClientOptions{Export: replica.ExportName(name, epoch, mirror.ReplicaSize(size))})
+		return nbd.Dial(ctx, "tcp", info.ReplicaAddr, nbd.ClientOptions{Export: replica.ExportName(name, epoch, mirror.ReplicaSize(size)), TLS: a.node.TLSClientConfig()})
 	}}
 }
 

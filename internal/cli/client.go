@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,9 +35,11 @@ const DefaultCluster = "127.0.0.1:7700"
 // apiFlags are the flags of every command that talks to the cluster:
 // which agent(s) to ask, and whether to print JSON.
 type apiFlags struct {
-	cluster string
-	dataDir string
-	asJSON  bool
+	cluster   string
+	dataDir   string
+	asJSON    bool
+	caFile    string
+	tokenFile string
 }
 
 const clusterFlagHelp = "agent API address(es) HOST:PORT[,HOST:PORT...], tried in turn (default $HACS_CLUSTER or " + DefaultCluster + ")"
@@ -47,6 +50,8 @@ func (f *apiFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cluster, "cluster", "", clusterFlagHelp)
 	fs.StringVar(&f.dataDir, "data-dir", "", "data directory of a local agent: talk to it over DATA_DIR/"+cluster.APISocket+" instead of TCP")
 	fs.BoolVar(&f.asJSON, "json", false, "print JSON instead of tables")
+	fs.StringVar(&f.caFile, "ca-file", "", "the cluster CA certificate to check the agents with (default $HACS_CA_FILE, else ca.crt in the client config directory: $HACS_CONFIG_DIR or ~/.config/hacs)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the API token (default $HACS_TOKEN, else $HACS_TOKEN_FILE, else token in the client config directory)")
 }
 
 // client is the API client the flags select.
@@ -55,9 +60,9 @@ func (f *apiFlags) client() *apiClient {
 	case f.cluster != "" && f.dataDir != "":
 		return &apiClient{err: usagef("--cluster and --data-dir exclude each other: give the agents' API addresses or a local agent's data directory")}
 	case f.dataDir != "":
-		return newAPIClient("unix:" + filepath.Join(f.dataDir, cluster.APISocket))
+		return newAPIClientWith("unix:"+filepath.Join(f.dataDir, cluster.APISocket), f.caFile, f.tokenFile)
 	}
-	return newAPIClient(f.cluster)
+	return newAPIClientWith(f.cluster, f.caFile, f.tokenFile)
 }
 
 // print writes v as indented JSON with --json, else the table.
@@ -78,15 +83,88 @@ func printJSON(w io.Writer, v any) error {
 
 // apiClient talks to the agents' HTTP API, trying each endpoint in turn
 // (like etcdctl's --endpoints), so the CLI keeps working while a node is
-// down. An endpoint is HOST:PORT or unix:PATH (an agent's API socket).
+// down. An endpoint is HOST:PORT (HTTPS, checked against the cluster CA),
+// http://HOST:PORT (an --insecure cluster) or unix:PATH (an agent's API
+// socket).
 type apiClient struct {
 	endpoints []string
 	http      *http.Client
 	actor     string
-	err       error // a configuration error, returned by every call
+	token     string // API token (Authorization: Bearer)
+	plain     bool   // the endpoints were given as http://
+	err       error  // a configuration error, returned by every call
 }
 
-func newAPIClient(spec string) *apiClient {
+// one is a client of the single endpoint ep, with the same credentials.
+func (c *apiClient) one(ep string) *apiClient {
+	if c.plain && !strings.HasPrefix(ep, "unix:") && !strings.HasPrefix(ep, "http://") {
+		ep = "http://" + ep
+	}
+	return &apiClient{endpoints: []string{ep}, http: c.http, actor: c.actor, token: c.token, plain: c.plain, err: c.err}
+}
+
+func newAPIClient(spec string) *apiClient { return newAPIClientWith(spec, "", "") }
+
+// clientConfigDir is where the CLI finds its credentials by default:
+// $HACS_CONFIG_DIR, else ~/.config/hacs.
+func clientConfigDir() string {
+	if d := os.Getenv("HACS_CONFIG_DIR"); d != "" {
+		return d
+	}
+	d, err := os.UserConfigDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "hacs")
+}
+
+// loadToken finds the API token: --token-file, $HACS_TOKEN,
+// $HACS_TOKEN_FILE, then the client config directory's token file.
+func loadToken(tokenFile string) (string, error) {
+	if tokenFile == "" {
+		if t := strings.TrimSpace(os.Getenv("HACS_TOKEN")); t != "" {
+			return t, nil
+		}
+		tokenFile = os.Getenv("HACS_TOKEN_FILE")
+	}
+	if tokenFile == "" {
+		if d := clientConfigDir(); d != "" {
+			if b, err := os.ReadFile(filepath.Join(d, "token")); err == nil {
+				return strings.TrimSpace(string(b)), nil
+			}
+		}
+		return "", nil
+	}
+	b, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return "", fmt.Errorf("API token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// loadCA finds the cluster CA certificate: --ca-file, $HACS_CA_FILE, then
+// the client config directory's ca.crt. "" when there is none.
+func loadCA(caFile string) ([]byte, string, error) {
+	if caFile == "" {
+		caFile = os.Getenv("HACS_CA_FILE")
+	}
+	if caFile == "" {
+		if d := clientConfigDir(); d != "" {
+			p := filepath.Join(d, "ca.crt")
+			if b, err := os.ReadFile(p); err == nil {
+				return b, p, nil
+			}
+		}
+		return nil, "", nil
+	}
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, caFile, fmt.Errorf("cluster CA certificate: %w", err)
+	}
+	return b, caFile, nil
+}
+
+func newAPIClientWith(spec, caFile, tokenFile string) *apiClient {
 	if spec == "" {
 		spec = os.Getenv("HACS_CLUSTER")
 	}
@@ -94,8 +172,10 @@ func newAPIClient(spec string) *apiClient {
 		spec = DefaultCluster
 	}
 	c := &apiClient{actor: actorName()}
+	needTLS := false
 	for _, e := range strings.Split(spec, ",") {
 		e = strings.TrimSpace(e)
+		plain := strings.HasPrefix(e, "http://")
 		e = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(e, "http://"), "https://"), "/")
 		if e == "" {
 			continue
@@ -104,8 +184,31 @@ func newAPIClient(spec string) *apiClient {
 			if _, _, err := net.SplitHostPort(e); err != nil {
 				c.err = usagef("--cluster / HACS_CLUSTER: %q is not HOST:PORT (or unix:PATH)", e)
 			}
+			if plain {
+				c.plain = true
+				e = "http://" + e
+			} else {
+				needTLS = true
+			}
 		}
 		c.endpoints = append(c.endpoints, e)
+	}
+	tok, err := loadToken(tokenFile)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	c.token = tok
+	var tlsCfg *tls.Config
+	caPEM, caPath, err := loadCA(caFile)
+	switch {
+	case err != nil && needTLS && c.err == nil:
+		c.err = err
+	case caPEM != nil:
+		if tlsCfg, err = cluster.CATLSConfig(caPEM); err != nil && c.err == nil {
+			c.err = fmt.Errorf("cluster CA certificate %s: %w", caPath, err)
+		}
+	case needTLS && c.err == nil:
+		c.err = usagef("no cluster CA certificate to check the agents with: give --ca-file FILE (DATA_DIR/%s/%s of any node), set HACS_CA_FILE, or put it at %s; for a cluster created with --insecure, give its addresses as http://HOST:PORT", cluster.TLSDir, cluster.CACertFile, filepath.Join(clientConfigDir(), "ca.crt"))
 	}
 	if len(c.endpoints) == 0 && c.err == nil {
 		c.err = usagef("--cluster / HACS_CLUSTER: no address in %q", spec)
@@ -120,6 +223,7 @@ func newAPIClient(spec string) *apiClient {
 		},
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     30 * time.Second,
+		TLSClientConfig:     tlsCfg,
 	}
 	// long enough for a verify of a large volume; reads pass a shorter ctx
 	c.http = &http.Client{Timeout: 30 * time.Minute, Transport: tr}
@@ -137,7 +241,10 @@ var sockets struct {
 func baseURL(ep string) string {
 	p, ok := strings.CutPrefix(ep, "unix:")
 	if !ok {
-		return "http://" + ep
+		if strings.HasPrefix(ep, "http://") {
+			return ep
+		}
+		return "https://" + ep
 	}
 	sockets.Lock()
 	defer sockets.Unlock()
@@ -201,7 +308,7 @@ func (c *apiClient) pin(ctx context.Context) (*apiClient, cluster.Status, error)
 	var firstSt cluster.Status
 	var errs []string
 	for _, ep := range c.endpoints {
-		one := &apiClient{endpoints: []string{ep}, http: c.http, actor: c.actor}
+		one := c.one(ep)
 		var st cluster.Status
 		if err := one.do(ctx, "GET", "/v1/status", nil, &st); err != nil {
 			errs = append(errs, err.Error())
@@ -245,6 +352,9 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set(cluster.ActorHeader, c.actor)
+		if c.token != "" && !strings.HasPrefix(ep, "http://") {
+			req.Header.Set("Authorization", "Bearer "+c.token)
+		}
 		resp, err := c.http.Do(req)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -253,6 +363,9 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 			var ue *url.Error
 			if errors.As(err, &ue) {
 				err = ue.Err
+			}
+			if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+				err = fmt.Errorf("%s speaks plain HTTP: its cluster runs with --insecure; give its address as http://%s", ep, ep)
 			}
 			errs = append(errs, err.Error())
 			continue // next agent

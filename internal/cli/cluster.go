@@ -381,7 +381,7 @@ func probe(ctx context.Context, c *apiClient, v clusterView) []problem {
 			defer wg.Done()
 			pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
-			one := &apiClient{endpoints: []string{n.APIAddr}, http: c.http, actor: c.actor}
+			one := c.one(n.APIAddr)
 			var st cluster.Status
 			var p *problem
 			switch err := one.do(pctx, "GET", "/v1/status", nil, &st); {
@@ -584,7 +584,7 @@ list, tried in turn; --data-dir DIR talks to the local agent of DIR over its
 API socket.`,
 	}
 	f.register(cmd.PersistentFlags())
-	cmd.AddCommand(clusterStatusCmd(f), clusterMonitorCmd(f), clusterCheckCmd(f), clusterTokenCmd(f))
+	cmd.AddCommand(clusterStatusCmd(f), clusterMonitorCmd(f), clusterCheckCmd(f), clusterTokenCmd(f), clusterAuthCmd(f), clusterRotateCmd(f))
 	return cmd
 }
 

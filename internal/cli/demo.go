@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hacs/hacs/internal/agent"
+	"github.com/hacs/hacs/internal/cluster"
 )
 
 func newDemoCmd() *cobra.Command {
@@ -109,12 +110,17 @@ DIR/<node>/agent.log.`,
 				started++
 				apis = append(apis, port(i, 0))
 				fmt.Fprintf(out, "started %s (pid %d, API %s)\n", name, c.Process.Pid, port(i, 0))
-				if err := waitAPI(ctx, apis[i-1], filepath.Join(ndir, "agent.log")); err != nil {
+				if err := waitAPI(ctx, "unix:"+filepath.Join(ndir, cluster.APISocket), filepath.Join(ndir, "agent.log")); err != nil {
 					cleanup()
 					return err
 				}
 			}
-			api := newAPIClient(strings.Join(apis, ","))
+			cdir, installed, err := demoClientConfig(dir)
+			if err != nil {
+				cleanup()
+				return err
+			}
+			api := newAPIClientWith(strings.Join(apis, ","), filepath.Join(cdir, "ca.crt"), filepath.Join(cdir, "token"))
 			req := agent.VolumeRequest{Name: "demo", Size: size, Replicas: min(2, nodes)}
 			if err := api.do(ctx, "POST", "/v1/volumes", req, nil); err != nil {
 				var se *apiStatusError
@@ -140,6 +146,9 @@ DIR/<node>/agent.log.`,
 hacs demo cluster: %d nodes, data in %s
 volume "demo" (%s, %d replicas) is served by %s as nbd://%s/demo
 
+The cluster runs with TLS on every link and API tokens; the CLI's
+credentials (cluster CA, admin token) are in %s%s.
+
 Try:
   export HACS_CLUSTER=%s
   hacs volume info demo                     # placement, primary, replica states
@@ -150,7 +159,7 @@ Try:
   kill -9 $(cat %s/%s/agent.pid)          # kill the primary's node: watch it fail over
   hacs volume info demo
 
-`, nodes, dir, human(size), req.Replicas, v.Export.Node, v.Export.Addr, cl, v.Export.Addr, dir, v.Export.Node)
+`, nodes, dir, human(size), req.Replicas, v.Export.Node, v.Export.Addr, cdir, installed, cl, v.Export.Addr, dir, v.Export.Node)
 			if detach {
 				fmt.Fprintf(out, "cluster API: %s\nstop it with: hacs demo --dir %s --stop\n", apis[0], dir)
 				return nil
@@ -217,7 +226,7 @@ func restartDemoNode(out io.Writer, dir, node string) error {
 			api = args[i+1]
 		}
 	}
-	if err := waitAPI(context.Background(), api, filepath.Join(ndir, "agent.log")); err != nil {
+	if err := waitAPI(context.Background(), "unix:"+filepath.Join(ndir, cluster.APISocket), filepath.Join(ndir, "agent.log")); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "started %s again (pid %d, API %s)\n", node, c.Process.Pid, api)
@@ -293,4 +302,55 @@ func stopDemo(out io.Writer, dir string) error {
 	}
 	fmt.Fprintf(out, "stopped %d agent(s) in %s\n", len(pids), dir)
 	return nil
+}
+
+// demoMarker marks a client config directory the demo wrote.
+const demoMarker = "written-by-hacs-demo"
+
+// demoClientConfig writes the CLI's credentials for the demo cluster (its
+// CA certificate and node1's admin token) to DIR/client, and also to the
+// default client config directory (~/.config/hacs) unless that holds
+// credentials the demo did not write. It returns the directory the CLI
+// uses and, for the banner, where else they went.
+func demoClientConfig(dir string) (string, string, error) {
+	n1 := filepath.Join(dir, "node1")
+	files := map[string]string{
+		"ca.crt": filepath.Join(n1, cluster.TLSDir, cluster.CACertFile),
+		"token":  filepath.Join(n1, cluster.AdminTokenFile),
+	}
+	write := func(cdir string) error {
+		if err := os.MkdirAll(cdir, 0o700); err != nil {
+			return err
+		}
+		for name, src := range files {
+			b, err := os.ReadFile(src)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(cdir, name), b, 0o600); err != nil {
+				return err
+			}
+		}
+		return os.WriteFile(filepath.Join(cdir, demoMarker), nil, 0o600)
+	}
+	cdir := filepath.Join(dir, "client")
+	if err := write(cdir); err != nil {
+		return "", "", fmt.Errorf("writing the demo's client credentials: %w", err)
+	}
+	def := clientConfigDir()
+	if def == "" || os.Getenv("HACS_CONFIG_DIR") != "" {
+		return cdir, " (export HACS_CONFIG_DIR=" + cdir + " for the CLI to use them)", nil
+	}
+	_, errCA := os.Stat(filepath.Join(def, "ca.crt"))
+	_, errMark := os.Stat(filepath.Join(def, demoMarker))
+	if errCA == nil && errMark != nil {
+		return cdir, " (your " + def + " holds other credentials: export HACS_CONFIG_DIR=" + cdir + " for the CLI to use the demo's)", nil
+	}
+	if err := write(def); err != nil {
+		return cdir, " (export HACS_CONFIG_DIR=" + cdir + " for the CLI to use them)", nil
+	}
+	return cdir, " and in " + def + ", where the CLI finds them by default", nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"io"
@@ -207,12 +208,20 @@ func newFakeAPI(t *testing.T, state string) *fakeAPI {
 		t.Fatal(err)
 	}
 	f := &fakeAPI{status: saved.Status, members: saved.Nodes, volumes: saved.Volumes}
-	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	// HTTPS, like a secure cluster's agents: the CLI checks the server
+	// against the CA of HACS_CA_FILE and sends the token of HACS_TOKEN
+	f.srv = httptest.NewTLSServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HACS_CA_FILE", ca)
+	t.Setenv("HACS_TOKEN", "hacsapi1.test.token")
 	return f
 }
 
-func (f *fakeAPI) addr() string { return strings.TrimPrefix(f.srv.URL, "http://") }
+func (f *fakeAPI) addr() string { return strings.TrimPrefix(f.srv.URL, "https://") }
 
 func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()

@@ -66,7 +66,7 @@ func (n *Node) listenAPI() error {
 
 func (n *Node) startAPI() error {
 	n.httpSrv = &http.Server{
-		Handler:           n.mux,
+		Handler:           n.authHandler(n.mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          nil,
 	}
@@ -91,6 +91,10 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /v1/events", n.handleEvents)
 	n.mux.HandleFunc("GET /v1/events/stream", n.handleEventStream)
 	n.mux.HandleFunc("GET /v1/token", n.handleToken)
+	n.mux.HandleFunc("POST /v1/auth/tokens", withActor(n.handleTokenCreate))
+	n.mux.HandleFunc("GET /v1/auth/tokens", n.handleTokenList)
+	n.mux.HandleFunc("DELETE /v1/auth/tokens/{name}", withActor(n.handleTokenRevoke))
+	n.mux.HandleFunc("POST /v1/pki/renew", withActor(n.handleRenew))
 }
 
 // WriteJSON writes v as an indented JSON answer with the status code: the

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -123,6 +124,8 @@ type Node struct {
 	revMu    sync.RWMutex
 	revoked  map[string]struct{} // serials (decimal) of revoked certificates
 	renewMu  sync.Mutex
+	// API tokens (secure clusters)
+	tokensCache atomic.Pointer[Cache]
 }
 
 // New checks cfg and returns a node ready to Start.
@@ -567,6 +570,9 @@ func (n *Node) bringUp(ctx context.Context) error {
 	}
 	n.nodesCache = NewCache(ctx, cli, PrefixNodes, n.log)
 	n.dcCache = NewCache(ctx, cli, PrefixDC, n.log)
+	if n.creds != nil {
+		n.tokensCache.Store(NewCache(ctx, cli, PrefixTokens, n.log))
+	}
 
 	n.wg.Add(7)
 	go n.revocationLoop()
@@ -649,7 +655,11 @@ func (n *Node) checkCluster(ctx context.Context) error {
 		info := ClusterInfo{ID: id, CreatedAt: time.Now().UTC(), CreatedBy: n.ident.Name, Schema: SchemaVersion, Version: n.cfg.Version, Voters: n.cfg.Voters, External: n.ident.External}
 		b, _ := json.Marshal(info)
 		ops := []clientv3.Op{clientv3.OpPut(KeyClusterInfo, string(b)), clientv3.OpPut(KeyJoinSecret, secret)}
+		var adminTok string
 		if n.newCA != nil {
+			adminTok = newAPIToken("admin")
+			tb, _ := json.Marshal(APIToken{Name: "admin", Role: AuthAdmin, Hash: hashToken(adminTok), CreatedAt: time.Now().UTC(), CreatedBy: "cluster creation on node " + n.ident.Name})
+			ops = append(ops, clientv3.OpPut(PrefixTokens+"admin", string(tb)))
 			cb, _ := json.Marshal(n.newCA)
 			ops = append(ops, clientv3.OpPut(KeyCA, string(cb)))
 			if leaf := n.creds.Leaf(); leaf != nil {
@@ -667,6 +677,11 @@ func (n *Node) checkCluster(ctx context.Context) error {
 		n.mu.Lock()
 		n.info = info
 		n.mu.Unlock()
+		if adminTok != "" {
+			if err := writeTLSFile(filepath.Join(n.cfg.DataDir, AdminTokenFile), []byte(adminTok+"\n")); err != nil {
+				n.log.Warn("cannot write the admin API token file", "err", err)
+			}
+		}
 		n.identMu.Lock()
 		n.ident.ClusterID = id
 		n.ident.Creator = true

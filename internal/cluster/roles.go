@@ -43,6 +43,10 @@ func withActor(h http.HandlerFunc) http.HandlerFunc {
 		if len(who) > 64 {
 			who = who[:64]
 		}
+		if p, ok := RequestPrincipal(r.Context()); ok && p.Name != "local socket" {
+			// authenticated: the header is only a claim, not trusted
+			who = p.Name
+		}
 		from := "the local socket"
 		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 			from = host
@@ -68,6 +72,9 @@ func Actor(ctx context.Context, def string) string { return actor(ctx, def) }
 func actor(ctx context.Context, def string) string {
 	if s, ok := ctx.Value(actorKey{}).(string); ok && s != "" {
 		return s
+	}
+	if p, ok := RequestPrincipal(ctx); ok {
+		return p.Name
 	}
 	return def
 }

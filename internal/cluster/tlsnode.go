@@ -191,6 +191,7 @@ func (n *Node) handleJoinCA(w http.ResponseWriter, r *http.Request) {
 func (n *Node) fetchJoinCA(ctx context.Context, tok Token) ([]byte, error) {
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	deadline := time.Now().Add(n.cfg.JoinTimeout)
+	unreachable := 0
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+n.cfg.Join+"/v1/join/ca", nil)
 		if err != nil {
@@ -201,7 +202,8 @@ func (n *Node) fetchJoinCA(ctx context.Context, tok Token) ([]byte, error) {
 			if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
 				return nil, &joinRefused{fmt.Errorf("the agent at %s (--join) speaks plain HTTP: its cluster was created with --insecure; start this node with --insecure too", n.cfg.Join)}
 			}
-			if time.Now().After(deadline) || ctx.Err() != nil {
+			unreachable++
+			if unreachable >= 10 || time.Now().After(deadline) || ctx.Err() != nil {
 				return nil, &joinRefused{fmt.Errorf("cannot reach the hacs agent at %s (--join): %v: is an agent running there, and is %s its --api address?", n.cfg.Join, err, n.cfg.Join)}
 			}
 			time.Sleep(500 * time.Millisecond)
@@ -224,7 +226,7 @@ func (n *Node) fetchJoinCA(ctx context.Context, tok Token) ([]byte, error) {
 			return nil, &joinRefused{fmt.Errorf("joining the cluster through %s was refused: the token is for cluster %s, but the agent at %s belongs to cluster %s: use this cluster's token, or --join a member of cluster %s", n.cfg.Join, tok.ClusterID, n.cfg.Join, jc.ClusterID, tok.ClusterID)}
 		}
 		if jc.MAC != caMAC(tok.Secret, []byte(jc.CA)) {
-			return nil, &joinRefused{fmt.Errorf("joining the cluster through %s was refused: the cluster CA it shows is not signed with this token's secret: either the token is wrong (copy the current one from DATA_DIR/join-token on a member) or something between this node and %s impersonates the cluster", n.cfg.Join, n.cfg.Join)}
+			return nil, &joinRefused{fmt.Errorf("joining the cluster through %s was refused: wrong join token for cluster %s: the cluster CA that %s shows is not authenticated by this token's secret; copy the current token from DATA_DIR/join-token on a member (if the token is right, something between this node and %s impersonates the cluster)", n.cfg.Join, tok.ClusterID, n.cfg.Join, n.cfg.Join)}
 		}
 		if _, err := parseCA([]byte(jc.CA), nil); err != nil {
 			return nil, &joinRefused{err}
@@ -235,18 +237,31 @@ func (n *Node) fetchJoinCA(ctx context.Context, tok Token) ([]byte, error) {
 
 // joinTLSClient verifies the member at --join against the cluster CA.
 func joinTLSClient(caPEM []byte) (*http.Client, error) {
+	tc, err := CATLSConfig(caPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}, nil
+}
+
+// CATLSConfig is the TLS configuration of a client of the agents' API
+// without a node certificate (the CLI): the server must present a node
+// certificate the cluster CA (caPEM) signed. Host names are not checked:
+// every certificate of the cluster's CA is one of its nodes.
+func CATLSConfig(caPEM []byte) (*tls.Config, error) {
 	a, err := parseCA(caPEM, nil)
 	if err != nil {
 		return nil, err
 	}
 	c := &tlsCreds{ca: a}
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		InsecureSkipVerify: true,
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // verified below against the cluster CA
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			_, err := c.verify(raw, x509.ExtKeyUsageServerAuth)
 			return err
 		},
-	}}}, nil
+	}, nil
 }
 
 // issueJoinCert signs a joining node's certificate request and records the
@@ -584,4 +599,16 @@ func (n *Node) probeRevoked(ctx context.Context, endpoints []string) error {
 		return fmt.Errorf("%w: every member refuses its certificate (serial %x), which the cluster revoked when it removed this node (%s, id %s); to bring this machine back, remove %s and join again as a new node with --join and --token", ErrRemoved, leaf.SerialNumber, n.ident.Name, n.ident.NodeID, n.cfg.DataDir)
 	}
 	return nil
+}
+
+// handleRenew renews this node's certificate now (POST /v1/pki/renew).
+func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	if err := n.RenewCertificate(ctx); err != nil {
+		writeError(w, err)
+		return
+	}
+	leaf := n.creds.Leaf()
+	writeJSON(w, http.StatusOK, map[string]string{"node": n.ident.Name, "serial": fmt.Sprintf("%x", leaf.SerialNumber), "expires": leaf.NotAfter.UTC().Format(time.RFC3339)})
 }

@@ -1,0 +1,250 @@
+package cluster
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// apiCall sends one request and returns the status and the error message.
+func apiCall(t *testing.T, hc *http.Client, method, url, token, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var e struct{ Error string }
+	json.Unmarshal(b, &e)
+	if e.Error == "" {
+		e.Error = string(b)
+	}
+	return resp.StatusCode, e.Error
+}
+
+// caClient trusts the cluster CA of dataDir and presents cert (if any).
+func caClient(t *testing.T, dataDir string, cert *tls.Certificate) *http.Client {
+	t.Helper()
+	ca, err := os.ReadFile(TLSFiles(dataDir).CACert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := CATLSConfig(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert != nil {
+		tc.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+}
+
+// certFrom issues a client certificate with the CA of caDir (cert and
+// key files), valid from nb to na.
+func certFrom(t *testing.T, a *ca, name string, nb, na time.Time) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(), Subject: pkix.Name{CommonName: name},
+		NotBefore: nb, NotAfter: na, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, &key.PublicKey, a.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalPKCS8PrivateKey(key)
+	c, err := tls.X509KeyPair(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// etcdReachable tells whether an etcd client with cert gets an answer.
+func etcdReachable(t *testing.T, endpoint, dataDir string, cert tls.Certificate) error {
+	ca, _ := os.ReadFile(TLSFiles(dataDir).CACert)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop(),
+		TLS: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = cli.Get(ctx, KeyClusterInfo)
+	return err
+}
+
+// TestSecurityRefusals: what a secure cluster refuses, with which message,
+// while it keeps serving the others.
+func TestSecurityRefusals(t *testing.T) {
+	cfg := testConfig(t, "s1")
+	cfg.Voters = 1
+	n := startNode(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	api := "https://" + n.APIAddr()
+	admin, err := os.ReadFile(filepath.Join(cfg.DataDir, AdminTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminTok := strings.TrimSpace(string(admin))
+	hc := caClient(t, cfg.DataDir, nil)
+
+	// key files are owner-only
+	for _, f := range []string{TLSFiles(cfg.DataDir).CAKey, TLSFiles(cfg.DataDir).Key, filepath.Join(cfg.DataDir, AdminTokenFile)} {
+		st, err := os.Stat(f)
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, st.Mode(), err)
+		}
+	}
+
+	// plaintext to the TLS-only port
+	resp, err := http.Get("http://" + n.APIAddr() + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(b), "HTTPS") {
+		t.Fatalf("plaintext: %d %s", resp.StatusCode, b)
+	}
+	// no token, unknown token, malformed token
+	if code, msg := apiCall(t, hc, "GET", api+"/v1/nodes", "", ""); code != 401 || !strings.Contains(msg, "needs a token") {
+		t.Fatalf("no token: %d %s", code, msg)
+	}
+	if code, msg := apiCall(t, hc, "GET", api+"/v1/nodes", "hacsapi1.mallory."+newSecret(), ""); code != 401 || !strings.Contains(msg, "unknown or revoked API token") {
+		t.Fatalf("unknown token: %d %s", code, msg)
+	}
+	if code, msg := apiCall(t, hc, "GET", api+"/v1/nodes", "letmein", ""); code != 401 || !strings.Contains(msg, "malformed") {
+		t.Fatalf("malformed token: %d %s", code, msg)
+	}
+	// roles
+	if code, msg := apiCall(t, hc, "GET", api+"/v1/nodes", adminTok, ""); code != 200 {
+		t.Fatalf("admin: %d %s", code, msg)
+	}
+	ro, err := n.CreateToken(ctx, "viewer", AuthReadOnly, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := n.CreateToken(ctx, "ops", AuthOperator, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := apiCall(t, hc, "GET", api+"/v1/nodes", ro, ""); code != 200 {
+		t.Fatalf("read-only GET: %d", code)
+	}
+	if code, msg := apiCall(t, hc, "POST", api+"/v1/nodes/s1/standby", ro, `{"standby": false}`); code != 403 || !strings.Contains(msg, "token viewer has the role read-only") || !strings.Contains(msg, "needs operator") {
+		t.Fatalf("read-only POST: %d %s", code, msg)
+	}
+	if code, msg := apiCall(t, hc, "POST", api+"/v1/nodes/s1/standby", op, `{"standby": true}`); code != 200 {
+		t.Fatalf("operator POST: %d %s", code, msg)
+	}
+	if code, msg := apiCall(t, hc, "POST", api+"/v1/auth/tokens", op, `{"name": "x", "role": "admin"}`); code != 403 || !strings.Contains(msg, "needs admin") {
+		t.Fatalf("operator creating a token: %d %s", code, msg)
+	}
+	// the actor recorded is the token, whatever the client claims
+	waitCond(t, 5*time.Second, func() bool {
+		evs, _, err := ListEvents(ctx, n.Client(), EventFilter{Kind: EventNodeStandby})
+		return err == nil && len(evs) >= 1 && strings.HasPrefix(evs[len(evs)-1].Fields["by"], "token ops")
+	})
+	// a revoked token is refused from the next request on
+	if code, msg := apiCall(t, hc, "DELETE", api+"/v1/auth/tokens/ops", adminTok, ""); code != 200 {
+		t.Fatalf("revoke: %d %s", code, msg)
+	}
+	waitCond(t, 5*time.Second, func() bool {
+		code, _ := apiCall(t, hc, "GET", api+"/v1/nodes", op, "")
+		return code == 401
+	})
+
+	// certificates: another cluster's CA, an expired one of this CA
+	otherPEM, otherKey, _ := newCA("0000000000000000")
+	other, _ := parseCA(otherPEM, otherKey)
+	mine, err := n.loadCA(ctx, n.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := certFrom(t, other, "intruder", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	expired := certFrom(t, mine, "old", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
+	for _, c := range []struct {
+		name string
+		cert tls.Certificate
+	}{{"other CA", foreign}, {"expired", expired}} {
+		cl := caClient(t, cfg.DataDir, &c.cert)
+		req, _ := http.NewRequest("GET", api+"/v1/nodes", nil)
+		if resp, err := cl.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("%s certificate: API answered %d", c.name, resp.StatusCode)
+		} else {
+			t.Logf("%s certificate, API: %v", c.name, err)
+		}
+		if err := etcdReachable(t, n.ident.ClientURL, cfg.DataDir, c.cert); err == nil {
+			t.Fatalf("%s certificate: etcd answered", c.name)
+		}
+	}
+	// the node keeps serving the others
+	if code, _ := apiCall(t, hc, "GET", api+"/v1/nodes", adminTok, ""); code != 200 {
+		t.Fatalf("after refusals: %d", code)
+	}
+
+	// a removed node's certificate stops working
+	cfg2 := testConfig(t, "s2")
+	cfg2.Join, cfg2.Token = n.APIAddr(), readJoinToken(t, cfg.DataDir)
+	n2 := startNode(t, cfg2)
+	p2 := TLSFiles(cfg2.DataDir)
+	cert2, err := tls.LoadX509KeyPair(p2.Cert, p2.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := etcdReachable(t, n.ident.ClientURL, cfg.DataDir, cert2); err != nil {
+		t.Fatalf("member's certificate refused by etcd: %v", err)
+	}
+	n2.Stop(ctx)
+	waitCond(t, 10*time.Second, func() bool { m, _ := n.Members().Node("s2"); return !m.Online })
+	if err := n.RemoveNode(ctx, "s2", false); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(t, 10*time.Second, func() bool { return etcdReachable(t, n.ident.ClientURL, cfg.DataDir, cert2) != nil })
+	cl := caClient(t, cfg.DataDir, &cert2)
+	waitCond(t, 10*time.Second, func() bool {
+		resp, err := cl.Get(api + "/v1/nodes")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err != nil
+	})
+}
+
+func readJoinToken(t *testing.T, dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, tokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
