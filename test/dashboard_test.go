@@ -178,7 +178,7 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	// the DC exports the resource's state as the page shows it
 	c.waitFor("the resource's metrics on the DC", 10*time.Second, func() bool {
-		m := scrape(t, c.api(dc))
+		m := scrape(t, c.hc(), c.api(dc))
 		return m[`hacs_cluster_resource_health{health="running",resource="dummy1"}`] == 1 &&
 			m[`hacs_cluster_resource_health{health="failed",resource="dummy1"}`] == 0 && m[`hacs_cluster_resource_running_nodes{resource="dummy1"}`] == 1
 	})

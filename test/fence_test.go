@@ -69,7 +69,7 @@ func TestFenceLostNodeThroughAgents(t *testing.T) {
 	c := newResCluster(t, 3, "--fence-agent-dir", agents)
 	c.dumpOnFailure(t, "svc3", "svc2")
 	hacs := func(args ...string) result {
-		return runCmd(t, hacsBin, append([]string{"--cluster", c.ports["n1"][0] + "," + c.ports["n2"][0]}, args...)...)
+		return runCmd(t, hacsBin, append(append([]string{"--cluster", c.ports["n1"][0] + "," + c.ports["n2"][0]}, cliCreds(filepath.Join(c.dir, "n1"))...), args...)...)
 	}
 	ok := func(args ...string) string {
 		t.Helper()

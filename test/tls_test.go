@@ -325,6 +325,7 @@ func TestTLSVolumeExports(t *testing.T) {
 	requireTools(t, "nbdinfo")
 	d := makeTLSDirs(t)
 	c := newRMCluster(t, 1, "--export-tls-certificates", d.server)
+	credEnv(t, filepath.Join(c.dir, "n1"))
 	api := c.ports["n1"][0]
 	mustRun(t, hacsBin, "volume", "create", "sec", "--size", "16M", "--replicas", "1", "--tls", "required", "--cluster", api)
 	mustRun(t, hacsBin, "volume", "create", "open", "--size", "16M", "--replicas", "1", "--cluster", api)

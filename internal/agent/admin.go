@@ -141,7 +141,7 @@ func (a *Agent) callNode(ctx context.Context, node, method, path string, actorHd
 	}
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, method, "http://"+n.APIAddr+path, rd)
+	req, err := http.NewRequestWithContext(cctx, method, a.node.Scheme()+"://"+n.APIAddr+path, rd)
 	if err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func (a *Agent) callNode(ctx context.Context, node, method, path string, actorHd
 	if actorHdr != "" {
 		req.Header.Set(cluster.ActorHeader, actorHdr)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := a.node.HTTPClient().Do(req)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
 	}

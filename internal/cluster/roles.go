@@ -44,8 +44,13 @@ func withActor(h http.HandlerFunc) http.HandlerFunc {
 			who = who[:64]
 		}
 		if p, ok := RequestPrincipal(r.Context()); ok && p.Name != "local socket" {
-			// authenticated: the header is only a claim, not trusted
-			who = p.Name
+			// authenticated: the header is only a claim, trusted from
+			// nodes alone (an agent forwarding its client's request)
+			if strings.HasPrefix(p.Name, "node ") && who != "" {
+				who += " via " + p.Name
+			} else {
+				who = p.Name
+			}
 		}
 		from := "the local socket"
 		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
