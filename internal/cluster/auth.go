@@ -206,15 +206,14 @@ func (n *Node) lookupToken(ctx context.Context, name string) (*APIToken, error) 
 	if c := n.tokensCache.Load(); c != nil {
 		s, _ := c.Snapshot()
 		if s.Synced && !s.Stale {
-			kv, ok := s.KVs[PrefixTokens+name]
-			if !ok {
-				return nil, nil
+			// a miss may be a token created a moment ago: ask the store
+			if kv, ok := s.KVs[PrefixTokens+name]; ok {
+				var t APIToken
+				if err := json.Unmarshal(kv.Value, &t); err != nil {
+					return nil, nil
+				}
+				return &t, nil
 			}
-			var t APIToken
-			if err := json.Unmarshal(kv.Value, &t); err != nil {
-				return nil, nil
-			}
-			return &t, nil
 		}
 	}
 	cli := n.Client()

@@ -97,7 +97,7 @@ func TestNodeRolesAndToken(t *testing.T) {
 	// the change is in the event log with its author
 	waitCond(t, 5*time.Second, func() bool {
 		evs, _, err := ListEvents(ctx, n.Client(), EventFilter{Kind: EventNodeRoles})
-		return err == nil && len(evs) == 1 && evs[0].Fields["by"] == "node solo (from 127.0.0.1)" &&
+		return err == nil && len(evs) == 1 && evs[0].Fields["by"] == "alice@desk via node solo (from 127.0.0.1)" &&
 			strings.Contains(evs[0].Message, "from storage,vhost to vhost")
 	})
 	// standby is recorded with its author too
@@ -106,7 +106,7 @@ func TestNodeRolesAndToken(t *testing.T) {
 	}
 	waitCond(t, 5*time.Second, func() bool {
 		evs, _, err := ListEvents(ctx, n.Client(), EventFilter{Kind: EventNodeStandby})
-		return err == nil && len(evs) == 1 && evs[0].Fields["by"] == "node solo (from 127.0.0.1)"
+		return err == nil && len(evs) == 1 && evs[0].Fields["by"] == "alice@desk via node solo (from 127.0.0.1)"
 	})
 
 	// the token: refused over TCP, answered on the socket
