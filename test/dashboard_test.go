@@ -21,6 +21,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	rm "github.com/hacs/hacs/internal/agent"
+	"github.com/hacs/hacs/internal/cluster"
 )
 
 // chromiumPath is Debian's chromium (scripts/install-deps.sh installs it).
@@ -69,6 +70,8 @@ func newBrowser(t *testing.T) context.Context {
 		chromedp.Flag("disable-dev-shm-usage", true),
 		chromedp.Flag("hide-scrollbars", true),
 		chromedp.Flag("mute-audio", true),
+		// the agents' certificates come from the cluster's own CA
+		chromedp.Flag("ignore-certificate-errors", true),
 		chromedp.WindowSize(1440, 1000),
 		chromedp.WSURLReadTimeout(60 * time.Second),
 	}
@@ -158,6 +161,16 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	arts := artifactDir(t)
 
+	// the API wants a token (a secure cluster): the page keeps the one
+	// given in its token field in sessionStorage
+	admin, err := os.ReadFile(filepath.Join(c.dir, "n1", cluster.AdminTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	browse(t, ctx, 30*time.Second, "giving the dashboard the admin token",
+		chromedp.Navigate(c.api(viewer)+"/"),
+		chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`sessionStorage.setItem("hacs.token", %q)`, strings.TrimSpace(string(admin)))),
+	)
 	browse(t, ctx, 30*time.Second, "loading the dashboard",
 		chromedp.Navigate(c.api(viewer)+"/"),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-node="n3"]`)),
@@ -251,17 +264,18 @@ func TestDashboardBrowser(t *testing.T) {
 
 	testCloneProgress(t, c, viewer)
 
-	testDashboardToken(t, ctx, c.api(viewer), arts)
+	testDashboardToken(t, ctx, c.api(viewer), c.hc().Transport, arts)
 }
 
 // testDashboardToken puts the dashboard behind a proxy that demands a
 // bearer token for /v1/ (as the API does once authentication is on): the
 // page shows the 401 clearly, then works once the token is entered, and
 // sends it on every request, the event stream included.
-func testDashboardToken(t *testing.T, ctx context.Context, api, arts string) {
+func testDashboardToken(t *testing.T, ctx context.Context, api string, upstream http.RoundTripper, arts string) {
 	const secret = "s3cret-token"
 	target, _ := url.Parse(api)
 	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = upstream // HTTPS to the agent, with the cluster's admin token
 	var streamAuthed atomic.Bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/") && r.Header.Get("Authorization") != "Bearer "+secret {
@@ -273,6 +287,7 @@ func testDashboardToken(t *testing.T, ctx context.Context, api, arts string) {
 		if r.URL.Path == "/v1/events/stream" {
 			streamAuthed.Store(true)
 		}
+		r.Header.Del("Authorization")
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(func() {
@@ -353,7 +368,7 @@ func testCloneProgress(t *testing.T, c *rmCluster, agentName string) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	r := runCmdTimeout(t, 60*time.Second, hacsBin, "volume", "clone", "vol", "vol-copy", "--cluster", c.ports[agentName][0])
+	r := runCmdTimeout(t, 60*time.Second, hacsBin, append([]string{"volume", "clone", "vol", "vol-copy", "--cluster", c.ports[agentName][0]}, cliCreds(filepath.Join(c.dir, "n1"))...)...)
 	close(stop)
 	seen := <-polled
 	if r.code != 0 || !strings.Contains(r.stdout, "created vol-copy from vol") || strings.Contains(r.stderr, "\x1b") {

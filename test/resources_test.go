@@ -102,7 +102,7 @@ func (c *resCluster) do(method, path string, body any) (int, []byte) {
 		}
 		req, _ := http.NewRequest(method, c.api(name)+path, rd)
 		req.Header.Set(cluster.ActorHeader, "tester@res")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := c.hc().Do(req)
 		if err != nil {
 			continue
 		}
@@ -256,14 +256,14 @@ func TestResourcesOCF(t *testing.T) {
 		// hacs resource move through the CLI, then --clear.
 		third := otherThan(nodes, from, to)
 		apis := c.ports["n1"][0] + "," + c.ports["n2"][0] + "," + c.ports["n3"][0]
-		out := mustRun(t, hacsBin, "resource", "move", "d1", third, "--cluster", apis, "--json")
+		out := mustRun(t, hacsBin, "resource", "move", "d1", third, "--cluster", apis, "--ca-file", caFileOf(filepath.Join(c.dir, "n1")), "--token-file", filepath.Join(c.dir, "n1", cluster.AdminTokenFile), "--json")
 		if !strings.Contains(out.stdout, `"cli-move-d1"`) {
 			t.Fatalf("move --json: %s", out.stdout)
 		}
 		if got := c.waitRunning("d1", 20*time.Second, to); got != third {
 			t.Fatalf("d1 on %s after move, want %s", got, third)
 		}
-		mustRun(t, hacsBin, "resource", "move", "d1", "--clear", "--cluster", apis)
+		mustRun(t, hacsBin, "resource", "move", "d1", "--clear", "--cluster", apis, "--ca-file", caFileOf(filepath.Join(c.dir, "n1")), "--token-file", filepath.Join(c.dir, "n1", cluster.AdminTokenFile))
 		c.mustDo("DELETE", "/v1/constraints/location-d1-"+to, nil, 200)
 		// The move is in the event log with the actor.
 		found := false
@@ -275,7 +275,7 @@ func TestResourcesOCF(t *testing.T) {
 		if !found {
 			t.Errorf("no resource-move-requested event with the actor: %+v", c.events("d1"))
 		}
-		lst := mustRun(t, hacsBin, "resource", "list", "--cluster", apis)
+		lst := mustRun(t, hacsBin, "resource", "list", "--cluster", apis, "--ca-file", caFileOf(filepath.Join(c.dir, "n1")), "--token-file", filepath.Join(c.dir, "n1", cluster.AdminTokenFile))
 		if !strings.Contains(lst.stdout, "d1") || !strings.Contains(lst.stdout, "running") {
 			t.Fatalf("resource list:\n%s", lst.stdout)
 		}
@@ -388,7 +388,7 @@ func TestResourcesOCF(t *testing.T) {
 		c.waitRunning("d4", 20*time.Second)
 		// info through the CLI shows the kept output.
 		apis := c.ports["n1"][0] + "," + c.ports["n2"][0]
-		out := mustRun(t, hacsBin, "resource", "info", "bad-code42", "--cluster", apis)
+		out := mustRun(t, hacsBin, "resource", "info", "bad-code42", "--cluster", apis, "--ca-file", caFileOf(filepath.Join(c.dir, "n1")), "--token-file", filepath.Join(c.dir, "n1", cluster.AdminTokenFile))
 		if !strings.Contains(out.stdout, "weird failure") || !strings.Contains(out.stdout, "blocked") {
 			t.Errorf("resource info:\n%s", out.stdout)
 		}

@@ -136,8 +136,11 @@ func requiredRole(method, path string) AuthRole {
 }
 
 // public paths need no authentication: the join handshake (it carries the
-// join secret).
+// join secret), the dashboard's page and assets.
 func publicPath(method, path string) bool {
+	if method == http.MethodGet && (path == "/" || strings.HasPrefix(path, "/ui/")) {
+		return true // the web dashboard's static files (its API calls carry a token)
+	}
 	return (method == http.MethodPost && path == "/v1/join") || (method == http.MethodGet && path == "/v1/join/ca")
 }
 

@@ -47,10 +47,10 @@ func TestEventStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	base := "http://" + n.APIAddr()
+	base := n.Scheme() + "://" + n.APIAddr()
 
 	for _, tc := range []struct{ query, status string }{{"?limit=x", "400"}, {"?limit=-1", "400"}} {
-		resp, err := http.Get(base + "/v1/events/stream" + tc.query)
+		resp, err := n.HTTPClient().Get(base + "/v1/events/stream" + tc.query)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +61,7 @@ func TestEventStream(t *testing.T) {
 	}
 
 	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/v1/events/stream?limit=2&kind=test-old", nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := n.HTTPClient().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestEventStream(t *testing.T) {
 	AppendEvent(ctx, n.Client(), Event{Node: "solo", Kind: "test-old", Message: "missed"})
 	req, _ = http.NewRequestWithContext(ctx, "GET", base+"/v1/events/stream?kind=test-old", nil)
 	req.Header.Set("Last-Event-ID", lastID)
-	resp2, err := http.DefaultClient.Do(req)
+	resp2, err := n.HTTPClient().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,11 +21,11 @@ func TestAPIValidation(t *testing.T) {
 	defer cancel()
 	go c.Run(ctx)
 	c.Register(n.Mux())
-	base := "http://" + n.APIAddr()
+	base := n.Scheme() + "://" + n.APIAddr()
 	call := func(method, path, body string) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequest(method, base+path, bytes.NewReader([]byte(body)))
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := n.HTTPClient().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
