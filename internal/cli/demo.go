@@ -309,7 +309,8 @@ const demoMarker = "written-by-hacs-demo"
 
 // demoClientConfig writes the CLI's credentials for the demo cluster (its
 // CA certificate and node1's admin token) to DIR/client, and also to the
-// default client config directory (~/.config/hacs) unless that holds
+// default client config directory ($HACS_CONFIG_DIR or ~/.config/hacs)
+// unless that holds
 // credentials the demo did not write. It returns the directory the CLI
 // uses and, for the banner, where else they went.
 func demoClientConfig(dir string) (string, string, error) {
@@ -341,7 +342,7 @@ func demoClientConfig(dir string) (string, string, error) {
 		return "", "", fmt.Errorf("writing the demo's client credentials: %w", err)
 	}
 	def := clientConfigDir()
-	if def == "" || os.Getenv("HACS_CONFIG_DIR") != "" {
+	if def == "" {
 		return cdir, " (export HACS_CONFIG_DIR=" + cdir + " for the CLI to use them)", nil
 	}
 	_, errCA := os.Stat(filepath.Join(def, "ca.crt"))
