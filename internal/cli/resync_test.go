@@ -29,7 +29,7 @@ func resyncAPI(t *testing.T, states ...agent.VolumeInfo) string {
 		json.NewEncoder(w).Encode(v)
 	}))
 	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
+	return srv.URL // plain http://: like an --insecure cluster
 }
 
 func volState(health string, inSync []string, reps ...mirror.ReplicaStatus) agent.VolumeInfo {
