@@ -100,6 +100,13 @@ const forwardedHeader = "X-Hacs-Forwarded"
 // handlers record changes with (the X-Hacs-Actor header for now).
 func (a *Agent) actor(ctx context.Context) string { return cluster.Actor(ctx, a.self()) }
 
+// forwardActor is who to name when passing r on to another agent: the
+// authenticated caller (with authentication on, a client's X-Hacs-Actor
+// header is only a claim and is not passed on), else the header.
+func forwardActor(r *http.Request) string {
+	return cluster.Actor(r.Context(), r.Header.Get(cluster.ActorHeader))
+}
+
 // emitBy records a change made through the API with who made it.
 func (a *Agent) emitBy(ctx context.Context, kind, volume, msg string) {
 	by := a.actor(ctx)
@@ -183,7 +190,7 @@ func (a *Agent) forwardToPrimary(w http.ResponseWriter, r *http.Request, v *volu
 		return true
 	}
 	var out json.RawMessage
-	if err := a.callNode(r.Context(), vi.Export.Node, r.Method, r.URL.Path, r.Header.Get(cluster.ActorHeader), body, &out); err != nil {
+	if err := a.callNode(r.Context(), vi.Export.Node, r.Method, r.URL.Path, forwardActor(r), body, &out); err != nil {
 		writeErr(w, err)
 		return true
 	}
@@ -904,7 +911,7 @@ func (a *Agent) handleClone(w http.ResponseWriter, r *http.Request) {
 		// A snapshot for the purpose, at one point of the write stream
 		// (taken by the primary), deleted after.
 		snap = fmt.Sprintf("clone-%d", time.Now().UnixNano())
-		if err := a.snapshotAnywhere(ctx, src, snap, r.Header.Get(cluster.ActorHeader)); err != nil {
+		if err := a.snapshotAnywhere(ctx, src, snap, forwardActor(r)); err != nil {
 			writeErr(w, fmt.Errorf("volume %s: taking a snapshot to clone: %w", src.name, err))
 			return
 		}
