@@ -649,7 +649,7 @@ func (a *Agent) takeSnapshot(ctx context.Context, v *volumeView, snap string) (S
 			}
 			done = append(done, n)
 		}
-		s.Replicas = done
+		s.Replicas = slices.Sorted(slices.Values(done)) // listed by name, whatever the placement order
 		s.Created = time.Now().UTC()
 		return nil
 	}
