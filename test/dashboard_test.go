@@ -400,7 +400,7 @@ func (c *rmCluster) callOn(name, method, path string, body, out any) (int, error
 	if err != nil {
 		return 0, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.hc().Do(req)
 	if err != nil {
 		return 0, err
 	}
