@@ -21,6 +21,11 @@ done
 [ -x /usr/lib/ocf/resource.d/heartbeat/Filesystem ] || missing+=(resource-agents)
 [ -x /usr/lib/ocf/resource.d/pacemaker/Stateful ] || missing+=(pacemaker-resource-agents)
 command -v arping >/dev/null 2>&1 || [ -x /usr/sbin/arping ] || missing+=(iputils-arping)
+# Filesystem checks for modprobe (kmod) and fuser (psmisc) before doing anything
+command -v modprobe >/dev/null 2>&1 || [ -x /usr/sbin/modprobe ] || missing+=(kmod)
+command -v fuser >/dev/null 2>&1 || missing+=(psmisc)
+# ping: the floating IP answers a client namespace (test/resgroup_test.go)
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 # nbdfuse ships in its own package on newer Debian, in libnbd-bin on bookworm.
 if ! command -v nbdfuse >/dev/null 2>&1; then
   missing+=(libnbd-bin)

@@ -47,6 +47,7 @@ type agent struct {
 	replica, export      string   // the resource manager's listeners ("" = default)
 	extra                []string // flags added at every start
 	netns                string   // network namespace to run in ("" = this one)
+	bin                  string   // program to run instead of hacsBin (a wrapper)
 	p                    *proc
 	starts               int
 	checkExitOnLastStart bool
@@ -80,8 +81,11 @@ func (a *agent) start(join, token string, more ...string) {
 	a.t.Helper()
 	args := a.args(join, token, more...)
 	name := hacsBin
+	if a.bin != "" {
+		name = a.bin
+	}
 	if a.netns != "" {
-		args = append([]string{"netns", "exec", a.netns, hacsBin}, args...)
+		args = append([]string{"netns", "exec", a.netns, name}, args...)
 		name = "ip"
 	}
 	a.p = startProc(a.t, false, name, args...)

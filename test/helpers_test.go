@@ -45,6 +45,8 @@ var toolPackages = map[string]string{
 	"mkfs.ext4":   "e2fsprogs",
 	"e2fsck":      "e2fsprogs",
 	"losetup":     "mount (util-linux)",
+	"ping":        "iputils-ping",
+	"nsenter":     "util-linux",
 	"mount":       "mount (util-linux)",
 	"umount":      "mount (util-linux)",
 	"blockdev":    "util-linux",

@@ -199,15 +199,23 @@ func (a *Agent) handleResCreate(w http.ResponseWriter, r *http.Request) {
 		OnFail: req.OnFail, Requires: req.Requires, Policy: req.Policy, Ops: req.Ops, Created: time.Now().UTC(), By: by}
 	cctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	tr, err := a.node.Client().Txn(cctx).
-		If(clientv3.Compare(clientv3.CreateRevision(resKey(req.Name, "spec")), "=", 0)).
-		Then(clientv3.OpPut(resKey(req.Name, "spec"), mustJSON(spec))).Commit()
+	ops := []clientv3.Op{clientv3.OpPut(resKey(req.Name, "spec"), mustJSON(spec))}
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(resKey(req.Name, "spec")), "=", 0)}
+	for _, mem := range req.Members {
+		if !strings.HasPrefix(mem, policy.VolumeRef) {
+			// The members now follow the group: their own placement goes
+			// (their nodes stop them unless the group runs there).
+			ops = append(ops, clientv3.OpDelete(resKey(mem, "assign")), clientv3.OpDelete(resKey(mem, "blocked")))
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(resKey(mem, "spec")), ">", 0))
+		}
+	}
+	tr, err := a.node.Client().Txn(cctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
 	if !tr.Succeeded {
-		writeErr(w, errf(http.StatusConflict, "resource %s exists already", req.Name))
+		writeErr(w, errf(http.StatusConflict, "resource %s exists already (or a member was deleted meanwhile)", req.Name))
 		return
 	}
 	a.resEvent("resource-created", req.Name, fmt.Sprintf("created (%s) by %s", req.Type, by), map[string]string{"actor": by})

@@ -55,7 +55,7 @@ func ipCmd(ctx context.Context, timeout time.Duration, args ...string) Result {
 		return Result{RC: RCErrInstalled, Message: "the ip command (iproute2) is not installed"}
 	}
 	env := append(os.Environ(), "PATH="+pathEnv(), "LC_ALL=C")
-	return execute(ctx, path, args, env, timeout)
+	return execute(ctx, path, args, env, timeout, 0)
 }
 
 // ipPresent tells whether the address is on the interface.
@@ -162,5 +162,5 @@ func announce(ctx context.Context, pfx netip.Prefix, nic, count string) {
 	}
 	// iputils arping: -U unsolicited (gratuitous) ARP, -c count, -I iface.
 	env := append(os.Environ(), "PATH="+pathEnv(), "LC_ALL=C")
-	execute(ctx, path, []string{"-U", "-c", strconv.Itoa(n), "-w", strconv.Itoa(n + 1), "-I", nic, pfx.Addr().String()}, env, time.Duration(n+2)*time.Second)
+	execute(ctx, path, []string{"-U", "-c", strconv.Itoa(n), "-w", strconv.Itoa(n + 1), "-I", nic, pfx.Addr().String()}, env, time.Duration(n+2)*time.Second, 0)
 }

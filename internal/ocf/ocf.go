@@ -54,8 +54,12 @@ const (
 	ActionValidate = "validate-all"
 )
 
-// MaxOutput bounds the stdout and stderr kept from one action (the tail).
-const MaxOutput = 4096
+// MaxOutput bounds the stdout and stderr kept from one action (the tail);
+// MaxMetaData bounds a meta-data action's stdout (the XML, kept whole).
+const (
+	MaxOutput   = 4096
+	MaxMetaData = 1 << 20
+)
 
 // Instance is one resource as the runner needs it.
 type Instance struct {
@@ -252,7 +256,11 @@ func (r *Runner) runOCF(ctx context.Context, in Instance, action string, timeout
 	}
 	env := append(os.Environ(), r.Env...)
 	env = append(env, r.ocfEnv(in, action, timeout, interval)...)
-	return execute(ctx, path, []string{action}, env, timeout)
+	maxOut := 0
+	if action == ActionMetaData {
+		maxOut = MaxMetaData
+	}
+	return execute(ctx, path, []string{action}, env, timeout, maxOut)
 }
 
 // tailBuffer keeps the last MaxOutput bytes written to it.
@@ -260,14 +268,22 @@ type tailBuffer struct {
 	mu  sync.Mutex
 	buf []byte
 	cut bool
+	max int // 0: MaxOutput
+}
+
+func (t *tailBuffer) limit() int {
+	if t.max > 0 {
+		return t.max
+	}
+	return MaxOutput
 }
 
 func (t *tailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.buf = append(t.buf, p...)
-	if len(t.buf) > MaxOutput {
-		t.buf = append(t.buf[:0:0], t.buf[len(t.buf)-MaxOutput:]...)
+	if len(t.buf) > t.limit() {
+		t.buf = append(t.buf[:0:0], t.buf[len(t.buf)-t.limit():]...)
 		t.cut = true
 	}
 	return len(p), nil
@@ -285,7 +301,7 @@ func (t *tailBuffer) String() string {
 		}
 		return r
 	}, s)
-	for len(s) > MaxOutput {
+	for len(s) > t.limit() {
 		_, size := utf8.DecodeRuneInString(s)
 		s = s[size:]
 		t.cut = true
@@ -298,7 +314,7 @@ func (t *tailBuffer) String() string {
 
 // execute runs a command in its own process group, killed (the whole
 // group) when the timeout passes or ctx ends.
-func execute(ctx context.Context, path string, args, env []string, timeout time.Duration) Result {
+func execute(ctx context.Context, path string, args, env []string, timeout time.Duration, maxStdout int) Result {
 	if timeout <= 0 {
 		timeout = 20 * time.Second
 	}
@@ -306,7 +322,7 @@ func execute(ctx context.Context, path string, args, env []string, timeout time.
 	cmd.Env = env
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var stdout, stderr tailBuffer
+	stdout, stderr := tailBuffer{max: maxStdout}, tailBuffer{}
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		rc := RCExecFailed

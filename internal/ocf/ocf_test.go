@@ -111,6 +111,10 @@ func TestDebianAgents(t *testing.T) {
 	dir := t.TempDir()
 	r := &Runner{Env: []string{"HA_VARRUN=" + dir, "HA_RSCTMP=" + dir}}
 	ctx := context.Background()
+	// Filesystem's meta-data is longer than MaxOutput: kept whole.
+	if md, err := r.MetaData(ctx, "ocf:heartbeat:Filesystem"); err != nil || md.Check(map[string]string{"device": "/dev/x", "directory": "/x", "fstype": "ext4"}) != nil {
+		t.Fatalf("Filesystem meta-data: %v", err)
+	}
 	for _, typ := range []string{"ocf:pacemaker:Dummy", "ocf:pacemaker:Stateful", "ocf:heartbeat:Dummy"} {
 		t.Run(typ, func(t *testing.T) {
 			md, err := r.MetaData(ctx, typ)
