@@ -101,6 +101,12 @@ type Agent struct {
 	creating map[string]time.Time
 	wg       sync.WaitGroup
 
+	// cuts are the exports that fenceLoop cut off while this node did not
+	// hold its lease, with when (guarded by cutMu, never by mu: fenceLoop
+	// must not wait for the node loop, which may be stuck in a mirror).
+	cutMu sync.Mutex
+	cuts  map[string]time.Time
+
 	// Resources other than volumes (resnode.go, resdc.go).
 	res         *cluster.Cache
 	runner      *ocf.Runner
@@ -143,7 +149,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
 		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{},
-		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{},
+		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{}, cuts: map[string]time.Time{},
 		runner: &ocf.Runner{Root: cfg.OCFRoot, Env: cfg.OCFEnv}, local: map[string]*localRes{}, resWake: make(chan struct{}, 1)}
 	if cfg.Pool != nil {
 		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
@@ -213,7 +219,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.registerResourceAPI()
 	a.log.Info("resource manager running", "replica_addr", a.replicaAddr, "export_addr", a.exportAddr)
 
-	a.wg.Add(6)
+	a.wg.Add(7)
+	go func() { defer a.wg.Done(); a.fenceLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.dcLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.resDCLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.resNodeLoop(ctx) }()
@@ -282,6 +289,62 @@ func (a *Agent) nodeLoop(ctx context.Context) {
 	}
 }
 
+// fenceLoop is the self-fence of the volume exports: as soon as this node
+// stops holding its lease, it cuts every export's clients off, whatever
+// the node loop is doing (reconcile may be waiting for a mirror that waits
+// for the cluster store, up to the mirror's StoreTimeout: the node would
+// go on serving, past its lease, while another node takes over). The node
+// loop then stops the cut primaries (reconcile, wasCut).
+func (a *Agent) fenceLoop(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		changed := a.node.Changes()
+		if !a.node.IsServing() {
+			a.cutExports()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-t.C:
+		}
+	}
+}
+
+// cutExports cuts off the clients of every export, side by side (one whose
+// requests are stuck in its mirror must not delay the others), and records
+// when for stopPrimaryLocked.
+func (a *Agent) cutExports() {
+	names := a.esrv.ExportNames()
+	if len(names) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cut := a.esrv.CutExport(name)
+			a.cutMu.Lock()
+			if _, ok := a.cuts[name]; !ok {
+				a.cuts[name] = cut
+			}
+			a.cutMu.Unlock()
+			a.log.Warn("export cut off: this node does not hold its lease (self-fence)", "volume", name)
+		}()
+	}
+	wg.Wait()
+}
+
+// wasCut reports whether fenceLoop cut a volume's export off.
+func (a *Agent) wasCut(name string) bool {
+	a.cutMu.Lock()
+	defer a.cutMu.Unlock()
+	_, ok := a.cuts[name]
+	return ok
+}
+
 // reconcile stops what this node must no longer serve and returns the
 // volumes it must start serving (startPrimaries starts them).
 func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) []*volumeView {
@@ -296,7 +359,7 @@ func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) []*volumeV
 	for name, p := range a.prims {
 		v := views[name]
 		switch {
-		case !serving:
+		case !serving || a.wasCut(name):
 			a.stopPrimaryLocked(name, "this node lost its lease or quorum: it stops serving (self-fence)", false)
 		case v == nil || v.spec == nil || v.state == nil:
 			a.stopPrimaryLocked(name, "volume destroyed", true)
@@ -513,6 +576,9 @@ func (a *Agent) installLocked(ctx context.Context, v *volumeView, m *mirror.Mirr
 		return fmt.Errorf("volume %s is served already", name)
 	}
 	a.esrv.RemoveExport(name)
+	a.cutMu.Lock()
+	delete(a.cuts, name) // a cut of an earlier tenure
+	a.cutMu.Unlock()
 	from := time.Now()
 	if v.spec.TLS == nbd.TLSRequired && a.cfg.ExportTLS == nil {
 		a.log.Warn("volume requires TLS but this node has no TLS certificate for exports: its clients are refused", "volume", name)
@@ -555,6 +621,12 @@ func (a *Agent) stopPrimaryLocked(name, why string, graceful bool) {
 	}
 	delete(a.prims, name)
 	cut := a.esrv.RemoveExport(name)
+	a.cutMu.Lock()
+	if t, ok := a.cuts[name]; ok {
+		cut = t // fenceLoop cut it off first
+		delete(a.cuts, name)
+	}
+	a.cutMu.Unlock()
 	if graceful {
 		p.m.Flush()
 	}

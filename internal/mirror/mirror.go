@@ -147,6 +147,9 @@ type Mirror struct {
 	// store updates, so that of concurrent updates the store keeps the
 	// latest set (see storeInSync).
 	want atomic.Pointer[[]string]
+	// ids are the legs' replica ids (Replicas), kept beside legs so that
+	// listing them never waits for mu (held across store updates).
+	ids atomic.Pointer[[]string]
 
 	// stripes order writes, reads, resync copies and verify per chunk.
 	stripes [stripeCount]sync.RWMutex
@@ -205,6 +208,7 @@ func Open(ctx context.Context, cfg Config) (*Mirror, error) {
 	for _, r := range cfg.Replicas {
 		m.legs = append(m.legs, &leg{Replica: r, state: Outdated, dirty: newBitmap(m.chunks), suspect: newBitmap(m.chunks)})
 	}
+	m.setIDsLocked()
 	if err := m.start(ctx, st); err != nil {
 		m.Close()
 		return nil, err
@@ -861,6 +865,7 @@ func (m *Mirror) AddReplica(r Replica) error {
 	l := &leg{Replica: r, state: Outdated, dirty: newBitmap(m.chunks), suspect: newBitmap(m.chunks)}
 	l.suspect.setAll(m.chunks)
 	m.legs = append(m.legs, l)
+	m.setIDsLocked()
 	m.event(r.ID, "replica-added", "new replica: full checksum resync before it joins the in-sync set")
 	m.startResync(l)
 	return nil
@@ -905,6 +910,7 @@ func (m *Mirror) RemoveReplica(id string) error {
 		l.dev = nil
 	}
 	m.legs = slices.Delete(m.legs, i, i+1)
+	m.setIDsLocked()
 	delete(m.al.dirty, id)
 	if f := m.commitLocked(m.targetsLocked()); len(f) > 0 {
 		return m.dropLocked(legsOf(f), errors.New("metadata write failed"))
@@ -913,15 +919,24 @@ func (m *Mirror) RemoveReplica(id string) error {
 	return nil
 }
 
-// Replicas lists the replica ids of the volume.
+// Replicas lists the replica ids of the volume. It never waits for the
+// mirror's lock (a failure handling may hold it while the cluster store is
+// out of reach).
 func (m *Mirror) Replicas() []string {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	var ids []string
+	if p := m.ids.Load(); p != nil {
+		return slices.Clone(*p)
+	}
+	return nil
+}
+
+// setIDsLocked refreshes what Replicas returns. Callers hold mu for writing
+// (or own the mirror alone, in New).
+func (m *Mirror) setIDsLocked() {
+	ids := make([]string, 0, len(m.legs))
 	for _, l := range m.legs {
 		ids = append(ids, l.ID)
 	}
-	return ids
+	m.ids.Store(&ids)
 }
 
 // Close stops the mirror: resyncs end and replica devices are closed. It

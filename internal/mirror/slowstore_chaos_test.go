@@ -177,3 +177,51 @@ func TestReplicaFailingDuringPromotionLeavesTheStore(t *testing.T) {
 		t.Fatal("replicas differ after b's second resync")
 	}
 }
+
+// TestReplicasListedWhileDropWaitsForStore is the regression test of a
+// finding of the fault-injection suite (CI short profile, seed
+// 1795320872590207730, round 7, volume cv1): n2, primary at epoch 3, was
+// cut off from the cluster; a write failed on n3 and the mirror's drop of
+// n3, holding the mirror's lock, waited for the store (StoreTimeout). The
+// agent's loop, in Replicas under its own lock, waited behind it, so n2
+// did not stop serving when it lost its lease: its export stayed up 1.5 s
+// after n3 served epoch 4. Listing the replicas must not wait for the
+// store (and the agent cuts its exports off on losing its lease without
+// its loop: agent.fenceLoop).
+func TestReplicasListedWhileDropWaitsForStore(t *testing.T) {
+	const size = 8 << 20
+	ids := []string{"a", "b"}
+	reps := newMemReplicas(size, ids...)
+	store := &slowStore{MemStore: NewMemStore(), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	_, err := Init(context.Background(), store, "vol", "a", ids)
+	must(t, err)
+	m := openMirror(t, store, "a", size, reps.config("a", ids...), func(c *Config) { c.StoreTimeout = 10 * time.Second })
+	defer close(store.release)
+	store.mu.Lock()
+	store.hold = true
+	store.mu.Unlock()
+	reps.setDown("b", true)
+	reps.devs["b"].FailAll(device.ErrInjected)
+	wrote := make(chan error, 1)
+	go func() { wrote <- m.WriteAt([]byte("y"), 4096, false) }()
+	select {
+	case <-store.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drop of b did not reach the store")
+	}
+	listed := make(chan []string, 1)
+	go func() { listed <- m.Replicas() }()
+	select {
+	case got := <-listed:
+		if !slices.Equal(got, ids) {
+			t.Fatalf("Replicas() = %v, want %v", got, ids)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Replicas waited for the store while a drop did")
+	}
+	select {
+	case err := <-wrote:
+		t.Fatalf("the write that b lacks returned (%v) before the store dropped b", err)
+	default:
+	}
+}

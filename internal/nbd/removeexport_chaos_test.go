@@ -96,3 +96,39 @@ func TestRemovedExportCannotBeSelected(t *testing.T) {
 		t.Fatalf("a removed export was selected (err %v)", err)
 	}
 }
+
+// TestCutExportDoesNotWaitForStuckRequests: CutExport (the agent's
+// self-fence on losing its lease) cuts every client of the export off at
+// once and returns while a request is still stuck in the device; the
+// stuck request's reply never reaches its client, and ExportNames no
+// longer lists the export.
+func TestCutExportDoesNotWaitForStuckRequests(t *testing.T) {
+	srv, sock := startServer(t)
+	dev := &stuckWrites{Device: device.NewMemory(1 << 20), started: make(chan struct{}), release: make(chan struct{})}
+	if err := srv.AddExport(Export{Name: "vol", Device: dev}); err != nil {
+		t.Fatal(err)
+	}
+	stuck := dialT(t, sock, ClientOptions{Export: "vol"})
+	other := dialT(t, sock, ClientOptions{Export: "vol"})
+	mustOK(t, other.ReadAt(make([]byte, 4096), 0))
+	wrote := make(chan error, 1)
+	go func() { wrote <- stuck.WriteAt(make([]byte, 4096), 0, false) }()
+	<-dev.started
+	cut := make(chan struct{})
+	go func() { srv.CutExport("vol"); close(cut) }()
+	select {
+	case <-cut:
+	case <-time.After(5 * time.Second):
+		t.Fatal("CutExport waited for a request stuck in the device")
+	}
+	if names := srv.ExportNames(); len(names) != 0 {
+		t.Fatalf("ExportNames after the cut: %v", names)
+	}
+	if err := other.ReadAt(make([]byte, 4096), 0); err == nil {
+		t.Fatal("a client of the cut export was still served")
+	}
+	close(dev.release)
+	if err := <-wrote; err == nil {
+		t.Fatal("the stuck write was acknowledged after its export was cut off")
+	}
+}

@@ -106,6 +106,33 @@ func (s *Server) AddExport(e Export) error {
 // clients were cut off: no request was taken, and no reply could reach a
 // client, after it (the wait for the requests in flight comes after).
 func (s *Server) RemoveExport(name string) time.Time {
+	cut, victims := s.cutExport(name)
+	for _, c := range victims {
+		<-c.done
+	}
+	return cut
+}
+
+// CutExport is RemoveExport without the wait for the requests in flight:
+// it returns as soon as the export's clients are cut off (their requests
+// still in the device end on their own; no reply reaches a client).
+func (s *Server) CutExport(name string) time.Time {
+	cut, _ := s.cutExport(name)
+	return cut
+}
+
+// ExportNames lists the exports offered now.
+func (s *Server) ExportNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.exports))
+	for n := range s.exports {
+		names = append(names, n)
+	}
+	return names
+}
+
+func (s *Server) cutExport(name string) (time.Time, []*serverConn) {
 	s.mu.Lock()
 	e := s.exports[name]
 	if e != nil {
@@ -122,16 +149,13 @@ func (s *Server) RemoveExport(name string) time.Time {
 		}
 	}
 	s.mu.Unlock()
-	// Close every connection first, then wait for them all: one with a
-	// request stuck in the device must not keep the others serving.
+	// Close every connection first, then (RemoveExport) wait for them all:
+	// one with a request stuck in the device must not keep the others
+	// serving.
 	for _, c := range victims {
 		c.nc.Close()
 	}
-	cut := time.Now()
-	for _, c := range victims {
-		<-c.done
-	}
-	return cut
+	return time.Now(), victims
 }
 
 func (s *Server) lookup(name string) *Export {
