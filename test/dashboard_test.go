@@ -7,14 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,7 +133,8 @@ func click(sel string) chromedp.Action[chromedp.Void] {
 // headless chromium, checks what it shows, puts the primary's node in
 // standby with the page's button, and sees the page follow the failover to
 // the new primary without a reload. It also checks the API token field
-// against an authenticating proxy, and saves screenshots as artefacts.
+// with the agents' authentication (401 without a token, 403 for a
+// read-only token's action), and saves screenshots as artefacts.
 func TestDashboardBrowser(t *testing.T) {
 	ctx := newBrowser(t)
 	c := newRMCluster(t, 3)
@@ -161,16 +158,34 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	arts := artifactDir(t)
 
-	// the API wants a token (a secure cluster): the page keeps the one
-	// given in its token field in sessionStorage
+	// The API wants a token (a secure cluster): without one, the page
+	// shows the agent's 401; with the admin token typed into its field it
+	// shows the cluster (the token kept in the tab's sessionStorage).
 	admin, err := os.ReadFile(filepath.Join(c.dir, "n1", cluster.AdminTokenFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	browse(t, ctx, 30*time.Second, "giving the dashboard the admin token",
+	browse(t, ctx, 30*time.Second, "the page without a token",
 		chromedp.Navigate(c.api(viewer)+"/"),
-		chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`sessionStorage.setItem("hacs.token", %q)`, strings.TrimSpace(string(admin)))),
+		waitJS(`(() => { const b = document.getElementById("banner");
+			return !b.hidden && b.dataset.status === "401" && b.textContent.includes("Not authenticated (401)") })()`),
+		waitJS(`document.getElementById("tokenform").classList.contains("needed")`),
+		waitJS(`document.querySelector("#nodes tbody").textContent.includes("not authorized")`),
 	)
+	screenshot(t, ctx, filepath.Join(arts, "dashboard-401.png"))
+	useToken := func(tok string) chromedp.Action[chromedp.Void] {
+		return chromedp.Steps(
+			chromedp.Evaluate[chromedp.Void](`document.getElementById("token").value = ""`),
+			chromedp.SendKeys(chromedp.CSS(`#token`), tok),
+			click(`#tokenform button[type="submit"]`))
+	}
+	browse(t, ctx, 30*time.Second, "giving the page the admin token",
+		useToken(strings.TrimSpace(string(admin))),
+		waitJS(`document.getElementById("banner").hidden`),
+	)
+	if got := eval[string](t, ctx, `sessionStorage.getItem("hacs.token")`); got != strings.TrimSpace(string(admin)) {
+		t.Errorf("sessionStorage holds %q", got)
+	}
 	browse(t, ctx, 30*time.Second, "loading the dashboard",
 		chromedp.Navigate(c.api(viewer)+"/"),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-node="n3"]`)),
@@ -264,59 +279,30 @@ func TestDashboardBrowser(t *testing.T) {
 
 	testCloneProgress(t, c, viewer)
 
-	testDashboardToken(t, ctx, c.api(viewer), c.hc().Transport, arts)
-}
-
-// testDashboardToken puts the dashboard behind a proxy that demands a
-// bearer token for /v1/ (as the API does once authentication is on): the
-// page shows the 401 clearly, then works once the token is entered, and
-// sends it on every request, the event stream included.
-func testDashboardToken(t *testing.T, ctx context.Context, api string, upstream http.RoundTripper, arts string) {
-	const secret = "s3cret-token"
-	target, _ := url.Parse(api)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	proxy.Transport = upstream // HTTPS to the agent, with the cluster's admin token
-	var streamAuthed atomic.Bool
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/v1/") && r.Header.Get("Authorization") != "Bearer "+secret {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			json.NewEncoder(w).Encode(map[string]string{"error": "authentication required"})
-			return
-		}
-		if r.URL.Path == "/v1/events/stream" {
-			streamAuthed.Store(true)
-		}
-		r.Header.Del("Authorization")
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() {
-		// the page's event stream would hold Close up
-		srv.CloseClientConnections()
-		srv.Close()
-	})
-
-	// The proxy is another origin: its sessionStorage starts empty.
-	tctx := ctx
-	browse(t, tctx, 30*time.Second, "the page without a token",
-		chromedp.Navigate(srv.URL+"/"),
-		waitJS(`(() => { const b = document.getElementById("banner");
-			return !b.hidden && b.dataset.status === "401" && b.textContent.includes("Not authenticated (401)") })()`),
-		waitJS(`document.getElementById("tokenform").classList.contains("needed")`),
-	)
-	screenshot(t, tctx, filepath.Join(arts, "dashboard-401.png"))
-	browse(t, tctx, 30*time.Second, "the page with the token",
-		chromedp.SendKeys(chromedp.CSS(`#token`), secret),
-		click(`#tokenform button[type="submit"]`),
+	// A read-only token sees everything, and its actions are refused by
+	// the agent: the 403 is shown.
+	var ro struct {
+		Token string `json:"token"`
+	}
+	if code, err := c.call("POST", "/v1/auth/tokens", map[string]string{"name": "watcher", "role": "read-only"}, &ro); err != nil || code != 200 || ro.Token == "" {
+		t.Fatalf("read-only token: %d %v", code, err)
+	}
+	browse(t, ctx, 30*time.Second, "a read-only token",
+		useToken(ro.Token),
 		waitJS(`document.getElementById("banner").hidden`),
 		waitJS(`document.querySelectorAll('tr[data-node][data-state="online"]').length === 3`),
 		waitJS(`document.getElementById("live").textContent === "live"`),
+		click(`tr[data-volume="db"] button[data-act="vol-standby"]`),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm-ok`)),
+		click(`#confirm-ok`),
+		waitJS(`(() => { const t = document.getElementById("toast");
+			return !t.hidden && t.classList.contains("error") && t.textContent.startsWith("volume db: Forbidden (403)") })()`),
 	)
-	stored := eval[string](t, tctx, `sessionStorage.getItem("hacs.token")`)
-	if stored != secret || !streamAuthed.Load() {
-		t.Errorf("token in sessionStorage %q, event stream authenticated %v", stored, streamAuthed.Load())
+	screenshot(t, ctx, filepath.Join(arts, "dashboard-403.png"))
+	if v := c.volume("db"); v.Spec.Stopped {
+		t.Error("a read-only token stopped a volume")
 	}
-	browse(t, tctx, 10*time.Second, "leaving the page", chromedp.Navigate("about:blank"))
+	browse(t, ctx, 10*time.Second, "leaving the page", chromedp.Navigate("about:blank"))
 }
 
 func screenshot(t *testing.T, ctx context.Context, path string) {

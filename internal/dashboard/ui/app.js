@@ -541,7 +541,9 @@ async function act(kind, name) {
     await call();
     toast(what);
   } catch (e) {
-    if (isAuth(e)) { state.authError = e; renderBanner(); toast(authMessage(e), true); }
+    // an action refused shows in the message; the banner is for the
+    // page's reads (a 401 there too, a 403 may be this action's only)
+    if (isAuth(e)) toast(what.split(":")[0] + ": " + authMessage(e), true);
     else if (kind === "vol-snapshot" && (e.status === 404 || e.status === 405)) toast("This agent has no snapshot API (" + e.status + "): " + e.message, true);
     else toast(what.split(":")[0] + ": " + (e.status ? e.status + " " : "") + e.message, true);
   }
