@@ -83,6 +83,7 @@ healthy() { [ "$("$HACS" volume list --json | grep -c '"health": "ok"')" -ge "$V
 wait_until 1800 "$VOLUMES volumes healthy" healthy
 t2=$(date +%s.%N)
 printf 'created in %.1f s, all healthy %.1f s later\n' "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)"
+"$HACS" node list | awk '{print "  " $1 "\t" $(NF-2) " primaries\t" $(NF-1) " replicas"}' | sed 1d
 for n in 1 2 3; do
 	rss=$(awk '/VmRSS/ {print $2}' /proc/"${pids[$((n - 1))]}"/status)
 	echo "n$n: RSS $((rss / 1024)) MiB, $(ls /proc/"${pids[$((n - 1))]}"/fd | wc -l) open files"
