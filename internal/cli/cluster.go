@@ -39,6 +39,8 @@ type clusterView struct {
 	Nodes        []nodeView  `json:"nodes"`
 	Volumes      []volumeRow `json:"volumes"`
 	VolumesError string      `json:"volumes_error,omitempty"`
+	// Resources are the resources besides volumes (ip, ocf, groups).
+	Resources []resourceRow `json:"resources"`
 	// Fencing is the fencing status (nil when the agent has no fencing
 	// API).
 	Fencing  *fence.Status `json:"fencing,omitempty"`
@@ -154,6 +156,13 @@ func gather(ctx context.Context, c *apiClient, details func(agent.VolumeInfo) bo
 	var fst fence.Status
 	if one.do(ctx, "GET", "/v1/fence", nil, &fst) == nil {
 		v.Fencing = &fst
+	}
+	var rl []agent.ResourceInfo
+	v.Resources = []resourceRow{}
+	if one.do(ctx, "GET", "/v1/resources", nil, &rl) == nil {
+		for _, r := range rl {
+			v.Resources = append(v.Resources, newResourceRow(r))
+		}
 	}
 	v.build(m, vols)
 	v.Problems = audit(v)
@@ -313,6 +322,16 @@ func audit(v clusterView) []problem {
 		}
 		sort.Strings(vs)
 		add("version-skew", "", "nodes run different hacs versions: %s", strings.Join(vs, "; "))
+	}
+	for _, r := range v.Resources {
+		switch r.Health {
+		case "blocked":
+			if !strings.HasPrefix(r.Why, "waiting for") {
+				add("resource-blocked", r.Name, "resource %s cannot run: %s", r.Name, r.Why)
+			}
+		case "failed":
+			add("resource-failed", r.Name, "resource %s failed: %s", r.Name, r.Why)
+		}
 	}
 	if v.VolumesError != "" {
 		add("volumes-unreadable", "", "the volumes could not be read: %s", v.VolumesError)
@@ -529,6 +548,12 @@ func renderStatus(w io.Writer, v clusterView) {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		writeVolumeTable(tw, v)
+		tw.Flush()
+	}
+	if len(v.Resources) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		printResourceRows(tw, v.Resources)
 		tw.Flush()
 	}
 	if recs := recentFencing(v); len(recs) > 0 {

@@ -24,6 +24,7 @@ import (
 	"github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/mirror"
+	"github.com/hacs/hacs/internal/policy"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files of the CLI tests")
@@ -255,6 +256,13 @@ func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, cluster.HTTPError(404, "no volume named %q", name))
 	case r.Method == "GET" && r.URL.Path == "/v1/events":
 		reply(map[string]any{"events": []cluster.Event{{Time: time.Unix(1700000000, 0), Node: "n1", Kind: "node-joined", Message: "node n1 joined", Key: "k1"}}})
+	case r.Method == "GET" && r.URL.Path == "/v1/resources":
+		reply([]agent.ResourceInfo{
+			{Spec: agent.ResourceSpec{Name: "vip", Type: "ip"}, Group: "web", Running: []string{"n1"}, Health: "running"},
+			{Spec: agent.ResourceSpec{Name: "web", Type: "group", Members: []string{"volume:vm1", "vip"}}, Assigned: &agent.Assignment{Node: "n1"}, Running: []string{"n1"}, Health: "running"},
+			{Spec: agent.ResourceSpec{Name: "db", Type: "ocf:heartbeat:pgsql"}, Health: "blocked", Blocked: &agent.Degraded{Reason: "no node can run it (n1: start failed there (db: not installed (rc 5)))"},
+				Failures: map[string]policy.Failure{"n1": {Count: 1, Fatal: true, Op: "start"}}},
+		})
 	case r.Method == "GET" && strings.HasPrefix(r.URL.Path, "/v1/fence"):
 		cluster.WriteError(w, cluster.HTTPError(404, "no fencing API (an agent older than it)"))
 	case r.Method == "GET" && r.URL.Path == "/v1/token":
