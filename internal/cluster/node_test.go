@@ -224,6 +224,13 @@ func TestClusterNodeFencing(t *testing.T) {
 	if st := n1.ServingStatus(); st.Serving || st.Reason == "" {
 		t.Fatalf("serving status %+v", st)
 	}
+	// the lease counters (metrics) tell the story: renewals, then
+	// failures, one self-fence; one DC election
+	lc := n1.LeaseCounters()
+	if lc.Grants < 1 || lc.Renewals < 1 || lc.RenewalFailures < 1 || lc.SelfFences < 1 || lc.DCElections != 1 || lc.LastRenewal.IsZero() {
+		t.Fatalf("lease counters %+v", lc)
+	}
+	t.Logf("lease counters %+v", lc)
 }
 
 // TestNodeExternal: nodes of a cluster on an external etcd (every node a
