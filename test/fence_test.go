@@ -98,6 +98,9 @@ func TestFenceLostNodeThroughAgents(t *testing.T) {
 		t.Fatalf("test: %s", out)
 	}
 	fails("Unable to connect", "fence", "test", "broken")
+	if out := ok("fence", "test", "dummy3", "--status", "n3"); !strings.Contains(out, "node n3 is off") {
+		t.Fatalf("status: %s", out)
+	}
 
 	// svc3 (no data-path fencing) runs on n3, whose agent is killed.
 	fast := map[string]any{"monitor_interval": "1s"}
@@ -213,9 +216,19 @@ func TestFenceLostNodeThroughAgents(t *testing.T) {
 	if rt.Manual || !strings.Contains(rt.Reason, "on-fail=fence") {
 		t.Errorf("record %+v", rt)
 	}
-	c.waitRunning("svc1", 60*time.Second)
-	if ev, ok := c.startedAfter("svc1", failed); !ok || ev.Time.Before(rt.Confirmed) {
-		t.Fatalf("svc1 started again at %v, before %s was fenced at %v", ev.Time, target, rt.Confirmed)
+	c.waitFor("svc1 started again", 60*time.Second, func() bool { _, ok := c.startedAfter("svc1", failed); return ok })
+	// It starts again once n3 is confirmed fenced, or once n3's agent (which
+	// stopped serving when its lease was revoked) reported it stopped: the
+	// resource planner counts a clean stop as safe. Never before both.
+	ev, _ := c.startedAfter("svc1", failed)
+	var stoppedAt time.Time
+	for _, e := range c.events("svc1") {
+		if e.Kind == "resource-stopped" && e.Node == target && e.Time.After(failed) && stoppedAt.IsZero() {
+			stoppedAt = e.Time
+		}
+	}
+	if ev.Time.Before(rt.Confirmed) && (stoppedAt.IsZero() || ev.Time.Before(stoppedAt)) {
+		t.Fatalf("svc1 started again at %v, before %s was fenced (%v) and before it stopped there (%v)", ev.Time, target, rt.Confirmed, stoppedAt)
 	}
 	t.Logf("on-fail=fence: %s fenced by %s level %d %v after the monitor failure", target, rt.Method, rt.Level, rt.Confirmed.Sub(failed).Round(time.Millisecond))
 	c.waitOnline(3) // the fenced node serves again with a new lease

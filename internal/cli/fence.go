@@ -375,28 +375,62 @@ func writeFenceRecords(w io.Writer, recs []fence.Record) {
 }
 
 func fenceTestCmd(f *apiFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "test DEVICE",
-		Short: "Check that a fence device answers (the agent's monitor action; nothing is powered off)",
-		Args:  cobra.ExactArgs(1),
+	var statusOf string
+	var list bool
+	cmd := &cobra.Command{
+		Use:   "test DEVICE [--status NODE | --list]",
+		Short: "Check a fence device without powering anything off: monitor (default), a node's plug status, or the plugs it lists",
+		Example: `  hacs fence test ipmi-n1
+  hacs fence test pdu --status n2
+  hacs fence test pdu --list`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			q := url.Values{}
+			switch {
+			case statusOf != "" && list:
+				return usagef("--status and --list exclude each other")
+			case statusOf != "":
+				q.Set("action", fence.ActionStatus)
+				q.Set("node", statusOf)
+			case list:
+				q.Set("action", fence.ActionList)
+			}
+			path := "/v1/fence/devices/" + url.PathEscape(args[0]) + "/test"
+			if len(q) > 0 {
+				path += "?" + q.Encode()
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Minute)
 			defer cancel()
 			var tr fence.TestResult
-			if err := f.client().do(ctx, "POST", "/v1/fence/devices/"+url.PathEscape(args[0])+"/test", nil, &tr); err != nil {
+			if err := f.client().do(ctx, "POST", path, nil, &tr); err != nil {
 				return err
 			}
 			if err := f.print(cmd, tr, func(w io.Writer) {
-				if tr.OK {
+				if !tr.OK {
+					return
+				}
+				switch tr.Result.Action {
+				case fence.ActionStatus:
+					state := "on"
+					if tr.Result.Off {
+						state = "off"
+					}
+					fmt.Fprintf(w, "node %s is %s (plug %s, asked by %s on %s)\n", statusOf, state, tr.Result.Plug, tr.Result.Agent, tr.Node)
+				case fence.ActionList:
+					fmt.Fprint(w, tr.Result.Stdout)
+				default:
 					fmt.Fprintf(w, "fence device %s answers (monitor by %s on %s, %v)\n", args[0], tr.Result.Agent, tr.Node, tr.Result.Took.Round(time.Millisecond))
 				}
 			}); err != nil {
 				return err
 			}
 			if !tr.OK {
-				return fmt.Errorf("fence device %s does not answer (monitor on %s): %s", args[0], tr.Node, tr.Error)
+				return fmt.Errorf("fence device %s: %s (run on %s)", args[0], tr.Error, tr.Node)
 			}
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&statusOf, "status", "", "ask the device whether NODE's plug is on or off (action status)")
+	cmd.Flags().BoolVar(&list, "list", false, "list the plugs the device knows (action list)")
+	return cmd
 }

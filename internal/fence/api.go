@@ -93,13 +93,40 @@ func (c *Controller) read(ctx context.Context) (View, error) {
 	return v, nil
 }
 
+// secretParam reports parameters whose values the API never shows
+// (passwords, keys, tokens).
+func secretParam(k string) bool {
+	for _, w := range []string{"passw", "secret", "token", "key", "credential"} {
+		if strings.Contains(k, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// Masked returns d with its secret parameters' values replaced by "***".
+func (d Device) Masked() Device {
+	if len(d.Params) == 0 {
+		return d
+	}
+	p := make(map[string]string, len(d.Params))
+	for k, v := range d.Params {
+		if secretParam(k) {
+			v = "***"
+		}
+		p[k] = v
+	}
+	d.Params = p
+	return d
+}
+
 // StatusOf builds the status from a view.
 func (c *Controller) StatusOf(v View) Status {
 	cfg := c.node.Config()
 	st := Status{Devices: []Device{}, Levels: []Levels{}, Records: []Record{}, LeaseTTL: cluster.Duration(cfg.LeaseTTL),
 		SafetyMargin: cluster.Duration(cfg.SafetyMargin), Grace: cluster.Duration(c.cfg.Grace)}
 	for _, k := range sortedKeys(v.Devices) {
-		st.Devices = append(st.Devices, v.Devices[k])
+		st.Devices = append(st.Devices, v.Devices[k].Masked())
 	}
 	for _, k := range sortedKeys(v.Levels) {
 		l := v.Levels[k]
@@ -195,7 +222,7 @@ func (c *Controller) handleDeviceAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.node.Emit("fence-device-added", "", fmt.Sprintf("fence device %s (%s) added by %s", d.Name, d.Agent, d.By), map[string]string{"device": d.Name, "by": d.By})
-	writeJSON(w, http.StatusCreated, d)
+	writeJSON(w, http.StatusCreated, d.Masked())
 }
 
 func (c *Controller) handleDeviceDelete(w http.ResponseWriter, r *http.Request) {
@@ -241,6 +268,25 @@ func (c *Controller) handleDeviceDelete(w http.ResponseWriter, r *http.Request) 
 
 func (c *Controller) handleDeviceTest(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	action := r.URL.Query().Get("action")
+	node := r.URL.Query().Get("node")
+	switch action {
+	case "", ActionMonitor:
+		action = ActionMonitor
+		if node != "" {
+			writeErr(w, errf(http.StatusBadRequest, "monitor checks the device, not a node: ask action=status for node %s", node))
+			return
+		}
+	case ActionList:
+	case ActionStatus:
+		if node == "" {
+			writeErr(w, errf(http.StatusBadRequest, "status needs the node whose plug to ask (node=NAME)"))
+			return
+		}
+	default:
+		writeErr(w, errf(http.StatusBadRequest, "test action %q: use monitor, list or status (nothing that powers a machine off or on)", action))
+		return
+	}
 	v, err := c.read(r.Context())
 	if err != nil {
 		writeErr(w, err)
@@ -251,7 +297,11 @@ func (c *Controller) handleDeviceTest(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, errf(http.StatusNotFound, "no fence device %s", name))
 		return
 	}
-	res := c.cfg.Runner.Run(r.Context(), d, ActionMonitor, "")
+	if node != "" && !d.Covers(node) {
+		writeErr(w, errf(http.StatusBadRequest, "fence device %s does not cover node %s", name, node))
+		return
+	}
+	res := c.cfg.Runner.Run(r.Context(), d, action, node)
 	writeJSON(w, http.StatusOK, TestResult{Node: c.node.Name(), Result: res, OK: res.OK(), Error: res.Error()})
 }
 

@@ -44,6 +44,7 @@ metadata) cat <<'XML'
  <parameter name="plug" required="1"><content type="string"/></parameter>
  <parameter name="ipaddr" required="1"><content type="string"/><shortdesc lang="en">IP address</shortdesc></parameter>
  <parameter name="power_wait" required="0"><content type="second" default="0"/></parameter>
+ <parameter name="passwd" required="0"><content type="string"/></parameter>
  <parameter name="verbose" required="0"><content type="boolean"/></parameter>
 </parameters>
 <actions><action name="on"/><action name="off"/><action name="status"/><action name="monitor"/><action name="metadata"/></actions>
