@@ -494,8 +494,10 @@ func (a *Agent) resizePrimary(ctx context.Context, name string, size int64) erro
 			a.resizeReplicas(context.WithoutCancel(ctx), name, v.placement.Replicas, epoch, size, old)
 		}
 	}
-	if v2, verr := a.volume(ctx, name); verr == nil && v2.state != nil && v2.state.Primary == a.self() && v2.state.Epoch == epoch && v2.placement != nil {
-		if serr := a.startPrimaryLocked(ctx, v2); serr != nil && err == nil {
+	// Serve again even if the client went away meanwhile.
+	sctx := context.WithoutCancel(ctx)
+	if v2, verr := a.volume(sctx, name); verr == nil && v2.state != nil && v2.state.Primary == a.self() && v2.state.Epoch == epoch && v2.placement != nil {
+		if serr := a.startPrimaryLocked(sctx, v2); serr != nil && err == nil {
 			err = fmt.Errorf("volume %s: resized, but serving it again failed: %w", name, serr)
 		}
 	}
@@ -813,15 +815,17 @@ func (a *Agent) handleSnapRevert(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// First no replica is in sync (a revert cut short leaves the volume
-	// unservable, never serving a mix), then the reverted ones are.
-	if err := a.setInSync(r.Context(), v, nil); err != nil {
+	// unservable, never serving a mix), then the reverted ones are. The
+	// client going away does not cut it short.
+	ctx := context.WithoutCancel(r.Context())
+	if err := a.setInSync(ctx, v, nil); err != nil {
 		writeErr(w, err)
 		return
 	}
 	var done []string
 	var failed []string
 	for _, n := range nodes {
-		err := a.replicaCall(r.Context(), n, name, replicaOp{Op: "revert", Snapshot: snap, Epoch: v.state.Epoch, Size: v.spec.Size, SnapSize: s.Size})
+		err := a.replicaCall(ctx, n, name, replicaOp{Op: "revert", Snapshot: snap, Epoch: v.state.Epoch, Size: v.spec.Size, SnapSize: s.Size})
 		if err != nil {
 			a.log.Warn("revert", "volume", name, "node", n, "err", err)
 			failed = append(failed, n+": "+err.Error())
@@ -833,15 +837,15 @@ func (a *Agent) handleSnapRevert(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("volume %s: revert to %s failed on every replica (%s); the volume cannot be served until a revert succeeds", name, snap, strings.Join(failed, "; ")))
 		return
 	}
-	v2, err := a.volume(r.Context(), name)
+	v2, err := a.volume(ctx, name)
 	if err == nil {
-		err = a.setInSync(r.Context(), v2, done)
+		err = a.setInSync(ctx, v2, done)
 	}
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	cctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	for _, o := range newer {
 		a.node.Client().Delete(cctx, snapshotKey(name, o))
 	}
@@ -853,7 +857,7 @@ func (a *Agent) handleSnapRevert(w http.ResponseWriter, r *http.Request) {
 	if len(newer) > 0 {
 		msg += "; newer snapshots discarded: " + strings.Join(newer, ", ")
 	}
-	a.emitBy(r.Context(), "volume-reverted", name, msg)
+	a.emitBy(ctx, "volume-reverted", name, msg)
 	writeJSON(w, http.StatusOK, map[string]any{"volume": name, "snapshot": snap, "reverted": done, "failed": failed, "discarded": newer})
 }
 
