@@ -11,9 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
 	rm "github.com/hacs/hacs/internal/agent"
@@ -137,6 +139,30 @@ func click(sel string) chromedp.Action[chromedp.Void] {
 // read-only token's action), and saves screenshots as artefacts.
 func TestDashboardBrowser(t *testing.T) {
 	ctx := newBrowser(t)
+	// every uncaught JavaScript error of the page fails the test
+	var jsMu sync.Mutex
+	var jsErrors []string
+	if err := chromedp.Listen(ctx, func(ev any) {
+		if e, ok := ev.(*cdpruntime.EventExceptionThrown); ok && e.ExceptionDetails != nil {
+			d := e.ExceptionDetails
+			msg := d.Text
+			if d.Exception != nil {
+				msg += " " + d.Exception.Description
+			}
+			jsMu.Lock()
+			jsErrors = append(jsErrors, fmt.Sprintf("%s:%d: %s", d.URL, d.LineNumber+1, msg))
+			jsMu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		jsMu.Lock()
+		defer jsMu.Unlock()
+		for _, e := range jsErrors {
+			t.Errorf("JavaScript error in the page: %s", e)
+		}
+	})
 	c := newRMCluster(t, 3)
 	for _, v := range []rm.VolumeRequest{{Name: "vol", Size: 32 << 20, Replicas: 3}, {Name: "db", Size: 16 << 20, Replicas: 2}} {
 		if code, err := c.call("POST", "/v1/volumes", v, nil); err != nil || code != 201 {

@@ -160,6 +160,15 @@ async function load() {
     note(vols.reason);
   }
   await loadResources(note);
+  // fencing records (GET /v1/fence), shown with their nodes
+  try {
+    const f = await api("GET", "/v1/fence");
+    state.fence = {};
+    for (const r of (f && f.records) || []) state.fence[r.node] = r;
+  } catch (e) {
+    state.fence = {};
+    if (e.status !== 404) note(e);
+  }
   if (!state.live) await loadEvents(note);
   state.authError = authErr;
   state.error = err;
@@ -330,6 +339,17 @@ function primariesByNode() {
   return out;
 }
 
+// fenceBadge shows a fencing of the node under way, failed, or confirmed
+// while it is still offline.
+function fenceBadge(n) {
+  const r = (state.fence || {})[n.name];
+  if (!r) return "";
+  const shown = { pending: "fence pending", fencing: "fencing", failed: "fence failed", fenced: "fenced" }[r.state];
+  if (!shown || (r.state === "fenced" && n.online)) return "";
+  const cls = r.state === "failed" ? "failed" : r.state === "fenced" ? "stopped" : "degraded";
+  return ' <span class="badge ' + cls + '" data-fence="' + esc(r.state) + '" title="' + esc(r.reason || "") + '">' + esc(shown) + "</span>";
+}
+
 function renderNodes() {
   const tb = $("nodes").tBodies[0];
   const nodes = (state.nodes && state.nodes.nodes) || [];
@@ -355,7 +375,7 @@ function renderNodes() {
       : '<button class="secondary" data-act="node-standby" data-name="' + esc(n.name) + '">Standby</button>';
     return '<tr data-node="' + esc(n.name) + '" data-state="' + esc(st) + '">' +
       '<td class="name">' + esc(n.name) + (n.name === dc ? badge("DC", "dc") : "") + "</td>" +
-      "<td>" + badge(st) + (n.online ? "" : (n.since ? ' <span class="muted small">since ' + esc(fmtTime(n.since)) + "</span>" : "")) + "</td>" +
+      "<td>" + badge(st) + fenceBadge(n) + (n.online ? "" : (n.since ? ' <span class="muted small">since ' + esc(fmtTime(n.since)) + "</span>" : "")) + "</td>" +
       "<td>" + (n.roles || []).map((r) => '<span class="tag">' + esc(r) + "</span>").join("") +
       Object.entries(n.labels || {}).map(([k, v]) => '<span class="tag">' + esc(k + "=" + v) + "</span>").join("") + "</td>" +
       "<td>" + storage + "</td>" +
