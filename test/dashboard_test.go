@@ -240,14 +240,17 @@ func TestDashboardBrowser(t *testing.T) {
 
 	// Standby of the primary's node with the page's button: the page
 	// follows the failover without a reload.
+	var clicked, shown time.Time
 	browse(t, ctx, 60*time.Second, "standby of the primary's node and the failover",
 		chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`),
 		click(fmt.Sprintf(`tr[data-node=%q] button[data-act="node-standby"]`, first)),
 		chromedp.WaitVisible(chromedp.CSS(`#confirm-ok`)),
 		click(`#confirm-ok`),
+		chromedp.Func(func(context.Context, *chromedp.Target) error { clicked = time.Now(); return nil }),
 		waitJS(fmt.Sprintf(`document.querySelector('tr[data-node=%q]').dataset.state === "standby"`, first)),
 		waitJS(fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-volume="vol"]');
 			return r && r.dataset.primary !== "" && r.dataset.primary !== %q && r.dataset.health === "ok" })()`, first)),
+		chromedp.Func(func(context.Context, *chromedp.Target) error { shown = time.Now(); return nil }),
 		waitJS(`window.notReloaded === true`),
 		waitJS(`[...document.querySelectorAll('#events tbody tr[data-kind="node-standby"]')].length > 0`),
 	)
@@ -256,7 +259,8 @@ func TestDashboardBrowser(t *testing.T) {
 	if v2.Export == nil || v2.Export.Node != second {
 		t.Errorf("the page shows primary %q, the API %+v", second, v2.Export)
 	}
-	t.Logf("the page followed the failover %s -> %s (epoch %d -> %d)", first, second, v.Export.Epoch, v2.State.Epoch)
+	t.Logf("the page followed the failover %s -> %s (epoch %d -> %d): the new primary shown %v after the confirming click",
+		first, second, v.Export.Epoch, v2.State.Epoch, shown.Sub(clicked).Round(time.Millisecond))
 	screenshot(t, ctx, filepath.Join(arts, "dashboard-after-failover.png"))
 
 	// The node back to active, with the page.
