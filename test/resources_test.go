@@ -341,6 +341,29 @@ func TestResourcesOCF(t *testing.T) {
 		c.waitFor("failures cleared", 5*time.Second, func() bool { return len(c.resource("d3").Failures) == 0 })
 	})
 
+	t.Run("on-fail-stop-and-cleanup", func(t *testing.T) {
+		c.t = t
+		c.dumpOnFailure(t, "d5")
+		c.mustDo("POST", "/v1/resources", map[string]any{"name": "d5", "type": "ocf:pacemaker:Dummy", "ops": fast, "on_fail": "stop"}, 201)
+		node := c.waitRunning("d5", 20*time.Second)
+		os.Remove(filepath.Join(c.varrun[node], "Dummy-d5.state"))
+		var ri rm.ResourceInfo
+		c.waitFor("d5 stopped after its failure (on-fail=stop)", 20*time.Second, func() bool {
+			ri = c.resource("d5")
+			return ri.Health == "blocked" && ri.Blocked != nil && strings.Contains(ri.Blocked.Reason, "on-fail=stop")
+		})
+		time.Sleep(2 * time.Second)
+		if files := c.stateFiles("Dummy", "d5"); len(files) != 0 {
+			t.Fatalf("d5 restarted on %v despite on-fail=stop", files)
+		}
+		t.Logf("d5: %s", ri.Blocked.Reason)
+		// cleanup clears the failure and probes again: it starts.
+		c.mustDo("POST", "/v1/resources/d5/cleanup", nil, 200)
+		c.waitRunning("d5", 20*time.Second)
+		c.mustDo("DELETE", "/v1/resources/d5", nil, 200)
+		c.waitFor("d5 stopped after delete", 20*time.Second, func() bool { return len(c.stateFiles("Dummy", "d5")) == 0 })
+	})
+
 	t.Run("bad-agents", func(t *testing.T) {
 		c.t = t
 		c.dumpOnFailure(t, "bad-missing", "bad-hang")
