@@ -96,6 +96,14 @@ func (a *Agent) planResourcesOnce(ctx context.Context, l cluster.Leadership, sna
 			a.log.Error("cluster store", "err", err)
 		}
 	}
+	if len(m.res) == 0 && len(m.cons) == 0 {
+		// Nothing to plan (the common case of a storage-only cluster):
+		// skip building the state on every volume change.
+		if a.cfg.Fence != nil {
+			a.cfg.Fence.Require(nil)
+		}
+		return 0
+	}
 	st := a.resState(m, vsnap)
 	actions := policy.PlanResources(st)
 	var last int64
