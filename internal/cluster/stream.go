@@ -6,12 +6,20 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
 // streamHeartbeat is how often an idle event stream sends a comment, so
 // that proxies and clients see the connection alive.
 var streamHeartbeat = 15 * time.Second
+
+// streamMaxAge ends a stream after a while: its client reconnects (the
+// dashboard and EventSource do) and is authenticated again, so that a
+// revoked token or certificate does not keep a stream for good.
+var streamMaxAge atomic.Int64 // time.Duration; 5 min (set in init)
+
+func init() { streamMaxAge.Store(int64(5 * time.Minute)) }
 
 // handleEventStream serves GET /v1/events/stream: the cluster event log as
 // Server-Sent Events (text/event-stream). Each event is sent as
@@ -24,7 +32,8 @@ var streamHeartbeat = 15 * time.Second
 // first sends the newest N matching events already in the log. A client
 // reconnecting with the Last-Event-ID header (EventSource does this)
 // continues after that revision instead. The stream ends when the watch of
-// the cluster store fails (the client reconnects).
+// the cluster store fails, and after streamMaxAge (the client reconnects,
+// authenticated again).
 func (n *Node) handleEventStream(w http.ResponseWriter, r *http.Request) {
 	cli := n.Client()
 	if cli == nil {
@@ -115,9 +124,17 @@ func (n *Node) handleEventStream(w http.ResponseWriter, r *http.Request) {
 	}()
 	hb := time.NewTicker(streamHeartbeat)
 	defer hb.Stop()
+	maxAge := time.NewTimer(time.Duration(streamMaxAge.Load()))
+	defer maxAge.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-maxAge.C:
+			// the client reconnects (after the retry delay) and is
+			// authenticated again
+			fmt.Fprint(w, "event: reconnect\ndata: {}\n\n")
+			fl.Flush()
 			return
 		case ev := <-evc:
 			if send(ev) != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -104,5 +105,20 @@ func TestEventStream(t *testing.T) {
 	evs = readSSE(t, bufio.NewScanner(resp2.Body), 1)
 	if len(evs) != 1 || !strings.Contains(evs[0].data, `"missed"`) {
 		t.Fatalf("resumed stream sent %+v", evs)
+	}
+
+	// A stream ends after streamMaxAge, telling the client to reconnect.
+	old := streamMaxAge.Swap(int64(300 * time.Millisecond))
+	defer streamMaxAge.Store(old)
+	req, _ = http.NewRequestWithContext(ctx, "GET", base+"/v1/events/stream", nil)
+	resp3, err := n.HTTPClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp3.Body.Close()
+	start := time.Now()
+	rest, err := io.ReadAll(resp3.Body)
+	if err != nil || !strings.HasSuffix(string(rest), "event: reconnect\ndata: {}\n\n") || time.Since(start) > 10*time.Second {
+		t.Fatalf("stream after its max age: %v %q", err, rest)
 	}
 }

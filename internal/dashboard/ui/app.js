@@ -228,6 +228,7 @@ async function stream() {
   for (;;) {
     const ctl = new AbortController();
     streamAbort = ctl;
+    let ended = false; // the agent asked to reconnect (it does every 5 min)
     try {
       const r = await fetch("/v1/events/stream?limit=" + MAX_EVENTS, { headers: headers(false), signal: ctl.signal, cache: "no-store" });
       if (!r.ok || !r.body) {
@@ -249,12 +250,13 @@ async function stream() {
         while ((i = buf.indexOf("\n\n")) >= 0) {
           const chunk = buf.slice(0, i);
           buf = buf.slice(i + 2);
-          onMessage(chunk);
+          if (onMessage(chunk) === "reconnect") ended = true;
         }
       }
     } catch (e) {
       if (isAuth(e)) { state.authError = e; render(); }
     }
+    if (ended) continue; // reconnect at once, authenticated again
     setLive(false);
     if (!ctl.signal.aborted) await new Promise((res) => setTimeout(res, 2000));
   }
@@ -266,10 +268,11 @@ function onMessage(chunk) {
     if (line.startsWith("event:")) type = line.slice(6).trim();
     else if (line.startsWith("data:")) data += line.slice(5).trim();
   }
-  if (!data || type !== "hacs") return;
+  if (!data || type !== "hacs") return type;
   try {
     if (addEvent(JSON.parse(data))) { renderEvents(); soon(); }
   } catch (e) { /* ignore a bad event */ }
+  return type;
 }
 
 function setLive(on) {
