@@ -99,11 +99,15 @@ func unitSpec(m *resModel, l *localRes) ResourceSpec {
 // mayStartHere tells why a primitive must not be (re)started on this node
 // after failures here ("" if it may): the DC will move it.
 func (a *Agent) mayStartHere(m *resModel, l *localRes, meta ResourceSpec) string {
+	return a.mayStartHereAs(m, l, meta, a.self())
+}
+
+func (a *Agent) mayStartHereAs(m *resModel, l *localRes, meta ResourceSpec, self string) string {
 	v := m.res[l.name]
 	if v == nil {
 		return ""
 	}
-	f, ok := v.failures[a.self()]
+	f, ok := v.failures[self]
 	if !ok || f.Count == 0 {
 		return ""
 	}
