@@ -100,6 +100,27 @@ func TestSecurityLinksAndCLI(t *testing.T) {
 		t.Fatalf("read-only standby: %v", r)
 	}
 	t.Logf("read-only standby: %s", strings.TrimSpace(r.stderr))
+
+	// a join token from `hacs cluster token create` admits one node; the
+	// replay is refused with a clear message on both sides
+	r = runEnv(t, []string{"HACS_CONFIG_DIR=" + empty, ca, viewer}, "cluster", "token", "create", "--cluster", api)
+	if r.code == 0 || !strings.Contains(r.stderr, "needs admin") {
+		t.Fatalf("join token created with a read-only token: %v", r)
+	}
+	r = runEnv(t, []string{"HACS_CONFIG_DIR=" + empty, ca, adm}, "cluster", "token", "create", "--ttl", "10m", "--cluster", api)
+	if r.code != 0 {
+		t.Fatalf("join token create: %v", r)
+	}
+	jt := strings.TrimSpace(r.stdout)
+	x := newAgent(t, "n3")
+	x.start(api, jt)
+	x.waitRunning()
+	y := newAgent(t, "n4")
+	if r := y.run(api, jt); r.code == 0 || !strings.Contains(r.stderr, "was already used") {
+		t.Fatalf("replayed join token: %v", r)
+	} else {
+		t.Logf("replayed join token: %s", strings.TrimSpace(r.stderr))
+	}
 }
 
 func filepathTLS(dir string) [2]string {

@@ -821,6 +821,50 @@ func isTerminal(w io.Writer) bool {
 }
 
 func clusterTokenCmd(f *apiFlags) *cobra.Command {
+	cmd := clusterTokenPrintCmd(f)
+	cmd.AddCommand(clusterTokenCreateCmd(f))
+	return cmd
+}
+
+// clusterTokenCreateCmd makes a short-lived, single-use join token.
+func clusterTokenCreateCmd(f *apiFlags) *cobra.Command {
+	var ttl time.Duration
+	var uses int
+	cmd := &cobra.Command{
+		Use:   "create [--ttl 1h] [--uses 1]",
+		Short: "Create a short-lived join token that admits one node (or --uses N)",
+		Long: `Create a join token that is valid for --ttl (default 1h) and admits --uses
+nodes (default 1): joining a second node with it is refused ("already used"),
+and so is joining after it expired. Prefer it to the cluster token of
+DATA_DIR/join-token, which never expires. Needs an admin token (or the local
+socket with --data-dir).`,
+		Example: `  hacs agent --data-dir /var/lib/hacs --join 10.0.0.1:7700 --token "$(hacs cluster token create --ttl 15m)"`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var out struct {
+				Token   string    `json:"token"`
+				ID      string    `json:"id"`
+				Expires time.Time `json:"expires"`
+				Uses    int       `json:"uses"`
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			if err := f.client().do(ctx, "POST", "/v1/join-tokens", map[string]any{"ttl": ttl.String(), "uses": uses}, &out); err != nil {
+				return err
+			}
+			if f.asJSON {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Token)
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&ttl, "ttl", cluster.DefaultJoinTokenTTL, "how long the token is valid (up to 168h)")
+	cmd.Flags().IntVar(&uses, "uses", 1, "how many nodes it admits")
+	return cmd
+}
+
+func clusterTokenPrintCmd(f *apiFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "token --data-dir DIR",
 		Short: "Print the join token that new nodes need (hacs agent --join ... --token ...)",

@@ -95,6 +95,7 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /v1/auth/tokens", n.handleTokenList)
 	n.mux.HandleFunc("DELETE /v1/auth/tokens/{name}", withActor(n.handleTokenRevoke))
 	n.mux.HandleFunc("POST /v1/pki/renew", withActor(n.handleRenew))
+	n.mux.HandleFunc("POST /v1/join-tokens", withActor(n.handleJoinTokenCreate))
 }
 
 // WriteJSON writes v as an indented JSON answer with the status code: the

@@ -126,7 +126,7 @@ func requiredRole(method, path string) AuthRole {
 		strings.HasPrefix(path, "/v1/fence/") && method != http.MethodGet,
 		method == http.MethodDelete && strings.HasPrefix(path, "/v1/nodes/"),
 		strings.HasPrefix(path, "/v1/nodes/") && strings.HasSuffix(path, "/roles") && method != http.MethodGet,
-		path == "/v1/token",
+		path == "/v1/token", path == "/v1/join-tokens",
 		path == "/v1/pki/renew" || path == "/v1/pki/rotate":
 		return AuthAdmin
 	case method == http.MethodGet || method == http.MethodHead:

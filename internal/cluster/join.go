@@ -3,7 +3,6 @@ package cluster
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -231,12 +230,9 @@ func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, e
 	if tok.ClusterID != cid {
 		return nil, errStatus(http.StatusForbidden, "the token is for cluster %s, but the agent at %s belongs to cluster %s: use this cluster's token (DATA_DIR/join-token on any of its nodes), or --join a member of cluster %s", tok.ClusterID, n.apiAddr, cid, tok.ClusterID)
 	}
-	sr, err := cli.Get(ctx, KeyJoinSecret)
+	auth, err := n.checkJoinSecret(ctx, cli, tok.Secret, req.NodeID)
 	if err != nil {
-		return nil, errStatus(http.StatusServiceUnavailable, "reading the join secret: %v", err)
-	}
-	if len(sr.Kvs) == 0 || subtle.ConstantTimeCompare(sr.Kvs[0].Value, []byte(tok.Secret)) != 1 {
-		return nil, errStatus(http.StatusForbidden, "wrong join token for cluster %s: its secret does not match; copy the current token from DATA_DIR/join-token on any member", cid)
+		return nil, err
 	}
 	if req.Schema != SchemaVersion {
 		return nil, errStatus(http.StatusConflict, "version mismatch: the joining node runs hacs %s (key schema %d), this cluster runs hacs %s (key schema %d): install hacs %s on the joining node", req.Version, req.Schema, n.cfg.Version, SchemaVersion, n.cfg.Version)
@@ -358,10 +354,11 @@ func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, e
 		cfg.JoinedAt = time.Now().UTC()
 	}
 	b, _ := json.Marshal(cfg)
-	tr, err := cli.Txn(ctx).If(
+	cmps, ops := auth.consume(req.NodeID)
+	tr, err := cli.Txn(ctx).If(append([]clientv3.Cmp{
 		clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
 		clientv3.Compare(clientv3.CreateRevision(RemovedKey(req.NodeID)), "=", 0),
-	).Then(clientv3.OpPut(key, string(b))).Commit()
+	}, cmps...)...).Then(append([]clientv3.Op{clientv3.OpPut(key, string(b))}, ops...)...).Commit()
 	if err != nil {
 		return nil, errStatus(http.StatusServiceUnavailable, "registering the node: %v", err)
 	}

@@ -277,10 +277,11 @@ func trimScheme(s string) string {
 }
 
 // caMAC proves to a joining node that the CA it is shown belongs to the
-// cluster whose join secret it holds: HMAC-SHA256(secret, CA certificate).
-// A joining node checks it before it sends its secret anywhere.
-func caMAC(secret string, caPEM []byte) string {
-	m := hmac.New(sha256.New, []byte(secret))
+// cluster whose join secret it holds: HMAC-SHA256 of the CA certificate,
+// keyed with the secret's hash (joinKey; what the store keeps of a join
+// token). A joining node checks it before it sends its secret anywhere.
+func caMAC(key string, caPEM []byte) string {
+	m := hmac.New(sha256.New, []byte(key))
 	m.Write([]byte("hacs-join-ca\n"))
 	m.Write(caPEM)
 	return hex.EncodeToString(m.Sum(nil))

@@ -213,10 +213,47 @@ func TestSecurityRefusals(t *testing.T) {
 		t.Fatalf("after refusals: %d", code)
 	}
 
-	// a removed node's certificate stops working
+	// a single-use join token admits one node; its replay is refused, an
+	// expired one too (and nothing of the refused nodes is left behind)
+	once, _, err := n.CreateJoinToken(ctx, time.Minute, 1, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, _, err := n.CreateJoinToken(ctx, time.Second, 1, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg2 := testConfig(t, "s2")
-	cfg2.Join, cfg2.Token = n.APIAddr(), readJoinToken(t, cfg.DataDir)
+	cfg2.Join, cfg2.Token = n.APIAddr(), once.String()
 	n2 := startNode(t, cfg2)
+	for _, c := range []struct{ name, tok, want string }{
+		{"replayed", once.String(), "was already used"},
+		{"expired", short.String(), "expired at"},
+	} {
+		if c.name == "expired" {
+			time.Sleep(1100 * time.Millisecond)
+		}
+		cfg3 := testConfig(t, "s3")
+		cfg3.Join, cfg3.Token, cfg3.JoinTimeout = n.APIAddr(), c.tok, 5*time.Second
+		n3, err := New(cfg3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = n3.Start(ctx)
+		if err == nil {
+			n3.Stop(ctx)
+			t.Fatalf("%s join token: admitted", c.name)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%s join token: %v", c.name, err)
+		}
+		t.Logf("%s join token: %v", c.name, err)
+		if _, ok := n.Members().Node("s3"); ok {
+			t.Fatalf("%s join token: s3 registered", c.name)
+		}
+	}
+
+	// a removed node's certificate stops working
 	p2 := TLSFiles(cfg2.DataDir)
 	cert2, err := tls.LoadX509KeyPair(p2.Cert, p2.Key)
 	if err != nil {
@@ -239,12 +276,4 @@ func TestSecurityRefusals(t *testing.T) {
 		}
 		return err != nil
 	})
-}
-
-func readJoinToken(t *testing.T, dir string) string {
-	b, err := os.ReadFile(filepath.Join(dir, tokenFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(b))
 }

@@ -176,13 +176,13 @@ func (n *Node) handleJoinCA(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	sr, err := cli.Get(ctx, KeyJoinSecret)
-	if err != nil || len(sr.Kvs) == 0 {
-		writeError(w, errStatus(http.StatusServiceUnavailable, "reading the join secret: %v", err))
+	key, err := n.joinMACKey(ctx, cli, r.URL.Query().Get("id"))
+	if err != nil {
+		writeError(w, errStatus(http.StatusServiceUnavailable, "%v", err))
 		return
 	}
 	caPEM := n.creds.ca.certPEM
-	writeJSON(w, http.StatusOK, joinCA{ClusterID: n.ClusterID(), CA: string(caPEM), MAC: caMAC(string(sr.Kvs[0].Value), caPEM)})
+	writeJSON(w, http.StatusOK, joinCA{ClusterID: n.ClusterID(), CA: string(caPEM), MAC: caMAC(key, caPEM)})
 }
 
 // fetchJoinCA asks the member at --join for the cluster CA and checks that
@@ -193,7 +193,7 @@ func (n *Node) fetchJoinCA(ctx context.Context, tok Token) ([]byte, error) {
 	deadline := time.Now().Add(n.cfg.JoinTimeout)
 	unreachable := 0
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+n.cfg.Join+"/v1/join/ca", nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+n.cfg.Join+"/v1/join/ca?id="+joinTokenID(tok.Secret), nil)
 		if err != nil {
 			return nil, err
 		}
@@ -225,7 +225,7 @@ func (n *Node) fetchJoinCA(ctx context.Context, tok Token) ([]byte, error) {
 		if jc.ClusterID != tok.ClusterID {
 			return nil, &joinRefused{fmt.Errorf("joining the cluster through %s was refused: the token is for cluster %s, but the agent at %s belongs to cluster %s: use this cluster's token, or --join a member of cluster %s", n.cfg.Join, tok.ClusterID, n.cfg.Join, jc.ClusterID, tok.ClusterID)}
 		}
-		if jc.MAC != caMAC(tok.Secret, []byte(jc.CA)) {
+		if jc.MAC != caMAC(joinKey(tok.Secret), []byte(jc.CA)) {
 			return nil, &joinRefused{fmt.Errorf("joining the cluster through %s was refused: wrong join token for cluster %s: the cluster CA that %s shows is not authenticated by this token's secret; copy the current token from DATA_DIR/join-token on a member (if the token is right, something between this node and %s impersonates the cluster)", n.cfg.Join, tok.ClusterID, n.cfg.Join, n.cfg.Join)}
 		}
 		if _, err := parseCA([]byte(jc.CA), nil); err != nil {

@@ -1,0 +1,190 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Join tokens.
+//
+// The cluster token (printed by the first node, in DATA_DIR/join-token on
+// every member) holds the cluster's join secret and stays valid. Tokens made
+// with `hacs cluster token create` (POST /v1/join-tokens) are short-lived
+// (default 1 hour) and single use (default): a second join with one is
+// refused ("already used"), unless it is the same node repeating an
+// interrupted join. They look the same (hacs1.<cluster>.<secret>) and are
+// stored by an id derived from the secret, with the secret's SHA-256 only.
+
+// PrefixJoinTokens holds the short-lived join tokens:
+// /hacs/auth/join/<id> -> JoinToken.
+const PrefixJoinTokens = Prefix + "auth/join/"
+
+// DefaultJoinTokenTTL is how long a created join token is valid.
+const DefaultJoinTokenTTL = time.Hour
+
+// JoinToken is the stored record of a short-lived join token.
+type JoinToken struct {
+	ID        string    `json:"id"`
+	Key       string    `json:"key"` // hex SHA-256 of the secret (also the key of the CA's MAC)
+	Expires   time.Time `json:"expires"`
+	Uses      int       `json:"uses"` // joins left
+	UsedBy    []string  `json:"used_by,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	CreatedBy string    `json:"created_by"`
+}
+
+// joinKey is the hex SHA-256 of a join secret: what the store keeps, and
+// the key of the CA's MAC a joining node checks.
+func joinKey(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// joinTokenID names a join token in the store (not the secret).
+func joinTokenID(secret string) string {
+	h := sha256.Sum256([]byte("hacs-join-id\n" + secret))
+	return hex.EncodeToString(h[:8])
+}
+
+// CreateJoinToken creates a join token valid for ttl and uses joins.
+func (n *Node) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int, by string) (Token, JoinToken, error) {
+	if ttl <= 0 || ttl > 7*24*time.Hour {
+		return Token{}, JoinToken{}, errStatus(http.StatusBadRequest, "ttl %v: want a duration up to 168h", ttl)
+	}
+	if uses < 1 || uses > 1000 {
+		return Token{}, JoinToken{}, errStatus(http.StatusBadRequest, "uses %d: want 1 to 1000", uses)
+	}
+	cli := n.Client()
+	if cli == nil {
+		return Token{}, JoinToken{}, ErrNotServing
+	}
+	secret := newSecret()
+	now := time.Now().UTC()
+	rec := JoinToken{ID: joinTokenID(secret), Key: joinKey(secret), Expires: now.Add(ttl), Uses: uses, CreatedAt: now, CreatedBy: by}
+	b, _ := json.Marshal(rec)
+	if _, err := cli.Put(ctx, PrefixJoinTokens+rec.ID, string(b)); err != nil {
+		return Token{}, JoinToken{}, errStatus(http.StatusServiceUnavailable, "%v", err)
+	}
+	n.emit(Event{Kind: EventJoinTokenCreated, Message: fmt.Sprintf("join token %s created by %s (valid until %s, %d join(s))", rec.ID, by, rec.Expires.Format(time.RFC3339), uses), Fields: map[string]string{"token": rec.ID, "by": by}})
+	rec.Key = ""
+	return Token{ClusterID: n.ClusterID(), Secret: secret}, rec, nil
+}
+
+// EventJoinTokenCreated records a new join token.
+const EventJoinTokenCreated = "join-token-created"
+
+// joinAuth is what admitted a join: the cluster secret, or a join token
+// whose record must be updated in the node's registration transaction.
+type joinAuth struct {
+	key    string // PrefixJoinTokens key ("" for the cluster secret)
+	modRev int64
+	rec    JoinToken
+}
+
+// checkJoinSecret admits the secret of a join request for node nodeID.
+func (n *Node) checkJoinSecret(ctx context.Context, cli *clientv3.Client, secret, nodeID string) (*joinAuth, error) {
+	cid := n.ClusterID()
+	sr, err := cli.Get(ctx, KeyJoinSecret)
+	if err != nil {
+		return nil, errStatus(http.StatusServiceUnavailable, "reading the join secret: %v", err)
+	}
+	if len(sr.Kvs) > 0 && subtle.ConstantTimeCompare(sr.Kvs[0].Value, []byte(secret)) == 1 {
+		return &joinAuth{}, nil
+	}
+	wrong := errStatus(http.StatusForbidden, "wrong join token for cluster %s: its secret does not match; copy the current token from DATA_DIR/join-token on any member, or create one with `hacs cluster token create`", cid)
+	key := PrefixJoinTokens + joinTokenID(secret)
+	r, err := cli.Get(ctx, key)
+	if err != nil {
+		return nil, errStatus(http.StatusServiceUnavailable, "reading the join token: %v", err)
+	}
+	if len(r.Kvs) == 0 {
+		return nil, wrong
+	}
+	var rec JoinToken
+	if err := json.Unmarshal(r.Kvs[0].Value, &rec); err != nil || subtle.ConstantTimeCompare([]byte(rec.Key), []byte(joinKey(secret))) != 1 {
+		return nil, wrong
+	}
+	if slices.Contains(rec.UsedBy, nodeID) {
+		return &joinAuth{}, nil // the same node repeating an interrupted join
+	}
+	if time.Now().After(rec.Expires) {
+		return nil, errStatus(http.StatusForbidden, "join token %s expired at %s: join tokens are short-lived; create a new one with `hacs cluster token create` on a member", rec.ID, rec.Expires.Format(time.RFC3339))
+	}
+	if rec.Uses <= 0 {
+		return nil, errStatus(http.StatusForbidden, "join token %s was already used (by node id %v): a join token admits one node only, a replay is refused; create a new one with `hacs cluster token create` on a member", rec.ID, rec.UsedBy)
+	}
+	return &joinAuth{key: key, modRev: r.Kvs[0].ModRevision, rec: rec}, nil
+}
+
+// consume returns the transaction parts that use the token up.
+func (a *joinAuth) consume(nodeID string) ([]clientv3.Cmp, []clientv3.Op) {
+	if a == nil || a.key == "" {
+		return nil, nil
+	}
+	rec := a.rec
+	rec.Uses--
+	rec.UsedBy = append(slices.Clone(rec.UsedBy), nodeID)
+	b, _ := json.Marshal(rec)
+	return []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(a.key), "=", a.modRev)}, []clientv3.Op{clientv3.OpPut(a.key, string(b))}
+}
+
+// joinMACKey is the key of the CA's MAC for a join token id: the token's
+// secret hash, or the cluster secret's.
+func (n *Node) joinMACKey(ctx context.Context, cli *clientv3.Client, id string) (string, error) {
+	if id != "" && len(id) == 16 {
+		if r, err := cli.Get(ctx, PrefixJoinTokens+id); err == nil && len(r.Kvs) > 0 {
+			var rec JoinToken
+			if json.Unmarshal(r.Kvs[0].Value, &rec) == nil && rec.Key != "" {
+				return rec.Key, nil
+			}
+		}
+	}
+	sr, err := cli.Get(ctx, KeyJoinSecret)
+	if err != nil || len(sr.Kvs) == 0 {
+		return "", fmt.Errorf("reading the join secret: %v", err)
+	}
+	return joinKey(string(sr.Kvs[0].Value)), nil
+}
+
+func (n *Node) handleJoinTokenCreate(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		TTL  string `json:"ttl"`
+		Uses int    `json:"uses"`
+	}
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&body); err != nil {
+			writeError(w, errStatus(http.StatusBadRequest, `want a JSON body {"ttl": "1h", "uses": 1}`))
+			return
+		}
+	}
+	ttl := DefaultJoinTokenTTL
+	if body.TTL != "" {
+		d, err := time.ParseDuration(body.TTL)
+		if err != nil {
+			writeError(w, errStatus(http.StatusBadRequest, "ttl %q: want a duration such as 30m or 2h", body.TTL))
+			return
+		}
+		ttl = d
+	}
+	if body.Uses == 0 {
+		body.Uses = 1
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	tok, rec, err := n.CreateJoinToken(ctx, ttl, body.Uses, actor(r.Context(), "unknown"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"token": tok.String(), "id": rec.ID, "expires": rec.Expires, "uses": rec.Uses})
+}
