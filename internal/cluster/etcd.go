@@ -248,6 +248,18 @@ var tlsMessages = []string{
 
 func (c quietCore) With(f []zapcore.Field) zapcore.Core { return quietCore{c.Core.With(f)} }
 
+// Write drops the TLS refusals of connections closed at shutdown.
+func (c quietCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
+	if slices.Contains(tlsMessages, e.Message) {
+		for _, f := range fs {
+			if err, ok := f.Interface.(error); ok && f.Key == "error" && strings.Contains(err.Error(), "use of closed network connection") {
+				return nil
+			}
+		}
+	}
+	return c.Core.Write(e, fs)
+}
+
 func (c quietCore) Enabled(l zapcore.Level) bool { return l >= zapcore.WarnLevel || c.Core.Enabled(l) }
 
 func (c quietCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {

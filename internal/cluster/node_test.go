@@ -25,7 +25,7 @@ func testConfig(t testing.TB, name string) Config {
 		DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
 		PeerListen: freeAddr(t), ClientListen: freeAddr(t),
 		LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
-		Logger: testLogger(t), Out: io.Discard, EtcdLogLevel: os.Getenv("HACS_TEST_ETCD_LOG"),
+		Logger: testLogger(t), Out: io.Discard, EtcdLogLevel: os.Getenv("HACS_TEST_ETCD_LOG"), Insecure: os.Getenv("HACS_TEST_INSECURE") != "",
 	}
 }
 

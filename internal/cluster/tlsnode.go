@@ -343,7 +343,7 @@ func (n *Node) revocationLoop() {
 				if !ok {
 					break inner
 				}
-				if err := n.refreshRevocations(ctx); err != nil {
+				if err := n.refreshRevocations(ctx); err != nil && ctx.Err() == nil {
 					n.log.Warn("refreshing the certificate revocation list", "err", err)
 				}
 			case <-t.C:
