@@ -732,8 +732,14 @@ func (n *Node) printBanner(tok Token) {
 join token: %s
 to add a node, run on it:
   hacs agent --data-dir DIR --join %s --token %s
-(the token is also in %s on every node; keep it secret)
+(the token is also in %s on every node; keep it secret; it does not
+expire: prefer single-use tokens from "hacs cluster token create --data-dir DATA_DIR")
 `, tok.ClusterID, n.ident.Name, tok, n.apiAddr, tok, filepath.Join("DATA_DIR", tokenFile))
+	if n.creds != nil {
+		fmt.Fprintf(n.cfg.Out, `TLS on every link; the CLI needs the cluster CA (%s) and an API token
+(the admin token is in %s): see docs/SECURITY.md
+`, TLSFiles("DATA_DIR").CACert, filepath.Join("DATA_DIR", AdminTokenFile))
+	}
 }
 
 // register writes this node's record, refusing a removed identity or a

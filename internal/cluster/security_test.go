@@ -213,6 +213,43 @@ func TestSecurityRefusals(t *testing.T) {
 		t.Fatalf("after refusals: %d", code)
 	}
 
+	// renewal without downtime: a connection opened before keeps working,
+	// the next handshake presents the new certificate
+	serverSerial := func() string {
+		t.Helper()
+		tr := &http.Transport{TLSClientConfig: hc.Transport.(*http.Transport).TLSClientConfig.Clone()}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr}).Get(api + "/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.TLS.PeerCertificates[0].SerialNumber.String()
+	}
+	before := serverSerial()
+	if code, _ := apiCall(t, hc, "GET", api+"/v1/nodes", adminTok, ""); code != 200 { // keeps a connection open
+		t.Fatal(code)
+	}
+	if code, msg := apiCall(t, hc, "POST", api+"/v1/pki/renew", ro, ""); code != 403 {
+		t.Fatalf("renew with a read-only token: %d %s", code, msg)
+	}
+	if code, msg := apiCall(t, hc, "POST", api+"/v1/pki/renew", adminTok, ""); code != 200 {
+		t.Fatalf("renew: %d %s", code, msg)
+	}
+	if after := serverSerial(); after == before {
+		t.Fatalf("the API still presents certificate %s after the renewal", before)
+	}
+	if code, _ := apiCall(t, hc, "GET", api+"/v1/nodes", adminTok, ""); code != 200 {
+		t.Fatalf("old connection after the renewal: %d", code)
+	}
+	renewed, err := n.creds.certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := etcdReachable(t, n.ident.ClientURL, cfg.DataDir, *renewed); err != nil {
+		t.Fatalf("etcd with the renewed certificate: %v", err)
+	}
+
 	// a single-use join token admits one node; its replay is refused, an
 	// expired one too (and nothing of the refused nodes is left behind)
 	once, _, err := n.CreateJoinToken(ctx, time.Minute, 1, "test")
