@@ -96,7 +96,12 @@ func (n *Node) startEtcd(state, initialCluster string) (*embed.Etcd, error) {
 		// certificate of this cluster, not revoked, get in; etcd rereads
 		// the certificate and the revocation list at every connection
 		p := n.creds.paths
-		ti := transport.TLSInfo{CertFile: p.Cert, KeyFile: p.Key, TrustedCAFile: p.CACert, ClientCertAuth: true, CRLFile: p.CRL}
+		// the client's source address is not matched against its
+		// certificate's names (the chain to the cluster CA and the
+		// revocation list are the identity; a multi-homed node may connect
+		// from another address than it advertises, and the check would
+		// look names up in DNS during the handshake)
+		ti := transport.TLSInfo{CertFile: p.Cert, KeyFile: p.Key, TrustedCAFile: p.CACert, ClientCertAuth: true, CRLFile: p.CRL, SkipClientSANVerify: true}
 		ec.PeerTLSInfo, ec.ClientTLSInfo = ti, ti
 	}
 	ec.ListenMetricsUrls = nil
