@@ -332,6 +332,16 @@ func TestDashboardBrowser(t *testing.T) {
 	if v := c.volume("db"); v.Spec.Stopped {
 		t.Error("a read-only token stopped a volume")
 	}
+	// The token cleared: nothing of the cluster is shown any more.
+	browse(t, ctx, 30*time.Second, "the token cleared",
+		click(`#tokenclear`),
+		waitJS(`(() => { const b = document.getElementById("banner");
+			return !b.hidden && b.dataset.status === "401" && document.querySelector("#nodes tbody").textContent.includes("not authorized") &&
+				!document.querySelector('tr[data-volume]') && !document.querySelector('#events tr[data-kind]') })()`),
+	)
+	if got := eval[string](t, ctx, `sessionStorage.getItem("hacs.token") || ""`); got != "" {
+		t.Errorf("sessionStorage still holds %q", got)
+	}
 	browse(t, ctx, 10*time.Second, "leaving the page", chromedp.Navigate("about:blank"))
 }
 

@@ -224,10 +224,13 @@ func TestClusterNodeFencing(t *testing.T) {
 	if st := n1.ServingStatus(); st.Serving || st.Reason == "" {
 		t.Fatalf("serving status %+v", st)
 	}
-	// the lease counters (metrics) tell the story: renewals, then
-	// failures, one self-fence; one DC election
+	// the lease counters (metrics) tell the story: renewals, a self-fence
+	// (two when the first voter's stop already cost a renewal in time), a
+	// DC election; the renewals sent since fail when they time out (after
+	// TTL minus the safety margin)
+	waitCond(t, 10*time.Second, func() bool { return n1.LeaseCounters().RenewalFailures > 0 })
 	lc := n1.LeaseCounters()
-	if lc.Grants < 1 || lc.Renewals < 1 || lc.RenewalFailures < 1 || lc.SelfFences < 1 || lc.DCElections != 1 || lc.LastRenewal.IsZero() {
+	if lc.Grants < 1 || lc.Renewals < 1 || lc.SelfFences < 1 || lc.DCElections < 1 || lc.LastRenewal.IsZero() {
 		t.Fatalf("lease counters %+v", lc)
 	}
 	t.Logf("lease counters %+v", lc)

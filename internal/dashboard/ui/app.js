@@ -170,6 +170,11 @@ async function load() {
     if (e.status !== 404) note(e);
   }
   if (!state.live) await loadEvents(note);
+  if (authErr && authErr.status === 401) {
+    // no valid token: show nothing read with an earlier one
+    state.status = null; state.nodes = null; state.volumes = []; state.details = {};
+    state.resources = null; state.fence = {}; state.events = []; state.eventKeys = new Set();
+  }
   state.authError = authErr;
   state.error = err;
   state.updated = new Date();
@@ -297,9 +302,7 @@ function render() {
 
 function renderHeader() {
   const st = state.status;
-  if (st) {
-    $("cluster").textContent = "cluster " + st.cluster + " · agent " + st.name;
-  }
+  $("cluster").textContent = st ? "cluster " + st.cluster + " · agent " + st.name : "cluster …";
   const nodes = (state.nodes && state.nodes.nodes) || [];
   const online = nodes.filter((n) => n.online).length;
   const vols = state.volumes || [];
