@@ -56,7 +56,8 @@ wait_until() { # wait_until SECONDS WHAT COMMAND...
 	local end=$((SECONDS + limit))
 	until "$@" >/dev/null 2>&1; do
 		if [ $SECONDS -ge $end ]; then
-			echo "bench-cli: timed out after ${limit}s waiting for $what (logs in $WORKDIR)" >&2
+			echo "bench-cli: timed out after ${limit}s waiting for $what; last lines of the agents' logs:" >&2
+			tail -n 5 "$WORKDIR"/n*.log >&2 || true
 			KEEP=0
 			exit 1
 		fi
@@ -67,13 +68,13 @@ wait_until() { # wait_until SECONDS WHAT COMMAND...
 mkdir -p "$WORKDIR"
 export HACS_CLUSTER=127.0.0.1:$(port 0),127.0.0.1:$(port 5),127.0.0.1:$(port 10)
 start 1
-wait_until 60 "n1's join token" test -s "$WORKDIR/n1/join-token"
+wait_until 180 "n1's join token" test -s "$WORKDIR/n1/join-token"
 token=$(cat "$WORKDIR/n1/join-token")
 start 2 --join 127.0.0.1:"$(port 0)" --token "$token"
-wait_until 60 "n2 to join" "$HACS" node info n2 --cluster 127.0.0.1:"$(port 0)"
+wait_until 180 "n2 to join" "$HACS" node info n2 --cluster 127.0.0.1:"$(port 0)"
 start 3 --join 127.0.0.1:"$(port 0)" --token "$token"
 online() { [ "$("$HACS" node list --json | grep -c '"online": true')" -ge 3 ]; }
-wait_until 120 "3 nodes online" online
+wait_until 180 "3 nodes online" online
 
 echo "creating $VOLUMES volumes of $SIZE with $REPLICAS replicas..."
 t0=$(date +%s.%N)
