@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -186,6 +187,11 @@ func (n *Node) start(ctx context.Context) error {
 	id, err := loadIdentity(n.cfg.DataDir)
 	if err != nil {
 		return err
+	}
+	if id != nil && !id.Insecure && !id.External && legacyPlain(id, n.cfg.DataDir) {
+		// a data directory of a hacs without the cluster PKI
+		n.log.Warn("this node belongs to a cluster created before hacs had TLS: it keeps running without TLS and API authentication; create a new cluster to have them (docs/SECURITY.md)")
+		id.Insecure = true
 	}
 	n.ident = id
 	stored := ""
@@ -1003,4 +1009,18 @@ func (n *Node) certHosts(urls ...string) []string {
 		h = append(h, n.cfg.Advertise)
 	}
 	return h
+}
+
+// legacyPlain: a node of a cluster created by a hacs without TLS (plain
+// etcd URLs, no TLS directory).
+func legacyPlain(id *identity, dataDir string) bool {
+	if _, err := os.Stat(TLSFiles(dataDir).Dir); err == nil {
+		return false
+	}
+	for _, u := range append([]string{id.PeerURL, id.ClientURL}, id.Endpoints...) {
+		if strings.HasPrefix(u, "http://") {
+			return true
+		}
+	}
+	return false
 }

@@ -314,3 +314,34 @@ func TestSecurityRefusals(t *testing.T) {
 		return err != nil
 	})
 }
+
+// TestLegacyPlainDataDir: a data directory of a hacs without TLS (plain
+// etcd URLs, no tls/) restarts without TLS instead of failing.
+func TestLegacyPlainDataDir(t *testing.T) {
+	cfg := testConfig(t, "old")
+	cfg.Voters = 1
+	cfg.Insecure = true
+	n := startNode(t, cfg)
+	n.Stop(context.Background())
+	p := filepath.Join(cfg.DataDir, identityFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	delete(m, "insecure")
+	b, _ = json.Marshal(m)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Insecure = false
+	n2 := startNode(t, cfg)
+	if n2.Secure() || n2.Scheme() != "http" {
+		t.Fatal("a legacy plain node came back with TLS")
+	}
+	// and a secure node's data directory is never taken for a legacy one
+	if legacyPlain(&identity{PeerURL: "https://127.0.0.1:1", ClientURL: "https://127.0.0.1:2"}, t.TempDir()) {
+		t.Fatal("https identity taken for legacy")
+	}
+}
