@@ -209,6 +209,7 @@ func otherThan(nodes []string, not ...string) string {
 // fencing requirement) and its restart (probes: nothing starts twice).
 func TestResourcesOCF(t *testing.T) {
 	c := newResCluster(t, 3)
+	root := t // processes started in a subtest live until the end of the test
 	nodes := []string{"n1", "n2", "n3"}
 	fast := map[string]any{"monitor_interval": "1s"}
 
@@ -468,7 +469,9 @@ func TestResourcesOCF(t *testing.T) {
 		// The node comes back: its probes find the state files a SIGKILLed
 		// agent left (what level-0 fencing does not cover), and stop them
 		// there: each resource ends on one node.
+		c.t = root
 		c.startNode(node)
+		c.t = t
 		for _, r := range []string{"d1", "d2", "q1"} {
 			c.waitFor(r+" stopped on "+node+" by the probe", 30*time.Second, func() bool {
 				files := c.stateFiles("Dummy", r)
@@ -479,6 +482,52 @@ func TestResourcesOCF(t *testing.T) {
 			t.Fatalf("d1 on %s after the restart, want %s", got, d1to)
 		}
 	})
+
+	t.Run("on-fail-fence", func(t *testing.T) {
+		c.t = t
+		c.dumpOnFailure(t, "d6")
+		c.mustDo("POST", "/v1/resources", map[string]any{"name": "d6", "type": "ocf:pacemaker:Dummy", "ops": fast, "on_fail": "fence"}, 201)
+		node := c.waitRunning("d6", 20*time.Second)
+		failed := time.Now()
+		os.Remove(filepath.Join(c.varrun[node], "Dummy-d6.state"))
+		// The node is fenced (level 0 on a node that is online: its lease is
+		// revoked, so it self-fences: it stops what it runs), then d6 runs
+		// elsewhere — only once n1 stopped it or was confirmed fenced.
+		other := c.waitRunning("d6", 30*time.Second, node)
+		var out struct {
+			Events []cluster.Event `json:"events"`
+		}
+		_, b := c.do("GET", "/v1/events?kind=fence-started", nil)
+		json.Unmarshal(b, &out)
+		var fenceStarted time.Time
+		for _, e := range out.Events {
+			if e.Fields["subject"] == node && e.Time.After(failed) && fenceStarted.IsZero() {
+				fenceStarted = e.Time
+			}
+		}
+		var stoppedThere, startedElsewhere time.Time
+		for _, e := range c.events("d6") {
+			switch {
+			case e.Kind == "resource-stopped" && e.Node == node && e.Time.After(failed):
+				stoppedThere = e.Time
+			case e.Kind == "resource-started" && e.Node == other:
+				startedElsewhere = e.Time
+			}
+		}
+		if fenceStarted.IsZero() || stoppedThere.IsZero() || startedElsewhere.Before(stoppedThere) {
+			t.Fatalf("fencing of %s started %v; d6 stopped there %v, started on %s %v: want fencing, then the stop, then the start", node, fenceStarted, stoppedThere, other, startedElsewhere)
+		}
+		t.Logf("d6 (on-fail=fence) failed on %s: fencing started +%v, stopped there by the self-fence +%v, started on %s +%v",
+			node, fenceStarted.Sub(failed).Round(time.Millisecond), stoppedThere.Sub(failed).Round(time.Millisecond), other, startedElsewhere.Sub(failed).Round(time.Millisecond))
+		c.waitFor(node+" back online", 30*time.Second, func() bool {
+			var m cluster.Membership
+			_, b := c.do("GET", "/v1/nodes", nil)
+			json.Unmarshal(b, &m)
+			n, ok := m.Node(node)
+			return ok && n.Online
+		})
+	})
+
 }
 
 func mustJSONBytes(s string) []byte {

@@ -380,8 +380,19 @@ func (a *Agent) runOp(ctx context.Context, m *resModel, l *localRes, op string) 
 			evMsg += action + ": " + ocf.Describe(res.RC)
 		}
 		var rev int64
+		var published *ResourceStatus
 		if failure != nil {
-			rev = a.recordResFailure(ctx, l.name, *failure)
+			// The failed state and the failure count land together, so the
+			// planner never sees one without the other.
+			st := ResourceStatus{State: next, Lease: a.node.ServingStatus().LeaseID, Op: res.Action, RC: res.RC,
+				Message: res.Message, Stderr: res.Stderr, At: time.Now().UTC()}
+			if st.Message == "" {
+				st.Message = failure.Message
+			}
+			rev = a.recordResFailure(ctx, l.name, *failure, clientv3.OpPut(resStatusKey(l.name, a.self()), mustJSON(st)))
+			if rev > 0 {
+				published = &st
+			}
 		}
 		if evKind != "" {
 			fields := map[string]string{"node": a.self(), "op": action, "rc": fmt.Sprint(res.RC)}
@@ -397,6 +408,12 @@ func (a *Agent) runOp(ctx context.Context, m *resModel, l *localRes, op string) 
 		}
 		a.rmu.Lock()
 		l.state, l.last, l.busy = next, res, false
+		if published != nil {
+			l.published = published
+			if l.last.Message == "" {
+				l.last.Message = published.Message
+			}
+		}
 		if action == ocf.ActionMonitor || action == ocf.ActionStart {
 			l.lastMonitor = time.Now()
 		}
@@ -414,7 +431,7 @@ func tail(s string, n int) string {
 
 // recordResFailure counts a failure of a resource on this node; it
 // returns the revision written (0 if it could not).
-func (a *Agent) recordResFailure(ctx context.Context, name string, f policy.Failure) int64 {
+func (a *Agent) recordResFailure(ctx context.Context, name string, f policy.Failure, also ...clientv3.Op) int64 {
 	cli := a.node.Client()
 	key := resFailureKey(name, a.self())
 	for i := 0; i < 5; i++ {
@@ -435,7 +452,7 @@ func (a *Agent) recordResFailure(ctx context.Context, name string, f policy.Fail
 		cur.Fatal = cur.Fatal || f.Fatal
 		cur.Op, cur.Message = f.Op, f.Message
 		tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		tr, err := cli.Txn(tctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpPut(key, mustJSON(cur))).Commit()
+		tr, err := cli.Txn(tctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(append([]clientv3.Op{clientv3.OpPut(key, mustJSON(cur))}, also...)...).Commit()
 		cancel()
 		if err == nil && tr.Succeeded {
 			return tr.Header.Revision

@@ -481,7 +481,7 @@ func (p *resPlanner) unit(u *Resource) {
 			p.fence(n, lease, u.Name, fmt.Sprintf("resource %s failed to stop on %s", u.Name, n))
 			blocked(fmt.Sprintf("failed to stop on %s; %s", n, p.waitFence(n)))
 			return
-		case active[n] == StateFailed && p.onFail(u) == OnFailFence:
+		case p.onFail(u) == OnFailFence && (active[n] == StateFailed || (fails[n].Count > 0 && !p.expired(u, fails[n]))):
 			if p.fenced(n, lease) {
 				delete(active, n)
 				continue
