@@ -534,6 +534,8 @@ func TestCLIVolumeAdmin(t *testing.T) {
 		{"POST", "/v1/volumes/av1/clone", map[string]any{"name": "x", "snapshot": "nope"}, 404},
 		{"POST", "/v1/volumes", map[string]any{"name": "v9", "size": 4096, "replica": 2}, 400},
 		{"POST", "/v1/volumes/av1/prefer", map[string]any{"nodes": []string{"n1"}, "x": 1}, 400},
+		// the agents' own endpoint: not for clients, even with the admin token
+		{"POST", "/v1/replicas/av1", map[string]any{"op": "revert", "snapshot": "s1"}, 403},
 	} {
 		code, err := c.call(tc.method, tc.path, tc.body, nil)
 		if err != nil || code != tc.code {
