@@ -29,6 +29,7 @@ func newDemoCmd() *cobra.Command {
 		restart  string
 		basePort int
 		sizeStr  string
+		insecure bool
 	)
 	cmd := &cobra.Command{
 		Use:   "demo [--nodes N] [--dir DIR] [--detach | --stop]",
@@ -85,6 +86,9 @@ DIR/<node>/agent.log.`,
 				args := []string{"agent", "--data-dir", ndir, "--name", name,
 					"--api", port(i, 0), "--peer-listen", port(i, 1), "--client-listen", port(i, 2),
 					"--replica-listen", port(i, 3), "--export-listen", port(i, 4)}
+				if insecure {
+					args = append(args, "--insecure")
+				}
 				if i > 1 {
 					tok, err := os.ReadFile(filepath.Join(dir, "node1", "join-token"))
 					if err != nil {
@@ -115,10 +119,16 @@ DIR/<node>/agent.log.`,
 					return err
 				}
 			}
-			cdir, installed, err := demoClientConfig(dir)
-			if err != nil {
-				cleanup()
-				return err
+			cdir, installed, err := "", "", error(nil)
+			if !insecure {
+				if cdir, installed, err = demoClientConfig(dir); err != nil {
+					cleanup()
+					return err
+				}
+			} else {
+				for i := range apis {
+					apis[i] = "http://" + apis[i]
+				}
 			}
 			api := newAPIClientWith(strings.Join(apis, ","), filepath.Join(cdir, "ca.crt"), filepath.Join(cdir, "token"))
 			req := agent.VolumeRequest{Name: "demo", Size: size, Replicas: min(2, nodes)}
@@ -142,13 +152,15 @@ DIR/<node>/agent.log.`,
 				time.Sleep(100 * time.Millisecond)
 			}
 			cl := strings.Join(apis, ",")
+			secNote := "The cluster runs with TLS on every link and API tokens; the CLI's\ncredentials (cluster CA, admin token) are in " + cdir + installed + ".\n"
+			if insecure {
+				secNote = "The cluster runs WITHOUT TLS and API tokens (--insecure).\n"
+			}
 			fmt.Fprintf(out, `
 hacs demo cluster: %d nodes, data in %s
 volume "demo" (%s, %d replicas) is served by %s as nbd://%s/demo
 
-The cluster runs with TLS on every link and API tokens; the CLI's
-credentials (cluster CA, admin token) are in %s%s.
-
+%s
 Try:
   export HACS_CLUSTER=%s
   hacs volume info demo                     # placement, primary, replica states
@@ -159,7 +171,7 @@ Try:
   kill -9 $(cat %s/%s/agent.pid)          # kill the primary's node: watch it fail over
   hacs volume info demo
 
-`, nodes, dir, human(size), req.Replicas, v.Export.Node, v.Export.Addr, cdir, installed, cl, v.Export.Addr, dir, v.Export.Node)
+`, nodes, dir, human(size), req.Replicas, v.Export.Node, v.Export.Addr, secNote, cl, v.Export.Addr, dir, v.Export.Node)
 			if detach {
 				fmt.Fprintf(out, "cluster API: %s\nstop it with: hacs demo --dir %s --stop\n", apis[0], dir)
 				return nil
@@ -176,6 +188,7 @@ Try:
 	cmd.Flags().BoolVar(&stopIt, "stop", false, "stop the demo cluster running in --dir")
 	cmd.Flags().StringVar(&restart, "start", "", "start one node of the demo cluster in --dir again (after killing it)")
 	cmd.Flags().IntVar(&basePort, "base-port", 17700, "first of the loopback ports used (10 per node)")
+	cmd.Flags().BoolVar(&insecure, "insecure", false, "run the agents without TLS and API tokens (to compare; see docs/SECURITY.md)")
 	cmd.Flags().StringVar(&sizeStr, "size", "1G", "size of the demo volume")
 	return cmd
 }
