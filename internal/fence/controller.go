@@ -258,6 +258,9 @@ func (c *Controller) round(l cluster.Leadership, view View) {
 		rec, has := view.Records[node]
 		// a loss is the same when the lease is; a manual request is its own
 		same := has && rec.Lease == w.Lease && (w.req == nil || (rec.Manual && rec.Requested.Equal(w.req.Time)))
+		if w.req == nil && view.Fenced(node, w.Lease) && !same {
+			continue // fenced before, by an earlier record
+		}
 		if same && rec.State == StateFenced {
 			if len(release(w, view)) > 0 {
 				c.start(l, w, rec, true, view) // only releases what the fencing covered
@@ -395,8 +398,10 @@ func (c *Controller) attempt(l cluster.Leadership, w want, prev Record, continue
 	if w.req != nil {
 		rec.Requested = w.req.Time
 	}
+	rec.Earlier = prev.earlierWith()
 	if continues {
 		rec.Requested, rec.Attempts, rec.LastError, rec.LeaseGone = prev.Requested, prev.Attempts, prev.LastError, prev.LeaseGone
+		rec.Earlier = prev.Earlier
 	}
 	sort.Strings(rec.Resources)
 	rec.Resources = slices.Compact(rec.Resources)
@@ -413,7 +418,10 @@ func (c *Controller) attempt(l cluster.Leadership, w want, prev Record, continue
 	ni, known := members.Node(w.Node)
 	online := known && ni.Online && ni.Alive != nil && (w.Lease == 0 || ni.Alive.LeaseID == w.Lease)
 	if online {
+		// the lease is revoked right after this record is written, within
+		// revokeBound: the node notices at the latest TTL after that
 		rec.Lease = ni.Alive.LeaseID
+		rec.LeaseGone = time.Now().Add(ttl + revokeBound).UTC()
 	}
 	if !online && rec.LeaseGone.IsZero() {
 		c.mu.Lock()
@@ -439,15 +447,19 @@ func (c *Controller) attempt(l cluster.Leadership, w want, prev Record, continue
 	if online {
 		if w.Node == c.node.Name() {
 			// The DC does not power itself off: it gives up its lease
-			// (and so the DC role); the next DC fences the lost lease.
+			// (and so the DC role); the next DC fences the lost lease,
+			// by lease not before the LeaseGone recorded above.
 			c.log.Warn("fencing this node: revoking its own lease; the next DC completes the fencing", "node", w.Node)
-			c.revoke(rec.Lease)
+			if err := c.revoke(rec.Lease); err != nil {
+				c.log.Warn("revoking this node's own lease", "err", err)
+			}
 			return
 		}
 		if err := c.revoke(rec.Lease); err != nil {
+			// fencing by lease fails below (the node still holds it);
+			// devices may still succeed
 			c.log.Warn("revoking the lease of the node to fence", "node", w.Node, "err", err)
 		}
-		rec.LeaseGone = time.Now().Add(ttl).UTC() // the latest it can notice
 	}
 	fail := func(msg string) {
 		rec.State = StateFailed
@@ -517,8 +529,11 @@ func (c *Controller) attempt(l cluster.Leadership, w want, prev Record, continue
 	c.log.Info("node fenced", "node", w.Node, "method", rec.Method, "level", rec.Level, "devices", rec.Devices)
 }
 
+// revokeBound bounds the revocation of a lease being fenced.
+const revokeBound = 2 * time.Second
+
 func (c *Controller) revoke(lease int64) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), revokeBound)
 	defer cancel()
 	_, err := c.node.Client().Revoke(ctx, clientv3.LeaseID(lease))
 	return err

@@ -11,8 +11,9 @@
 // (internal/cluster): a node that cannot renew its lease stops serving
 // before the lease can expire for the others. Fencing by lease is confirmed
 // at E + grace, where E is when the lease was gone for the cluster (its
-// expiry as seen by the DC, or, for a lease the DC revoked at R, R + TTL,
-// the latest the node can notice), and grace is the self-fence grace
+// expiry as seen by the DC, or, for a lease the DC revokes, the time it
+// recorded the attempt + TTL + the revocation's 2 s bound: the latest the
+// node can notice), and grace is the self-fence grace
 // (default: the lease TTL). By then the node has been not serving for at
 // least safety margin + grace. A node with fence levels configured is
 // confirmed only by a device level: the lease proves nothing about a node

@@ -205,6 +205,33 @@ type Record struct {
 	// cluster; ConfirmAt is when fencing by lease is confirmed.
 	LeaseGone time.Time `json:"lease_gone,omitzero"`
 	ConfirmAt time.Time `json:"confirm_at,omitzero"`
+	// Earlier are the node's earlier confirmed fencings (newest first, at
+	// most MaxEarlier): a loss fenced before stays fenced when a later one
+	// replaces the record.
+	Earlier []Fenced `json:"earlier,omitempty"`
+}
+
+// Fenced is one earlier confirmed fencing.
+type Fenced struct {
+	Lease     int64     `json:"lease,string"`
+	Confirmed time.Time `json:"confirmed"`
+	Method    string    `json:"method"`
+	Level     int       `json:"level,omitempty"`
+}
+
+// MaxEarlier bounds Record.Earlier.
+const MaxEarlier = 8
+
+// fencedLeases is what a new record of the node carries over from prev.
+func (prev Record) earlierWith() []Fenced {
+	out := slices.Clone(prev.Earlier)
+	if prev.State == StateFenced && !prev.Confirmed.IsZero() {
+		out = append([]Fenced{{Lease: prev.Lease, Confirmed: prev.Confirmed, Method: prev.Method, Level: prev.Level}}, out...)
+	}
+	if len(out) > MaxEarlier {
+		out = out[:MaxEarlier]
+	}
+	return out
 }
 
 // Active reports whether the record is still in progress.
@@ -291,7 +318,13 @@ func (v View) Record(node string) (Record, bool) {
 // fenced (lease 0 matches a record of unknown lease only).
 func (v View) Fenced(node string, lease int64) bool {
 	r, ok := v.Records[node]
-	return ok && r.State == StateFenced && r.Lease == lease && !r.Confirmed.IsZero()
+	if !ok {
+		return false
+	}
+	if r.State == StateFenced && r.Lease == lease && !r.Confirmed.IsZero() {
+		return true
+	}
+	return slices.ContainsFunc(r.Earlier, func(f Fenced) bool { return f.Lease == lease })
 }
 
 // LevelsOf returns node's levels (nil: lease only).
