@@ -70,6 +70,9 @@ export HACS_CLUSTER=127.0.0.1:$(port 0),127.0.0.1:$(port 5),127.0.0.1:$(port 10)
 start 1
 wait_until 180 "n1's join token" test -s "$WORKDIR/n1/join-token"
 token=$(cat "$WORKDIR/n1/join-token")
+# the CLI's credentials: the cluster CA and the first admin token
+export HACS_CA_FILE=$WORKDIR/n1/tls/ca.crt HACS_TOKEN_FILE=$WORKDIR/n1/admin-token
+wait_until 60 "n1's credentials" test -s "$HACS_TOKEN_FILE"
 start 2 --join 127.0.0.1:"$(port 0)" --token "$token"
 wait_until 180 "n2 to join" "$HACS" node info n2 --cluster 127.0.0.1:"$(port 0)"
 start 3 --join 127.0.0.1:"$(port 0)" --token "$token"
@@ -112,4 +115,4 @@ measure "hacs volume list" "$HACS" volume list
 measure "hacs volume list --json" "$HACS" volume list --json
 measure "hacs cluster status" "$HACS" cluster status
 measure "hacs cluster status --json" "$HACS" cluster status --json
-measure "hacs volume info bv500" "$HACS" volume info "bv$((VOLUMES / 2))"
+measure "hacs volume info bv$((VOLUMES / 2))" "$HACS" volume info "bv$((VOLUMES / 2))"
