@@ -18,6 +18,7 @@ import (
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/dashboard"
 	"github.com/hacs/hacs/internal/fence"
+	"github.com/hacs/hacs/internal/nbd"
 	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/store"
 )
@@ -139,6 +140,14 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	dashboard.Register(n.Mux()) // the web dashboard at / and /ui/ (docs/OBSERVABILITY.md)
 	if err := n.Start(ctx); err != nil {
 		return err
+	}
+	if exportTLS == nil && rm.exportTLS.mode == "" {
+		// A secure cluster offers NBD TLS on its volume exports with the
+		// node's certificate (each volume's spec may require it); the
+		// clients check it against the cluster CA (hacs volume attach does).
+		if tc := n.TLSServerConfig(false); tc != nil {
+			exportTLS, exportPolicy = tc, nbd.TLSAllowed
+		}
 	}
 	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
 		ExportListen: rm.exportListen, ExportTLS: exportTLS, ExportTLSPolicy: exportPolicy, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),

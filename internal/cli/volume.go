@@ -419,7 +419,16 @@ SIGTERM) detaches cleanly: flush, unmount, disconnect.`,
 				// user gave TLS options).
 				if v.Export.TLS || tlsCfg != nil {
 					if tlsCfg == nil {
-						return attach.Target{}, fmt.Errorf("volume %s is served with NBD TLS: give --tls-certificates DIR or --tls-ca FILE", name)
+						// Without TLS options: the cluster's CA, as the
+						// API client finds it.
+						cc, err := f.clusterNBDTLS()
+						if err != nil {
+							return attach.Target{}, err
+						}
+						if cc == nil {
+							return attach.Target{}, fmt.Errorf("volume %s is served with NBD TLS and no cluster CA certificate was found: give --ca-file, --tls-certificates DIR or --tls-ca FILE", name)
+						}
+						tlsCfg = cc
 					}
 					t.TLS = tlsCfg
 				}
