@@ -138,6 +138,11 @@ func TestEndToEndExt4Failover(t *testing.T) {
 		t.Fatalf("create: %d %v", code, err)
 	}
 	v := c.waitServed("e2e", 0)
+	// A secure cluster (the default) offers NBD TLS on its exports, and
+	// attach then connects with TLS, checked against the cluster CA.
+	if !v.Export.TLS {
+		t.Fatalf("the export of a secure cluster does not offer TLS: %+v", v.Export)
+	}
 	dir := shortTempDir(t)
 	fuseDir := filepath.Join(dir, "fuse")
 	var apis []string
