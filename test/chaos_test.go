@@ -192,6 +192,42 @@ func TestChaosCheckers(t *testing.T) {
 	if v, _, _ := checkOverlaps(ts, woke, time.Second); len(v) != 0 {
 		t.Fatalf("overlap within the tolerance after SIGCONT counted: %v", v)
 	}
+	// The long run of seed 1795320262086854926 (round 140, n1's replica of
+	// cv0 full): n1's mirror was fenced at .568371 (n2 had opened the
+	// replicas at epoch 95), n2's export took requests from .568455, n1's
+	// clients were cut off at .568650: 195 µs of its export up, none of it
+	// taking I/O; not a violation. Fenced only after n2 began, it is one;
+	// and so is a fenced export left up longer than the tolerance (the
+	// stuck stop of TestMirrorAnswersWhileResyncWaitsForStore).
+	tm := func(hms string) time.Time {
+		x, err := time.Parse(time.RFC3339Nano, "2026-11-22T04:50:"+hms+"Z")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	run := func(fenced, stopped string) []overlap {
+		evs := []cluster.Event{
+			{Time: tm("00.593"), Node: "n1", Kind: "volume-serving", Resource: "volume/cv0", Fields: map[string]string{"epoch": "94", "serving_from": tm("00.500").Format(time.RFC3339Nano)}},
+			{Time: tm(fenced), Node: "n1", Kind: "fenced", Resource: "volume/cv0", Message: "replica n1 refused our epoch"},
+			{Time: tm("13.570727719"), Node: "n1", Kind: "volume-stopped", Resource: "volume/cv0", Message: "stopped serving: fenced by a newer primary",
+				Fields: map[string]string{"epoch": "94", "stopped_at": tm(stopped).Format(time.RFC3339Nano)}},
+			{Time: tm("13.57179652"), Node: "n2", Kind: "volume-serving", Resource: "volume/cv0", Fields: map[string]string{"epoch": "95", "serving_from": tm("13.568455551").Format(time.RFC3339Nano)}},
+		}
+		ts, _ := servingIntervals(evs, nil, tm("59"))
+		v, _, _ := checkOverlaps(ts, nil, time.Second)
+		return v
+	}
+	if v := run("13.568371041", "13.568650434"); len(v) != 0 {
+		t.Fatalf("a fenced primary's export up for 195 µs counted: %v", v)
+	}
+	if v := run("13.568500000", "13.568650434"); len(v) != 1 || v[0].admit != 44449*time.Nanosecond {
+		t.Fatalf("a primary taking I/O after the newer one began not counted: %+v", v)
+	}
+	if v := run("13.568371041", "15.000000000"); len(v) != 1 || v[0].admit != 0 || !isStuckStopOverlap(v[0].desc) {
+		t.Fatalf("a fenced export left up past the tolerance not counted: %+v", v)
+	}
+
 	// a stop of another epoch than the open tenure's is reported
 	exact[2].Fields["epoch"] = "3"
 	if _, unpaired := servingIntervals(exact, nil, t0.Add(time.Minute)); len(unpaired) != 1 {
