@@ -192,7 +192,7 @@ func TestChaosCheckers(t *testing.T) {
 	if v, _, _ := checkOverlaps(ts, woke, time.Second); len(v) != 0 {
 		t.Fatalf("overlap within the tolerance after SIGCONT counted: %v", v)
 	}
-	// The long run of seed 1795320262086854926 (round 140, n1's replica of
+	// The long run of seed 1795320262086854926 (round 188, n1's replica of
 	// cv0 full): n1's mirror was fenced at .568371 (n2 had opened the
 	// replicas at epoch 95), n2's export took requests from .568455, n1's
 	// clients were cut off at .568650: 195 µs of its export up, none of it
