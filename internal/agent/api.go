@@ -143,15 +143,9 @@ func (a *Agent) createVolume(ctx context.Context, req VolumeRequest) error {
 // views reads the volumes straight from the store (not the cache), so that
 // an API answer reflects every write acknowledged before it.
 func (a *Agent) views(ctx context.Context) (map[string]*volumeView, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := a.node.Client().Get(cctx, cluster.PrefixVolumes, clientv3.WithPrefix())
+	snap, err := cluster.ReadSnapshot(ctx, a.node.Client(), cluster.PrefixVolumes)
 	if err != nil {
 		return nil, err
-	}
-	snap := cluster.Snapshot{Rev: resp.Header.Revision, KVs: map[string]cluster.KV{}, Synced: true}
-	for _, kv := range resp.Kvs {
-		snap.KVs[string(kv.Key)] = cluster.KV{Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision}
 	}
 	views, _ := volumesFrom(snap)
 	return views, nil
@@ -213,15 +207,9 @@ func (a *Agent) volume(ctx context.Context, name string) (*volumeView, error) {
 		return nil, errf(http.StatusNotFound, "no volume named %q", name)
 	}
 	// Only this volume's keys: the answer does not grow with the cluster.
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := a.node.Client().Get(cctx, cluster.PrefixVolumes+name+"/", clientv3.WithPrefix())
+	snap, err := cluster.ReadSnapshot(ctx, a.node.Client(), cluster.PrefixVolumes+name+"/")
 	if err != nil {
 		return nil, err
-	}
-	snap := cluster.Snapshot{Rev: resp.Header.Revision, KVs: map[string]cluster.KV{}, Synced: true}
-	for _, kv := range resp.Kvs {
-		snap.KVs[string(kv.Key)] = cluster.KV{Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision}
 	}
 	views, _ := volumesFrom(snap)
 	v := views[name]

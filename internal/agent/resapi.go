@@ -76,15 +76,9 @@ func (a *Agent) registerResourceAPI() {
 
 // resModelNow reads resources and constraints straight from the store.
 func (a *Agent) resModelNow(ctx context.Context) (*resModel, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := a.node.Client().Get(cctx, cluster.PrefixResources, clientv3.WithPrefix())
+	snap, err := cluster.ReadSnapshot(ctx, a.node.Client(), cluster.PrefixResources)
 	if err != nil {
 		return nil, err
-	}
-	snap := cluster.Snapshot{Rev: resp.Header.Revision, KVs: map[string]cluster.KV{}, Synced: true}
-	for _, kv := range resp.Kvs {
-		snap.KVs[string(kv.Key)] = cluster.KV{Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision}
 	}
 	m, _ := resourcesFrom(snap)
 	a.markLost(m)

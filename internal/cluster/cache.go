@@ -120,9 +120,7 @@ func (c *Cache) run(ctx context.Context) {
 	defer close(c.done)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, err := c.cli.Get(rctx, c.prefix, clientv3.WithPrefix())
-		cancel()
+		snap, err := ReadSnapshot(ctx, c.cli, c.prefix)
 		if err != nil {
 			c.setStale()
 			c.log.Debug("cache: read failed", "prefix", c.prefix, "err", err)
@@ -135,18 +133,29 @@ func (c *Cache) run(ctx context.Context) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		kvs := make(map[string]KV, len(resp.Kvs))
-		for _, kv := range resp.Kvs {
-			kvs[string(kv.Key)] = toKV(kv)
-		}
-		rev := resp.Header.Revision
 		c.mu.Lock()
-		c.snap = Snapshot{Rev: rev, KVs: kvs, Synced: true}
+		c.snap = snap
 		c.notifyLocked()
 		c.mu.Unlock()
-		c.watch(ctx, rev)
+		c.watch(ctx, snap.Rev)
 		c.setStale()
 	}
+}
+
+// ReadSnapshot reads every key under prefix straight from the store (a
+// linearizable read, not a cache), with a 5 s limit.
+func ReadSnapshot(ctx context.Context, cli *clientv3.Client, prefix string) (Snapshot, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(cctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return Snapshot{}, err
+	}
+	kvs := make(map[string]KV, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		kvs[string(kv.Key)] = toKV(kv)
+	}
+	return Snapshot{Rev: resp.Header.Revision, KVs: kvs, Synced: true}, nil
 }
 
 func toKV(kv *mvccpb.KeyValue) KV {

@@ -79,15 +79,9 @@ func (c *Controller) Register(mux *http.ServeMux) {
 
 // read returns the fencing view read from the store (linearizable).
 func (c *Controller) read(ctx context.Context) (View, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	r, err := c.node.Client().Get(cctx, Prefix, clientv3.WithPrefix())
+	snap, err := cluster.ReadSnapshot(ctx, c.node.Client(), Prefix)
 	if err != nil {
 		return View{}, fmt.Errorf("reading the fencing configuration: %w", err)
-	}
-	snap := cluster.Snapshot{Rev: r.Header.Revision, KVs: map[string]cluster.KV{}, Synced: true}
-	for _, kv := range r.Kvs {
-		snap.KVs[string(kv.Key)] = cluster.KV{Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision, Lease: kv.Lease}
 	}
 	v, _ := Decode(snap)
 	return v, nil
