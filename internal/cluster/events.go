@@ -52,6 +52,17 @@ func eventKey(ev Event) string {
 
 // AppendEvent writes ev to the event log (Time defaults to now).
 func AppendEvent(ctx context.Context, cli *clientv3.Client, ev Event) error {
+	op, err := eventPut(ev)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Do(ctx, op)
+	return err
+}
+
+// eventPut stamps ev (Time defaults to now, in UTC; Key and Rev are the
+// store's) and returns the write that appends it.
+func eventPut(ev Event) (clientv3.Op, error) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
@@ -59,10 +70,9 @@ func AppendEvent(ctx context.Context, cli *clientv3.Client, ev Event) error {
 	ev.Key, ev.Rev = "", 0
 	b, err := json.Marshal(ev)
 	if err != nil {
-		return err
+		return clientv3.Op{}, err
 	}
-	_, err = cli.Put(ctx, eventKey(ev), string(b))
-	return err
+	return clientv3.OpPut(eventKey(ev), string(b)), nil
 }
 
 // maxEventBatch is the most events written in one transaction (etcd
@@ -74,16 +84,11 @@ const maxEventBatch = 64
 func appendEvents(ctx context.Context, cli *clientv3.Client, evs []Event) error {
 	ops := make([]clientv3.Op, 0, len(evs))
 	for _, ev := range evs {
-		if ev.Time.IsZero() {
-			ev.Time = time.Now()
-		}
-		ev.Time = ev.Time.UTC()
-		ev.Key, ev.Rev = "", 0
-		b, err := json.Marshal(ev)
+		op, err := eventPut(ev)
 		if err != nil {
 			return err
 		}
-		ops = append(ops, clientv3.OpPut(eventKey(ev), string(b)))
+		ops = append(ops, op)
 	}
 	_, err := cli.Txn(ctx).Then(ops...).Commit()
 	return err
