@@ -1770,7 +1770,7 @@ func (s chaosSummary) String() string {
 	fmt.Fprintf(&b, "  failovers           %d\n", s.Failovers)
 	fmt.Fprintf(&b, "  longest client pause %v\n", s.LongestPause.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  bytes resynced      %d\n", s.BytesResynced)
-	fmt.Fprintf(&b, "  primary overlap     %v at most (outside pauses)\n", s.MaxOverlap.Round(time.Millisecond))
+	fmt.Fprintf(&b, "  primary overlap     %v at most (outside pauses)\n", s.MaxOverlap.Round(time.Microsecond))
 	if s.Unknown > 0 {
 		fmt.Fprintf(&b, "  undecided blocks    %d (the linearizability checker ran out of time)\n", s.Unknown)
 	}
