@@ -93,28 +93,6 @@ func (w *fileWriter) verify(t *testing.T) {
 	}
 }
 
-// mountRetrying mounts dev on dir, trying again for a few seconds while
-// the kernel says the device is busy: just after an umount, a process the
-// test does not control (udev's probe of the device that changed, as seen
-// in a CI run) may hold the block device open for a moment.
-func mountRetrying(t *testing.T, dev, dir string, opts ...string) {
-	t.Helper()
-	args := append(append([]string{}, opts...), dev, dir)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, err := exec.Command("mount", args...).CombinedOutput()
-		if err == nil {
-			return
-		}
-		if !strings.Contains(string(out), "busy") || time.Now().After(deadline) {
-			t.Fatalf("mount %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		t.Logf("mount %s: busy, trying again: %s", strings.Join(args, " "), strings.TrimSpace(string(out)))
-		exec.Command("udevadm", "settle", "--timeout=2").Run()
-		time.Sleep(500 * time.Millisecond)
-	}
-}
-
 func mustCmd(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -205,7 +183,7 @@ func TestEndToEndExt4Failover(t *testing.T) {
 	mustCmd(t, "umount", mnt)
 	mounted = false
 	mustCmd(t, "e2fsck", "-fn", loop)
-	mountRetrying(t, loop, mnt, "-o", "ro")
+	mustRunWhileBusy(t, "mount", "-o", "ro", loop, mnt)
 	mounted = true
 	for _, sub := range []string{"primary", "secondary"} {
 		ents, err := os.ReadDir(filepath.Join(mnt, sub))

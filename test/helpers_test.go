@@ -159,6 +159,29 @@ func mustRun(t testing.TB, name string, args ...string) result {
 	return r
 }
 
+// mustRunWhileBusy is mustRun for mount, umount and fusermount3 -u run
+// right after a loop device changed (losetup -d, umount): the kernel
+// answers "busy" while something it does not wait for still holds the
+// device or the mount for a moment (the loop device's asynchronous detach,
+// udev's probe of the changed device: seen in CI runs under load). It runs
+// the command again, for up to 10 s, while it says busy.
+func mustRunWhileBusy(t testing.TB, name string, args ...string) result {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := runCmd(t, name, args...)
+		if r.code == 0 {
+			return r
+		}
+		if !strings.Contains(strings.ToLower(r.stderr+r.stdout), "busy") || time.Now().After(deadline) {
+			t.Fatalf("command failed: %v", r)
+		}
+		t.Logf("%s %s: busy, trying again: %s", name, strings.Join(args, " "), strings.TrimSpace(r.stderr))
+		exec.Command("udevadm", "settle", "--timeout=2").Run()
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 func shellQuote(args []string) string {
 	q := make([]string, len(args))
 	for i, a := range args {

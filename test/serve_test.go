@@ -591,7 +591,7 @@ func TestExt4OverNbdfuse(t *testing.T) {
 	})
 	mount := func() {
 		t.Helper()
-		mustRun(t, "mount", "-t", "ext4", loop, fsDir)
+		mustRunWhileBusy(t, "mount", "-t", "ext4", loop, fsDir)
 		mounted = true
 	}
 	umount := func() {
@@ -648,7 +648,7 @@ func TestExt4OverNbdfuse(t *testing.T) {
 
 	mustRun(t, "losetup", "-d", loop)
 	loopAttached = false
-	mustRun(t, "fusermount3", "-u", mnt)
+	mustRunWhileBusy(t, "fusermount3", "-u", mnt)
 	fuseMounted = false
 	select {
 	case <-fuse.done:
