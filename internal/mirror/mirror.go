@@ -609,12 +609,9 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 			m.event("", "stalled", fmt.Sprintf("every in-sync replica failed (%v); I/O fails until one returns", cause))
 			return fmt.Errorf("volume %s: %v: %w", m.cfg.Volume, cause, ErrNoQuorm)
 		}
-		old := m.wantIDs()
-		m.setWant(slices.DeleteFunc(slices.Clone(old), func(id string) bool { return slices.Contains(drop, id) }))
-		if err := m.storeInSync(); err != nil {
+		if err := m.storeWithout(drop); err != nil {
 			// The legs stay listed (the store may still hold them); the
 			// I/O is not acknowledged.
-			m.setWant(old)
 			if !errors.Is(err, ErrFenced) {
 				m.event("", "stalled", fmt.Sprintf("cannot drop replicas %v from the in-sync set: %v; I/O is not acknowledged", drop, err))
 			}
@@ -652,6 +649,19 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 	}
 	for _, l := range legs {
 		m.startResync(l)
+	}
+	return nil
+}
+
+// storeWithout takes ids out of the wanted in-sync set and commits it to
+// the store (storeInSync); if that fails, the wanted set is restored (the
+// store may still list them). Callers hold mu for writing.
+func (m *Mirror) storeWithout(ids []string) error {
+	old := m.wantIDs()
+	m.setWant(slices.DeleteFunc(slices.Clone(old), func(id string) bool { return slices.Contains(ids, id) }))
+	if err := m.storeInSync(); err != nil {
+		m.setWant(old)
+		return err
 	}
 	return nil
 }
@@ -895,10 +905,7 @@ func (m *Mirror) RemoveReplica(id string) error {
 		if len(keep) == 0 {
 			return fmt.Errorf("volume %s: %s is its last in-sync replica and cannot be removed", m.cfg.Volume, id)
 		}
-		old := m.wantIDs()
-		m.setWant(slices.DeleteFunc(slices.Clone(old), func(s string) bool { return s == id }))
-		if err := m.storeInSync(); err != nil {
-			m.setWant(old)
+		if err := m.storeWithout([]string{id}); err != nil {
 			return err
 		}
 	}
