@@ -1,0 +1,167 @@
+package tlspsk
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+var testKeys = Keys{"alice": bytes.Repeat([]byte{0x11}, 32), "bob": []byte("0123456789abcdef")}
+
+// pipe returns a connected TCP loopback pair (real sockets, CloseWrite works).
+func pipe(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- nil
+			return
+		}
+		ch <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-ch
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// handshakePair runs both handshakes and returns both errors.
+func handshakePair(t testing.TB, ccfg, scfg *Config) (*Conn, *Conn, error, error) {
+	a, b := pipe(t)
+	cl := Client(a, ccfg)
+	sv := Server(b, nil, scfg)
+	var serr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); serr = sv.Handshake() }()
+	cerr := cl.Handshake()
+	if cerr != nil {
+		a.Close()
+	}
+	wg.Wait()
+	if serr != nil {
+		b.Close()
+	}
+	return cl, sv, cerr, serr
+}
+
+func TestHandshakeSuitesGroups(t *testing.T) {
+	for _, suite := range []uint16{TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256} {
+		for _, g := range defaultGroups {
+			for _, hrr := range []bool{false, true} {
+				name := CipherSuiteName(suite) + "/" + GroupName(g)
+				ccfg := &Config{Keys: testKeys, Identity: "alice", CipherSuites: []uint16{suite}, Groups: []uint16{g}}
+				scfg := &Config{Keys: testKeys}
+				if hrr {
+					name += "/HRR"
+					// the client's key share is for a group the server refuses
+					other := GroupX25519
+					if g == GroupX25519 {
+						other = GroupSecp384r1
+					}
+					ccfg.Groups = []uint16{other, g}
+					scfg.Groups = []uint16{g}
+				}
+				t.Run(name, func(t *testing.T) {
+					cl, sv, cerr, serr := handshakePair(t, ccfg, scfg)
+					if cerr != nil || serr != nil {
+						t.Fatalf("client: %v, server: %v", cerr, serr)
+					}
+					if cl.CipherSuite() != CipherSuiteName(suite) || sv.CipherSuite() != CipherSuiteName(suite) {
+						t.Fatalf("suites %s %s", cl.CipherSuite(), sv.CipherSuite())
+					}
+					if sv.Identity() != "alice" || cl.Identity() != "alice" {
+						t.Fatalf("identity %q", sv.Identity())
+					}
+					exchange(t, cl, sv, 100000)
+				})
+			}
+		}
+	}
+}
+
+// exchange sends n random bytes each way at once and checks them.
+func exchange(t testing.TB, a, b *Conn, n int) {
+	t.Helper()
+	da, db := make([]byte, n), make([]byte, n)
+	rand.Read(da)
+	rand.Read(db)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	send := func(c *Conn, d []byte) {
+		defer wg.Done()
+		if _, err := c.Write(d); err != nil {
+			errs <- err
+		}
+	}
+	recv := func(c *Conn, want []byte) {
+		defer wg.Done()
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(c, got); err != nil {
+			errs <- err
+			return
+		}
+		if !bytes.Equal(got, want) {
+			errs <- errors.New("data mismatch")
+		}
+	}
+	wg.Add(4)
+	go send(a, da)
+	go send(b, db)
+	go recv(a, db)
+	go recv(b, da)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestKeyUpdateAndClose(t *testing.T) {
+	cl, sv, cerr, serr := handshakePair(t, &Config{Keys: testKeys, Identity: "bob"}, &Config{Keys: testKeys})
+	if cerr != nil || serr != nil {
+		t.Fatalf("client: %v, server: %v", cerr, serr)
+	}
+	exchange(t, cl, sv, 1000)
+	if err := cl.keyUpdate(true); err != nil {
+		t.Fatal(err)
+	}
+	exchange(t, cl, sv, 50000)
+	if err := sv.keyUpdate(false); err != nil {
+		t.Fatal(err)
+	}
+	exchange(t, cl, sv, 50000)
+	if err := cl.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 10)
+	if n, err := sv.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("after close_notify: %d %v", n, err)
+	}
+	// the other direction still works
+	go sv.Write([]byte("after"))
+	if _, err := io.ReadFull(cl, buf[:5]); err != nil || string(buf[:5]) != "after" {
+		t.Fatalf("half-close: %q %v", buf[:5], err)
+	}
+	if _, err := cl.Write([]byte("x")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after CloseWrite: %v", err)
+	}
+	_ = time.Second
+}
