@@ -67,7 +67,7 @@ wait_until() { # wait_until SECONDS WHAT COMMAND...
 
 mkdir -p "$WORKDIR"
 export HACS_CLUSTER=127.0.0.1:$(port 0),127.0.0.1:$(port 5),127.0.0.1:$(port 10)
-start 1
+start 1 --join-token-uses 2
 wait_until 180 "n1's join token" test -s "$WORKDIR/n1/join-token"
 token=$(cat "$WORKDIR/n1/join-token")
 # the CLI's credentials: the cluster CA and the first admin token

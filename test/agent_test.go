@@ -27,7 +27,6 @@ type rmCluster struct {
 	dir    string
 	procs  map[string]*proc
 	ports  map[string][5]string // api, peer, client, replica, export
-	token  string
 	client *http.Client
 }
 
@@ -54,15 +53,10 @@ func (c *rmCluster) start(name string) {
 		"--replica-timeout", "2s"}
 	args = append(args, c.extra...)
 	if name != "n1" {
-		if c.token == "" {
-			b, err := os.ReadFile(filepath.Join(c.dir, "n1", "join-token"))
-			if err != nil {
-				c.t.Fatal(err)
-			}
-			c.token = strings.TrimSpace(string(b))
-		}
 		if _, err := os.Stat(filepath.Join(c.dir, name, "node.json")); err != nil {
-			args = append(args, "--join", c.ports["n1"][0], "--token", c.token)
+			// a new node: a join token of its own from n1
+			tok := strings.TrimSpace(mustRun(c.t, hacsBin, "cluster", "token", "create", "--data-dir", filepath.Join(c.dir, "n1")).stdout)
+			args = append(args, "--join", c.ports["n1"][0], "--token", tok)
 		}
 	}
 	pr := startProc(c.t, false, hacsBin, args...)

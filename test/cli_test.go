@@ -164,10 +164,16 @@ func TestCLIAgainstCluster(t *testing.T) {
 		t.Fatalf("node info n2 --json: %+v %v", ni, err)
 	}
 
-	// the join token, on the local socket only
-	tok := ok("cluster", "token", "--data-dir", filepath.Join(c.dir, "n2"), "--cluster", "").stdout
-	if strings.TrimSpace(tok) != c.token {
-		t.Fatalf("cluster token %q, want %q", tok, c.token)
+	// a new single-use join token at each call, on the local socket only
+	tok1 := strings.TrimSpace(ok("cluster", "token", "--data-dir", filepath.Join(c.dir, "n2"), "--cluster", "").stdout)
+	tok2 := strings.TrimSpace(ok("cluster", "token", "--data-dir", filepath.Join(c.dir, "n2"), "--cluster", "").stdout)
+	for _, tok := range []string{tok1, tok2} {
+		if _, err := cluster.ParseToken(tok); err != nil {
+			t.Fatalf("cluster token: %v", err)
+		}
+	}
+	if tok1 == tok2 {
+		t.Fatalf("cluster token: the same token twice (%s)", tok1)
 	}
 	fails(2, "only on the agent's local API socket", "cluster", "token")
 	if r := ok("agent", "status", "--data-dir", filepath.Join(c.dir, "n3"), "--cluster", ""); !strings.Contains(r.stdout, "node n3") || !strings.Contains(r.stdout, "serving: true") {

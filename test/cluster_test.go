@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -196,13 +197,15 @@ func (a *agent) waitRunning() cluster.Status {
 	return st
 }
 
-func (a *agent) token() string {
+// token makes a join token on the running agent a, for uses nodes (the
+// first node's own token, in its DATA_DIR/join-token, admits one node).
+func (a *agent) token(uses ...int) string {
 	a.t.Helper()
-	b, err := os.ReadFile(filepath.Join(a.dir, "join-token"))
-	if err != nil {
-		a.t.Fatalf("join token of %s: %v", a.name, err)
+	n := 1
+	if len(uses) > 0 {
+		n = uses[0]
 	}
-	return strings.TrimSpace(string(b))
+	return strings.TrimSpace(mustRun(a.t, hacsBin, "cluster", "token", "create", "--data-dir", a.dir, "--uses", strconv.Itoa(n)).stdout)
 }
 
 // startCluster starts agents[0] as the first node, then joins the others
@@ -211,7 +214,7 @@ func startCluster(t testing.TB, agents ...*agent) {
 	t.Helper()
 	agents[0].start("", "")
 	agents[0].waitRunning()
-	tok := agents[0].token()
+	tok := agents[0].token(len(agents) - 1)
 	for _, a := range agents[1:] {
 		a.start(agents[0].api, tok)
 		a.waitRunning()
@@ -707,7 +710,7 @@ func TestClusterRefusals(t *testing.T) {
 		bad = tok[:len(tok)-1] + "B"
 	}
 	x := newAgent(t, "x")
-	expect("wrong token", x.run(n1.api, bad), "wrong join token", "join-token")
+	expect("wrong token", x.run(n1.api, bad), "wrong join token", "hacs cluster token create")
 	// token of another cluster
 	expect("token of another cluster", x.run(n1.api, otherTok), "the token is for cluster", "belongs to cluster")
 	// malformed token
@@ -967,7 +970,7 @@ func startClusterFsync(t testing.TB, agents ...*agent) {
 	t.Helper()
 	agents[0].start("", "", "--etcd-unsafe-no-fsync=false")
 	agents[0].waitRunning()
-	tok := agents[0].token()
+	tok := agents[0].token(len(agents) - 1)
 	for _, a := range agents[1:] {
 		a.start(agents[0].api, tok, "--etcd-unsafe-no-fsync=false")
 		a.waitRunning()

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -835,9 +834,8 @@ func clusterTokenCreateCmd(f *apiFlags) *cobra.Command {
 		Short: "Create a short-lived join token that admits one node (or --uses N)",
 		Long: `Create a join token that is valid for --ttl (default 1h) and admits --uses
 nodes (default 1): joining a second node with it is refused ("already used"),
-and so is joining after it expired. Prefer it to the cluster token of
-DATA_DIR/join-token, which never expires. Needs an admin token (or the local
-socket with --data-dir).`,
+and so is joining after it expired. Needs an admin token (or the local socket
+with --data-dir).`,
 		Example: `  hacs agent --data-dir /var/lib/hacs --join 10.0.0.1:7700 --token "$(hacs cluster token create --ttl 15m)"`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -867,11 +865,12 @@ socket with --data-dir).`,
 func clusterTokenPrintCmd(f *apiFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "token --data-dir DIR",
-		Short: "Print the join token that new nodes need (hacs agent --join ... --token ...)",
-		Long: `Print the cluster's join token. Whoever has it can add nodes to the cluster,
-so agents serve it only on their local API socket (DATA_DIR/api.sock, readable
-by the agent's user): run this on a member with that member's --data-dir. If
-its agent is not running, the token is read from DATA_DIR/join-token.`,
+		Short: "Print a new join token for one node (hacs agent --join ... --token ...)",
+		Long: `Make and print a join token that admits one node within the next hour
+(as "hacs cluster token create" does with its defaults). Without an API
+token, agents make them only for their local API socket (DATA_DIR/api.sock,
+readable by the agent's user): run this on a member with that member's
+--data-dir, whose agent must be running.`,
 		Example: `  hacs cluster token --data-dir /var/lib/hacs
   hacs agent --data-dir /var/lib/hacs --join 10.0.0.1:7700 --token "$(ssh n1 hacs cluster token --data-dir /var/lib/hacs)"`,
 		Args: cobra.NoArgs,
@@ -886,19 +885,10 @@ its agent is not running, the token is read from DATA_DIR/join-token.`,
 			var ae *apiStatusError
 			switch {
 			case err == nil:
-			case f.dataDir != "" && !errors.As(err, &ae):
-				// the agent is down: the file it wrote
-				b, ferr := os.ReadFile(filepath.Join(f.dataDir, "join-token"))
-				if ferr != nil {
-					return fmt.Errorf("%v; and no token file: %v", err, ferr)
-				}
-				tok, perr := cluster.ParseToken(string(b))
-				if perr != nil {
-					return fmt.Errorf("%s: %v", filepath.Join(f.dataDir, "join-token"), perr)
-				}
-				out.Cluster, out.Token = tok.ClusterID, tok.String()
 			case errors.As(err, &ae) && ae.Code == http.StatusForbidden:
 				return usagef("%v", err)
+			case f.dataDir != "" && !errors.As(err, &ae):
+				return fmt.Errorf("%w: join tokens are made by a running member; start its agent, or run this on another member", err)
 			default:
 				return err
 			}

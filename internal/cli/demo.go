@@ -89,6 +89,10 @@ DIR/<node>/agent.log.`,
 				if insecure {
 					args = append(args, "--insecure")
 				}
+				if i == 1 && nodes > 2 {
+					// its join token admits the other demo nodes
+					args = append(args, "--join-token-uses", strconv.Itoa(nodes-1))
+				}
 				if i > 1 {
 					tok, err := os.ReadFile(filepath.Join(dir, "node1", "join-token"))
 					if err != nil {

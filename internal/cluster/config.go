@@ -27,7 +27,7 @@ const (
 // sensible default.
 type Config struct {
 	// DataDir holds all the node's state: node.json (identity), etcd/ (the
-	// embedded etcd member), join-token, api.sock, lock.
+	// embedded etcd member), join-token (the first node's), api.sock, lock.
 	DataDir string
 	// Name is the node name (default: the host name). Ignored on restart,
 	// where the name comes from DataDir; an explicit different name is
@@ -88,6 +88,13 @@ type Config struct {
 	// authentication: for special cases only (docs/SECURITY.md). Ignored on
 	// restart, where the mode comes from the data directory.
 	Insecure bool
+
+	// JoinTokenTTL and JoinTokenUses shape the join token a new cluster's
+	// first node prints (and writes to DATA_DIR/join-token): valid for
+	// JoinTokenTTL (default DefaultJoinTokenTTL), admitting JoinTokenUses
+	// nodes (default 1). Ignored unless the cluster is being created.
+	JoinTokenTTL  time.Duration
+	JoinTokenUses int
 
 	// JoinTimeout bounds the join handshake retries (default 60s).
 	JoinTimeout time.Duration
@@ -165,6 +172,15 @@ func (c *Config) setDefaults() error {
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = DefaultJoinTimeout
 	}
+	if c.JoinTokenTTL == 0 {
+		c.JoinTokenTTL = DefaultJoinTokenTTL
+	}
+	if c.JoinTokenUses == 0 {
+		c.JoinTokenUses = 1
+	}
+	if err := checkJoinTokenShape(c.JoinTokenTTL, c.JoinTokenUses); err != nil {
+		return fmt.Errorf("--join-token-ttl/--join-token-uses: %w", err)
+	}
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -180,7 +196,7 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	if (c.Join == "") != (c.Token == "") {
-		return errors.New("--join and --token go together: --join HOST:PORT is the API address of any member, --token the join token printed by the first node (also in DATA_DIR/join-token on every member)")
+		return errors.New("--join and --token go together: --join HOST:PORT is the API address of any member, --token a join token (printed by the first node, or made on a member with `hacs cluster token create`)")
 	}
 	if c.Join != "" && len(c.EtcdEndpoints) > 0 {
 		return errors.New("--join and --etcd-endpoints exclude each other: with an external etcd, every node just points at it with --etcd-endpoints")

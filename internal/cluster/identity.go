@@ -117,9 +117,9 @@ func lockDataDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// Token is the join token: the cluster id and the join secret. It is
-// printed by the first node and written to DATA_DIR/join-token on every
-// node.
+// Token is a join token: the cluster id and the token's secret. The first
+// node prints one (and writes it to its DATA_DIR/join-token); members make
+// more (jointoken.go).
 type Token struct {
 	ClusterID string
 	Secret    string
@@ -140,7 +140,7 @@ func ParseToken(s string) (Token, error) {
 	rest, ok := strings.CutPrefix(s, tokenPrefix)
 	id, secret, ok2 := strings.Cut(rest, ".")
 	if !ok || !ok2 || !clusterIDRE.MatchString(id) || !secretRE.MatchString(secret) {
-		return Token{}, fmt.Errorf("malformed join token %q: a token looks like hacs1.<16 hex digits>.<43 characters>; copy it from the first node's output or from DATA_DIR/join-token on any member", s)
+		return Token{}, fmt.Errorf("malformed join token %q: a token looks like hacs1.<16 hex digits>.<43 characters>; copy it from the first node's output or from `hacs cluster token create` on a member", s)
 	}
 	return Token{ClusterID: id, Secret: secret}, nil
 }

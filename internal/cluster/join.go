@@ -228,7 +228,7 @@ func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, e
 	}
 	cid := n.ClusterID()
 	if tok.ClusterID != cid {
-		return nil, errStatus(http.StatusForbidden, "the token is for cluster %s, but the agent at %s belongs to cluster %s: use this cluster's token (DATA_DIR/join-token on any of its nodes), or --join a member of cluster %s", tok.ClusterID, n.apiAddr, cid, tok.ClusterID)
+		return nil, errStatus(http.StatusForbidden, "the token is for cluster %s, but the agent at %s belongs to cluster %s: use a token of this cluster (`hacs cluster token create` on one of its members), or --join a member of cluster %s", tok.ClusterID, n.apiAddr, cid, tok.ClusterID)
 	}
 	auth, err := n.checkJoinSecret(ctx, cli, tok.Secret, req.NodeID)
 	if err != nil {

@@ -17,13 +17,15 @@ import (
 
 // Join tokens.
 //
-// The cluster token (printed by the first node, in DATA_DIR/join-token on
-// every member) holds the cluster's join secret and stays valid. Tokens made
-// with `hacs cluster token create` (POST /v1/join-tokens) are short-lived
-// (default 1 hour) and single use (default): a second join with one is
-// refused ("already used"), unless it is the same node repeating an
-// interrupted join. They look the same (hacs1.<cluster>.<secret>) and are
-// stored by an id derived from the secret, with the secret's SHA-256 only.
+// Every join token is short-lived (default 1 hour, at most a week) and
+// admits one node unless made for more: the one a new cluster's first node
+// prints (and writes to its DATA_DIR/join-token), and those made with `hacs
+// cluster token create` (POST /v1/join-tokens) or `hacs cluster token`. A
+// second join with a used-up token is refused ("already used"), unless it is
+// the same node repeating an interrupted join; so is a join after expiry.
+// A token looks like hacs1.<cluster>.<secret> and is stored by an id derived
+// from the secret, with the secret's SHA-256 only. The cluster's own secret
+// (KeyJoinSecret) admits no one.
 
 // PrefixJoinTokens holds the short-lived join tokens:
 // /hacs/auth/join/<id> -> JoinToken.
@@ -58,19 +60,14 @@ func joinTokenID(secret string) string {
 
 // CreateJoinToken creates a join token valid for ttl and uses joins.
 func (n *Node) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int, by string) (Token, JoinToken, error) {
-	if ttl <= 0 || ttl > 7*24*time.Hour {
-		return Token{}, JoinToken{}, errStatus(http.StatusBadRequest, "ttl %v: want a duration up to 168h", ttl)
-	}
-	if uses < 1 || uses > 1000 {
-		return Token{}, JoinToken{}, errStatus(http.StatusBadRequest, "uses %d: want 1 to 1000", uses)
+	if err := checkJoinTokenShape(ttl, uses); err != nil {
+		return Token{}, JoinToken{}, errStatus(http.StatusBadRequest, "%v", err)
 	}
 	cli := n.Client()
 	if cli == nil {
 		return Token{}, JoinToken{}, ErrNotServing
 	}
-	secret := newSecret()
-	now := time.Now().UTC()
-	rec := JoinToken{ID: joinTokenID(secret), Key: joinKey(secret), Expires: now.Add(ttl), Uses: uses, CreatedAt: now, CreatedBy: by}
+	secret, rec := newJoinToken(ttl, uses, by)
 	b, _ := json.Marshal(rec)
 	if _, err := cli.Put(ctx, PrefixJoinTokens+rec.ID, string(b)); err != nil {
 		return Token{}, JoinToken{}, errStatus(http.StatusServiceUnavailable, "%v", err)
@@ -78,6 +75,25 @@ func (n *Node) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int,
 	n.emit(Event{Kind: EventJoinTokenCreated, Message: fmt.Sprintf("join token %s created by %s (valid until %s, %d join(s))", rec.ID, by, rec.Expires.Format(time.RFC3339), uses), Fields: map[string]string{"token": rec.ID, "by": by}})
 	rec.Key = ""
 	return Token{ClusterID: n.ClusterID(), Secret: secret}, rec, nil
+}
+
+// checkJoinTokenShape bounds a join token's validity and number of joins.
+func checkJoinTokenShape(ttl time.Duration, uses int) error {
+	if ttl <= 0 || ttl > 7*24*time.Hour {
+		return fmt.Errorf("ttl %v: want a duration up to 168h", ttl)
+	}
+	if uses < 1 || uses > 1000 {
+		return fmt.Errorf("uses %d: want 1 to 1000", uses)
+	}
+	return nil
+}
+
+// newJoinToken makes a join token's secret and its record (to be stored
+// under PrefixJoinTokens+rec.ID).
+func newJoinToken(ttl time.Duration, uses int, by string) (secret string, rec JoinToken) {
+	secret = newSecret()
+	now := time.Now().UTC()
+	return secret, JoinToken{ID: joinTokenID(secret), Key: joinKey(secret), Expires: now.Add(ttl), Uses: uses, CreatedAt: now, CreatedBy: by}
 }
 
 // EventJoinTokenCreated records a new join token.
@@ -94,14 +110,7 @@ type joinAuth struct {
 // checkJoinSecret admits the secret of a join request for node nodeID.
 func (n *Node) checkJoinSecret(ctx context.Context, cli *clientv3.Client, secret, nodeID string) (*joinAuth, error) {
 	cid := n.ClusterID()
-	sr, err := cli.Get(ctx, KeyJoinSecret)
-	if err != nil {
-		return nil, errStatus(http.StatusServiceUnavailable, "reading the join secret: %v", err)
-	}
-	if len(sr.Kvs) > 0 && subtle.ConstantTimeCompare(sr.Kvs[0].Value, []byte(secret)) == 1 {
-		return &joinAuth{}, nil
-	}
-	wrong := errStatus(http.StatusForbidden, "wrong join token for cluster %s: its secret does not match; copy the current token from DATA_DIR/join-token on any member, or create one with `hacs cluster token create`", cid)
+	wrong := errStatus(http.StatusForbidden, "wrong join token for cluster %s: no such token (join tokens are made by the first node at cluster creation, by `hacs cluster token create` and by `hacs cluster token` on a member)", cid)
 	key := PrefixJoinTokens + joinTokenID(secret)
 	r, err := cli.Get(ctx, key)
 	if err != nil {

@@ -661,6 +661,10 @@ func (n *Node) checkCluster(ctx context.Context) error {
 		info := ClusterInfo{ID: id, CreatedAt: time.Now().UTC(), CreatedBy: n.ident.Name, Schema: SchemaVersion, Version: n.cfg.Version, Voters: n.cfg.Voters, External: n.ident.External}
 		b, _ := json.Marshal(info)
 		ops := []clientv3.Op{clientv3.OpPut(KeyClusterInfo, string(b)), clientv3.OpPut(KeyJoinSecret, secret)}
+		// The token the banner prints: short-lived, single use by default.
+		joinSecret, joinRec := newJoinToken(n.cfg.JoinTokenTTL, n.cfg.JoinTokenUses, "cluster creation on node "+n.ident.Name)
+		jb, _ := json.Marshal(joinRec)
+		ops = append(ops, clientv3.OpPut(PrefixJoinTokens+joinRec.ID, string(jb)))
 		var adminTok string
 		if n.newCA != nil {
 			adminTok = newAPIToken("admin")
@@ -696,9 +700,8 @@ func (n *Node) checkCluster(ctx context.Context) error {
 		if err != nil {
 			return permanent(err)
 		}
-		tok := Token{ClusterID: id, Secret: secret}
 		n.emit(Event{Kind: EventClusterCreated, Message: fmt.Sprintf("cluster %s created by node %s", id, n.ident.Name)})
-		n.printBanner(tok)
+		n.printBanner(Token{ClusterID: id, Secret: joinSecret}, joinRec)
 		return nil
 	}
 	var info ClusterInfo
@@ -730,17 +733,21 @@ func (n *Node) checkCluster(ctx context.Context) error {
 	return nil
 }
 
-func (n *Node) printBanner(tok Token) {
+func (n *Node) printBanner(tok Token, rec JoinToken) {
 	if err := writeTokenFile(n.cfg.DataDir, tok); err != nil {
 		n.log.Warn("cannot write the join token file", "err", err)
+	}
+	nodes := "one node"
+	if rec.Uses > 1 {
+		nodes = fmt.Sprintf("%d nodes", rec.Uses)
 	}
 	fmt.Fprintf(n.cfg.Out, `hacs: created cluster %s with node %s
 join token: %s
 to add a node, run on it:
   hacs agent --data-dir DIR --join %s --token %s
-(the token is also in %s on every node; keep it secret; it does not
-expire: prefer single-use tokens from "hacs cluster token create --data-dir DATA_DIR")
-`, tok.ClusterID, n.ident.Name, tok, n.apiAddr, tok, filepath.Join("DATA_DIR", tokenFile))
+(the token is also in %s; keep it secret; it admits %s until
+%s; make more with "hacs cluster token create --data-dir DATA_DIR")
+`, tok.ClusterID, n.ident.Name, tok, n.apiAddr, tok, filepath.Join("DATA_DIR", tokenFile), nodes, rec.Expires.Format(time.RFC3339))
 	if n.creds != nil {
 		fmt.Fprintf(n.cfg.Out, `TLS on every link; the CLI needs the cluster CA (%s) and an API token
 (the admin token is in %s): see docs/SECURITY.md
@@ -805,7 +812,7 @@ func (n *Node) register(ctx context.Context) error {
 	tr, err := n.cli.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
 		clientv3.Compare(clientv3.CreateRevision(RemovedKey(id.NodeID)), "=", 0),
-	).Then(clientv3.OpPut(key, string(b)), clientv3.OpGet(KeyJoinSecret)).Commit()
+	).Then(clientv3.OpPut(key, string(b))).Commit()
 	if err != nil {
 		return err
 	}
@@ -815,11 +822,6 @@ func (n *Node) register(ctx context.Context) error {
 	n.mu.Lock()
 	n.registeredRev = tr.Header.Revision
 	n.mu.Unlock()
-	if g := tr.Responses[1].GetResponseRange(); g != nil && len(g.Kvs) > 0 {
-		if err := writeTokenFile(n.cfg.DataDir, Token{ClusterID: id.ClusterID, Secret: string(g.Kvs[0].Value)}); err != nil {
-			n.log.Warn("cannot write the join token file", "err", err)
-		}
-	}
 	kind, msg := EventNodeStarted, fmt.Sprintf("node %s started (pid %d, version %s)", id.Name, os.Getpid(), n.cfg.Version)
 	if len(resp.Kvs) == 0 {
 		kind, msg = EventNodeJoined, fmt.Sprintf("node %s joined the cluster (roles %v, voter %v)", id.Name, cfg.Roles, cfg.Voter)

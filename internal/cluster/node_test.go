@@ -172,6 +172,7 @@ func TestClusterNodeFencing(t *testing.T) {
 			mu.Unlock()
 		}
 	}
+	c1.JoinTokenUses = 2
 	n1 := startNode(t, c1)
 	tok, err := os.ReadFile(c1.DataDir + "/join-token")
 	if err != nil {

@@ -196,30 +196,20 @@ func (n *Node) handleRoles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"name": r.PathValue("name"), "roles": roles})
 }
 
-// handleToken answers the join token, only to local clients of the API
-// socket (DATA_DIR/api.sock, mode 0600): whoever has the token can add nodes
-// to the cluster.
+// handleToken makes a join token (DefaultJoinTokenTTL, one node) for
+// local clients of the API socket only (DATA_DIR/api.sock, mode 0600): the
+// root of a member may add nodes without an API token.
 func (n *Node) handleToken(w http.ResponseWriter, r *http.Request) {
 	if _, local := r.Context().Value(http.LocalAddrContextKey).(*net.UnixAddr); !local {
-		writeError(w, errStatus(http.StatusForbidden, "the join token is served only on the agent's local API socket: on a member, run `hacs cluster token --data-dir DATA_DIR` (or read DATA_DIR/%s)", tokenFile))
-		return
-	}
-	cli := n.Client()
-	if cli == nil {
-		writeError(w, errStatus(http.StatusServiceUnavailable, "this node is not connected to its cluster yet"))
+		writeError(w, errStatus(http.StatusForbidden, "join tokens are given out without an API token only on the agent's local API socket: on a member, run `hacs cluster token --data-dir DATA_DIR`, or use `hacs cluster token create` with an admin API token"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	resp, err := cli.Get(ctx, KeyJoinSecret)
+	tok, rec, err := n.CreateJoinToken(ctx, DefaultJoinTokenTTL, 1, actor(r.Context(), "local socket"))
 	if err != nil {
-		writeError(w, errStatus(http.StatusServiceUnavailable, "reading the join secret: %v", err))
+		writeError(w, err)
 		return
 	}
-	if len(resp.Kvs) == 0 {
-		writeError(w, errStatus(http.StatusNotFound, "this cluster has no join secret (an external etcd without one?)"))
-		return
-	}
-	tok := Token{ClusterID: n.ClusterID(), Secret: string(resp.Kvs[0].Value)}
-	writeJSON(w, http.StatusOK, map[string]string{"cluster": tok.ClusterID, "token": tok.String()})
+	writeJSON(w, http.StatusOK, map[string]any{"cluster": tok.ClusterID, "token": tok.String(), "id": rec.ID, "expires": rec.Expires, "uses": rec.Uses})
 }

@@ -250,9 +250,10 @@ func TestSecurityRefusals(t *testing.T) {
 		t.Fatalf("etcd with the renewed certificate: %v", err)
 	}
 
-	// a single-use join token admits one node; its replay is refused, an
-	// expired one too (and nothing of the refused nodes is left behind)
-	once, _, err := n.CreateJoinToken(ctx, time.Minute, 1, "test")
+	// the token the first node printed admits one node (by default); its
+	// replay is refused, an expired token too, and the cluster's own secret
+	// admits no one (and nothing of the refused nodes is left behind)
+	first, err := os.ReadFile(filepath.Join(cfg.DataDir, tokenFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,11 +261,17 @@ func TestSecurityRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sr, err := n.Client().Get(ctx, KeyJoinSecret)
+	if err != nil || len(sr.Kvs) != 1 {
+		t.Fatalf("cluster secret: %v %v", sr, err)
+	}
+	clusterSecret := Token{ClusterID: n.ClusterID(), Secret: string(sr.Kvs[0].Value)}
 	cfg2 := testConfig(t, "s2")
-	cfg2.Join, cfg2.Token = n.APIAddr(), once.String()
+	cfg2.Join, cfg2.Token = n.APIAddr(), strings.TrimSpace(string(first))
 	n2 := startNode(t, cfg2)
 	for _, c := range []struct{ name, tok, want string }{
-		{"replayed", once.String(), "was already used"},
+		{"first node's, replayed", strings.TrimSpace(string(first)), "was already used"},
+		{"cluster secret", clusterSecret.String(), "no such token"},
 		{"expired", short.String(), "expired at"},
 	} {
 		if c.name == "expired" {

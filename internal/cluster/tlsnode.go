@@ -226,7 +226,7 @@ func (n *Node) fetchJoinCA(ctx context.Context, tok Token) ([]byte, error) {
 			return nil, &joinRefused{fmt.Errorf("joining the cluster through %s was refused: the token is for cluster %s, but the agent at %s belongs to cluster %s: use this cluster's token, or --join a member of cluster %s", n.cfg.Join, tok.ClusterID, n.cfg.Join, jc.ClusterID, tok.ClusterID)}
 		}
 		if jc.MAC != caMAC(joinKey(tok.Secret), []byte(jc.CA)) {
-			return nil, &joinRefused{fmt.Errorf("joining the cluster through %s was refused: wrong join token for cluster %s: the cluster CA that %s shows is not authenticated by this token's secret; copy the current token from DATA_DIR/join-token on a member (if the token is right, something between this node and %s impersonates the cluster)", n.cfg.Join, tok.ClusterID, n.cfg.Join, n.cfg.Join)}
+			return nil, &joinRefused{fmt.Errorf("joining the cluster through %s was refused: wrong join token for cluster %s: the cluster CA that %s shows is not authenticated by this token's secret; it may be mistyped; make a new one with `hacs cluster token create` on a member (if the token is right, something between this node and %s impersonates the cluster)", n.cfg.Join, tok.ClusterID, n.cfg.Join, n.cfg.Join)}
 		}
 		if _, err := parseCA([]byte(jc.CA), nil); err != nil {
 			return nil, &joinRefused{err}
