@@ -4,13 +4,14 @@
 # (fence_dummy and the real agents) is one package on bookworm: ~8.5 MB to
 # download, ~97 MB installed without recommends (python3 boto3/googleapi). Needs root or sudo.
 set -euo pipefail
-pkgs=(nbdkit libnbd-bin qemu-utils fio fuse3 e2fsprogs iproute2 iptables util-linux fence-agents chromium)
+pkgs=(nbdkit libnbd-bin qemu-utils fio fuse3 e2fsprogs iproute2 iptables util-linux fence-agents chromium gnutls-bin openssl)
 # command each package provides, to check without dpkg queries
 # (chromium: the dashboard's browser test, test/dashboard_test.go, headless; ~350 MB installed with
-# chromium-common and its libraries)
+# chromium-common and its libraries; gnutls-bin (gnutls-cli, gnutls-serv, psktool) and openssl:
+# the TLS-PSK interop tests of internal/tlspsk)
 declare -A probe=([nbdkit]=nbdkit [libnbd-bin]=nbdinfo [qemu-utils]=qemu-img [fio]=fio [fuse3]=fusermount3
   [e2fsprogs]=mkfs.ext4 [iproute2]=ip [iptables]=iptables [util-linux]=losetup
-  [fence-agents]=fence_dummy [chromium]=chromium)
+  [fence-agents]=fence_dummy [chromium]=chromium [gnutls-bin]=gnutls-cli [openssl]=openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   command -v "${probe[$p]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${probe[$p]}" ] || missing+=("$p")

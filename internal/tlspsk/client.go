@@ -2,6 +2,8 @@ package tlspsk
 
 import (
 	"crypto/ecdh"
+	"errors"
+	"fmt"
 	"crypto/subtle"
 	"io"
 )
@@ -120,7 +122,7 @@ func (c *Conn) clientHandshake() error {
 	}
 	msg, err := c.readHandshake()
 	if err != nil {
-		return c.handshakeReadErr(err, "ServerHello")
+		return c.helloErr(err)
 	}
 	if msg[0] != typeServerHello {
 		return newAlert(alertUnexpectedMessage, "expected ServerHello, got handshake message %d", msg[0])
@@ -132,6 +134,7 @@ func (c *Conn) clientHandshake() error {
 	var prefix []byte
 	sentCCS := false
 	if sh.isHRR {
+		c.didHRR = true
 		if err := c.checkServerHello(sh, p, pskSuite); err != nil {
 			return err
 		}
@@ -159,7 +162,7 @@ func (c *Conn) clientHandshake() error {
 			return err
 		}
 		if msg, err = c.readHandshake(); err != nil {
-			return c.handshakeReadErr(err, "ServerHello")
+			return c.helloErr(err)
 		}
 		if msg[0] != typeServerHello {
 			return newAlert(alertUnexpectedMessage, "expected ServerHello, got handshake message %d", msg[0])
@@ -248,6 +251,24 @@ func (c *Conn) clientHandshake() error {
 		return err
 	}
 	return c.out.setSecret(s, cAP)
+}
+
+// helloErr words a failure while waiting for the ServerHello: an alert
+// there is the server's answer to our ClientHello, whose only secret is the
+// PSK binder (GnuTLS and OpenSSL answer a bad one with illegal_parameter,
+// this package with decrypt_error; GnuTLS also for an unknown identity).
+func (c *Conn) helloErr(err error) error {
+	var ae *AlertError
+	if errors.As(err, &ae) && ae.Received {
+		switch ae.Alert {
+		case alertDecryptError, alertIllegalParameter:
+			ae.Msg = fmt.Sprintf("peer sent alert %s: the server refused the PSK for identity %q (wrong key, or unknown identity?)", AlertName(ae.Alert), c.cfg.Identity)
+		case alertUnknownPSKIdentity:
+			ae.Msg = fmt.Sprintf("peer sent alert %s: the server does not know PSK identity %q", AlertName(ae.Alert), c.cfg.Identity)
+		}
+		return ae
+	}
+	return c.handshakeReadErr(err, "ServerHello")
 }
 
 // checkServerHello checks the fields a ServerHello and a HelloRetryRequest share.

@@ -72,7 +72,7 @@ const (
 	writeBatch = 8
 	// keyUpdateAfter: this side starts a KeyUpdate after this many records
 	// under one key (well below the AES-GCM limit of 2^24.5 full records).
-	keyUpdateAfter = 1 << 23
+	keyUpdateAfter  = 1 << 23
 	maxEmptyRecords = 100
 )
 
@@ -127,20 +127,22 @@ type Conn struct {
 	// written during the handshake, read-only after it
 	identity string
 	suite    *suite
+	didHRR   bool // a HelloRetryRequest was sent or received
 
 	// read side, under rmu
-	rmu         sync.Mutex
-	in          halfConn
-	raw         []byte
-	rawStart    int
-	rawEnd      int
-	plain       []byte
-	hsBuf       []byte
-	readErr     error
-	skipEarly   bool // server: skip the client's 0-RTT records we refused
-	skipBudget  int
-	ignoreCCS   bool // handshake in progress: CCS records are dropped
+	rmu          sync.Mutex
+	in           halfConn
+	raw          []byte
+	rawStart     int
+	rawEnd       int
+	plain        []byte
+	hsBuf        []byte
+	readErr      error
+	skipEarly    bool // server: skip the client's 0-RTT records we refused
+	skipBudget   int
+	ignoreCCS    bool // handshake in progress: CCS records are dropped
 	emptyRecords int
+	peerKeyUpdates int // KeyUpdates received (tests check them)
 
 	// write side, under wmu
 	wmu       sync.Mutex
@@ -686,6 +688,7 @@ func (c *Conn) readPostHandshake() error {
 				if err := c.in.setSecret(c.in.suite, next); err != nil {
 					return err
 				}
+				c.peerKeyUpdates++
 				if body[0] == 1 {
 					c.keyUpdatePending.Store(true)
 				}

@@ -216,6 +216,7 @@ func (c *Conn) serverHandshake() error {
 	var out []byte
 	if pick.share == nil {
 		// HelloRetryRequest for pick.group, then the second ClientHello.
+		c.didHRR = true
 		var ext []byte
 		ext = appendExt(ext, extSupportedVersions, []byte{0x03, 0x04})
 		ext = appendExt(ext, extKeyShare, []byte{byte(pick.group >> 8), byte(pick.group)})
