@@ -2,9 +2,9 @@ package tlspsk
 
 import (
 	"crypto/ecdh"
+	"crypto/subtle"
 	"errors"
 	"fmt"
-	"crypto/subtle"
 	"io"
 )
 

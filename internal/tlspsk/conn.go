@@ -130,18 +130,18 @@ type Conn struct {
 	didHRR   bool // a HelloRetryRequest was sent or received
 
 	// read side, under rmu
-	rmu          sync.Mutex
-	in           halfConn
-	raw          []byte
-	rawStart     int
-	rawEnd       int
-	plain        []byte
-	hsBuf        []byte
-	readErr      error
-	skipEarly    bool // server: skip the client's 0-RTT records we refused
-	skipBudget   int
-	ignoreCCS    bool // handshake in progress: CCS records are dropped
-	emptyRecords int
+	rmu            sync.Mutex
+	in             halfConn
+	raw            []byte
+	rawStart       int
+	rawEnd         int
+	plain          []byte
+	hsBuf          []byte
+	readErr        error
+	skipEarly      bool // server: skip the client's 0-RTT records we refused
+	skipBudget     int
+	ignoreCCS      bool // handshake in progress: CCS records are dropped
+	emptyRecords   int
 	peerKeyUpdates int // KeyUpdates received (tests check them)
 
 	// write side, under wmu

@@ -42,11 +42,11 @@ var interopKey = bytes.Repeat([]byte{0x5a, 0xc3, 0x01, 0x7e}, 8)
 
 // peerProc is a running peer program with its output captured.
 type peerProc struct {
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	mu     sync.Mutex
-	out    bytes.Buffer // stdout and stderr
-	done   chan struct{}
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	mu      sync.Mutex
+	out     bytes.Buffer // stdout and stderr
+	done    chan struct{}
 	waitErr error
 }
 
