@@ -191,6 +191,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	go a.esrv.Serve(eln)
 	defer a.esrv.Close()
+	// a revoked certificate (a removed node's, a revoked client's) loses
+	// its open NBD connections at once, not only new handshakes
+	if a.rsrv != nil {
+		a.node.OnRevoke(a.rsrv.CutPeers)
+	}
+	a.node.OnRevoke(a.esrv.CutPeers)
 
 	// Publish the replica address once this node holds its lease.
 	for {
@@ -508,7 +514,22 @@ func (a *Agent) replicaFor(name string, size int64, node string) mirror.Replica 
 		if info.ReplicaAddr == "" {
 			return nil, fmt.Errorf("node %s has no replica server", node)
 		}
-		return nbd.Dial(ctx, "tcp", info.ReplicaAddr, nbd.ClientOptions{Export: replica.ExportName(name, epoch, mirror.ReplicaSize(size)), TLS: a.node.TLSClientConfig()})
+		var d net.Dialer
+		raw, err := d.DialContext(ctx, "tcp", info.ReplicaAddr)
+		if err != nil {
+			return nil, fmt.Errorf("nbd dial %s: %w", info.ReplicaAddr, err)
+		}
+		if tc, ok := raw.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+		}
+		// tracked: cut at once if the replica node's certificate is revoked
+		nc, tc := a.node.TrackConn(raw, "replica client of "+node)
+		c, err := nbd.NewClient(nc, nbd.ClientOptions{Export: replica.ExportName(name, epoch, mirror.ReplicaSize(size)), TLS: tc})
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		return c, nil
 	}}
 }
 

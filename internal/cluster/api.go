@@ -74,6 +74,7 @@ func (n *Node) startAPI() error {
 		// HTTPS only on TCP; the 0600 Unix socket stays plain HTTP
 		n.apiLn = tls.NewListener(sniffListener{Listener: n.apiLn, log: n.log, what: "API"}, n.creds.ServerConfig(false))
 		n.httpSrv.ErrorLog = tlsErrorLog(n.log)
+		n.httpSrv.ConnState = n.apiConnState
 	}
 	go n.httpSrv.Serve(n.apiLn)
 	go n.httpSrv.Serve(n.sockLn)

@@ -125,6 +125,7 @@ type Node struct {
 	revMu    sync.RWMutex
 	revoked  map[string]struct{} // serials (decimal) of revoked certificates
 	renewMu  sync.Mutex
+	tracker  connTracker // connections cut when their certificate is revoked
 	// API tokens (secure clusters)
 	tokensCache atomic.Pointer[Cache]
 }

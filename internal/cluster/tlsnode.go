@@ -79,6 +79,12 @@ func (n *Node) HTTPClient() *http.Client {
 	n.httpOnce.Do(func() {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.TLSClientConfig = n.TLSClientConfig()
+		if n.creds != nil {
+			// tracked: cut if the other node's certificate is revoked
+			tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return n.dialTLS(ctx, network, addr, "API client")
+			}
+		}
 		n.httpCli = &http.Client{Transport: tr}
 	})
 	return n.httpCli
@@ -372,14 +378,14 @@ func (n *Node) refreshRevocations(ctx context.Context) error {
 		set[s.String()] = struct{}{}
 	}
 	n.revMu.Lock()
-	changed := len(set) != len(n.revoked)
-	for k := range set {
-		if _, ok := n.revoked[k]; !ok {
-			changed = true
-		}
-	}
+	added := addedSerials(n.revoked, set)
+	changed := added || len(set) != len(n.revoked)
 	n.revoked = set
 	n.revMu.Unlock()
+	if added {
+		// connections already open with a certificate revoked now
+		n.cutRevoked()
+	}
 	if !changed {
 		return nil
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -156,6 +157,36 @@ func (s *Server) cutExport(name string) (time.Time, []*serverConn) {
 		c.nc.Close()
 	}
 	return time.Now(), victims
+}
+
+// CutPeers closes at once every connection whose client authenticated
+// with a TLS certificate for which match returns true (a revoked one), in
+// negotiation or in transmission, and returns how many it closed; each is
+// logged with reason. Requests in flight end on their own; no reply
+// reaches the client.
+func (s *Server) CutPeers(match func(*x509.Certificate) bool, reason string) int {
+	type victim struct {
+		c      *serverConn
+		peer   *x509.Certificate
+		export string
+	}
+	s.mu.Lock()
+	var victims []victim
+	for c := range s.conns {
+		if c.peer != nil && match(c.peer) {
+			v := victim{c: c, peer: c.peer}
+			if c.export != nil {
+				v.export = c.export.Name
+			}
+			victims = append(victims, v)
+		}
+	}
+	s.mu.Unlock()
+	for _, v := range victims {
+		v.c.nc.Close()
+		v.c.log.Warn("nbd connection cut: "+reason, "peer", v.peer.Subject.CommonName, "serial", fmt.Sprintf("%x", v.peer.SerialNumber), "export", v.export)
+	}
+	return len(victims)
 }
 
 func (s *Server) lookup(name string) *Export {
@@ -331,6 +362,9 @@ type serverConn struct {
 	rw   net.Conn // what the protocol runs on: nc, or TLS over it
 	tls  bool     // STARTTLS done
 	log  *slog.Logger
+	// peer is the client's verified TLS certificate (nil: none yet);
+	// guarded by the server's mu
+	peer *x509.Certificate
 	done chan struct{}
 
 	// negotiated state
@@ -790,6 +824,11 @@ func (c *serverConn) startTLS() error {
 	}
 	c.log.Debug("nbd TLS established", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite), "peer", peer)
 	c.rw, c.tls = tc, true
+	if len(st.PeerCertificates) > 0 {
+		c.srv.mu.Lock()
+		c.peer = st.PeerCertificates[0]
+		c.srv.mu.Unlock()
+	}
 	c.br = bufio.NewReaderSize(tc, 128<<10)
 	c.structured, c.metaSet, c.metaExport = false, false, ""
 	return nil

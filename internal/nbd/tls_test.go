@@ -397,3 +397,41 @@ func TestTLSFilesConfigs(t *testing.T) {
 		t.Fatal("TLS required without a configuration served")
 	}
 }
+
+// TestTLSCutPeers: CutPeers closes exactly the connections whose client
+// certificate matches, in transmission and in negotiation; the others keep
+// serving.
+func TestTLSCutPeers(t *testing.T) {
+	p := newTestPKI(t, "ca")
+	other := p.issue(t, "other-client", tlstest.Options{Client: true})
+	srv, sock, logs := startTLSServer(t, p.serverConfig(true), TLSRequired, memExport("vol", 1<<20))
+	victim, err := dialErr(sock, ClientOptions{Export: "vol", TLS: p.clientConfig(true)})
+	mustOK(t, err)
+	defer victim.Close()
+	keeper, err := dialErr(sock, ClientOptions{Export: "vol", TLS: withCert(p.clientConfig(false), other)})
+	mustOK(t, err)
+	defer keeper.Close()
+	roundTrip(t, victim)
+	roundTrip(t, keeper)
+	serial := p.client.Leaf
+	if serial == nil {
+		l, err := x509.ParseCertificate(p.client.Certificate[0])
+		mustOK(t, err)
+		serial = l
+	}
+	n := srv.CutPeers(func(c *x509.Certificate) bool { return c.SerialNumber.Cmp(serial.SerialNumber) == 0 }, "certificate revoked")
+	if n != 1 {
+		t.Fatalf("CutPeers closed %d connections, want 1", n)
+	}
+	buf := make([]byte, 4096)
+	if err := victim.ReadAt(buf, 0); err == nil {
+		t.Fatal("the cut connection still serves reads")
+	}
+	roundTrip(t, keeper)
+	if !strings.Contains(logs.String(), "nbd connection cut: certificate revoked") {
+		t.Fatalf("no log line for the cut connection:\n%s", logs.String())
+	}
+	if n := srv.CutPeers(func(*x509.Certificate) bool { return false }, "x"); n != 0 {
+		t.Fatalf("CutPeers with no match closed %d", n)
+	}
+}
