@@ -8,7 +8,7 @@ pkgs=(nbdkit libnbd-bin qemu-utils fio fuse3 e2fsprogs iproute2 iptables util-li
 # command each package provides, to check without dpkg queries
 # (chromium: the dashboard's browser test, test/dashboard_test.go, headless; ~350 MB installed with
 # chromium-common and its libraries; gnutls-bin (gnutls-cli, gnutls-serv, psktool) and openssl:
-# the TLS-PSK interop tests of internal/tlspsk)
+# the TLS-PSK interop tests of internal/tlspsk; psktool makes the key files of test/psk_test.go)
 declare -A probe=([nbdkit]=nbdkit [libnbd-bin]=nbdinfo [qemu-utils]=qemu-img [fio]=fio [fuse3]=fusermount3
   [e2fsprogs]=mkfs.ext4 [iproute2]=ip [iptables]=iptables [util-linux]=losetup
   [fence-agents]=fence_dummy [chromium]=chromium [gnutls-bin]=gnutls-cli [openssl]=openssl)

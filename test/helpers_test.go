@@ -38,6 +38,7 @@ var toolPackages = map[string]string{
 	"nbdcopy":     "libnbd-bin",
 	"nbdfuse":     "libnbd-bin (or nbdfuse on Debian trixie and later)",
 	"nbdkit":      "nbdkit",
+	"psktool":     "gnutls-bin",
 	"qemu-io":     "qemu-utils",
 	"qemu-img":    "qemu-utils",
 	"fio":         "fio",

@@ -23,6 +23,7 @@ import (
 	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/replica"
 	"github.com/hacs/hacs/internal/store"
+	"github.com/hacs/hacs/internal/tlspsk"
 )
 
 // Config configures an Agent.
@@ -41,6 +42,10 @@ type Config struct {
 	// STARTTLS (a volume whose spec says tls: required then refuses
 	// plaintext clients). Without it, such a volume refuses every client.
 	ExportTLS *tls.Config
+	// ExportPSK, if set, lets clients of the volume exports use STARTTLS
+	// with one of these pre-shared keys (TLS 1.3), alone or beside
+	// ExportTLS.
+	ExportPSK tlspsk.Keys
 	// ExportTLSPolicy is the export server's mode with ExportTLS:
 	// nbd.TLSRequired refuses plaintext clients for every volume; anything
 	// else leaves it to each volume's spec.
@@ -183,8 +188,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.exportAddr = eln.Addr().String()
 	a.esrv = nbd.NewServer(a.log)
-	if a.cfg.ExportTLS != nil {
-		a.esrv.TLSConfig, a.esrv.TLSPolicy = a.cfg.ExportTLS, nbd.TLSAllowed
+	if a.exportTLS() {
+		a.esrv.TLSConfig, a.esrv.PSKKeys, a.esrv.TLSPolicy = a.cfg.ExportTLS, a.cfg.ExportPSK, nbd.TLSAllowed
 		if a.cfg.ExportTLSPolicy == nbd.TLSRequired {
 			a.esrv.TLSPolicy = nbd.TLSRequired
 		}
@@ -601,8 +606,8 @@ func (a *Agent) installLocked(ctx context.Context, v *volumeView, m *mirror.Mirr
 	delete(a.cuts, name) // a cut of an earlier tenure
 	a.cutMu.Unlock()
 	from := time.Now()
-	if v.spec.TLS == nbd.TLSRequired && a.cfg.ExportTLS == nil {
-		a.log.Warn("volume requires TLS but this node has no TLS certificate for exports: its clients are refused", "volume", name)
+	if v.spec.TLS == nbd.TLSRequired && !a.exportTLS() {
+		a.log.Warn("volume requires TLS but this node has no TLS certificate or pre-shared keys for exports: its clients are refused", "volume", name)
 	}
 	if err := a.esrv.AddExport(nbd.Export{Name: name, Description: "hacs volume " + name, Device: m, TLS: v.spec.TLS}); err != nil {
 		m.Close()
@@ -612,6 +617,10 @@ func (a *Agent) installLocked(ctx context.Context, v *volumeView, m *mirror.Mirr
 	delete(a.failed, name)
 	return nil
 }
+
+// exportTLS reports whether the exports offer TLS (certificates or
+// pre-shared keys).
+func (a *Agent) exportTLS() bool { return a.cfg.ExportTLS != nil || len(a.cfg.ExportPSK) > 0 }
 
 // announce publishes where a volume is served now (a.mu not needed: the
 // key's content depends only on the epoch).
@@ -624,7 +633,7 @@ func (a *Agent) announce(ctx context.Context, name string, m *mirror.Mirror, fro
 }
 
 func (a *Agent) putExport(ctx context.Context, name string, epoch uint64) {
-	e := Export{Node: a.self(), Addr: a.exportAddr, Name: name, Epoch: epoch, TLS: a.cfg.ExportTLS != nil}
+	e := Export{Node: a.self(), Addr: a.exportAddr, Name: name, Epoch: epoch, TLS: a.exportTLS()}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := a.node.Client().Put(pctx, exportKey(name), mustJSON(e)); err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/hacs/hacs/internal/device"
 	"github.com/hacs/hacs/internal/nbd"
+	"github.com/hacs/hacs/internal/tlspsk"
 )
 
 // Target is where the volume is served now.
@@ -29,7 +30,10 @@ type Target struct {
 	Addr    string
 	Export  string
 	// TLS, if set, connects with NBD STARTTLS.
-	TLS   *tls.Config
+	TLS *tls.Config
+	// PSK, if set, connects with NBD STARTTLS and this pre-shared key
+	// instead (not with TLS).
+	PSK   *tlspsk.Config
 	Epoch uint64 // for logs: which primary this is
 }
 
@@ -130,7 +134,7 @@ func (f *Follower) connect(ctx context.Context) (*nbd.Client, Target, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export, TLS: t.TLS})
+	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export, TLS: t.TLS, PSK: t.PSK})
 	if err != nil {
 		return nil, t, err
 	}

@@ -131,7 +131,7 @@ type rmFlags struct {
 func runAgent(cfg cluster.Config, rm rmFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	exportTLS, exportPolicy, err := rm.exportTLS.config()
+	exportTLS, exportPSK, exportPolicy, err := rm.exportTLS.config()
 	if err != nil {
 		return err
 	}
@@ -152,7 +152,7 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 		}
 	}
 	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
-		ExportListen: rm.exportListen, ExportTLS: exportTLS, ExportTLSPolicy: exportPolicy, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
+		ExportListen: rm.exportListen, ExportTLS: exportTLS, ExportPSK: exportPSK, ExportTLSPolicy: exportPolicy, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
 		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter)},
 		Alerts:   agent.AlertConfig{Exec: rm.alertExec, URL: rm.alertURL},
 		OCFRoot:  rm.ocfRoot, OCFEnv: rm.ocfEnv}

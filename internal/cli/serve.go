@@ -44,20 +44,25 @@ With --pool DIR, the argument names a thin volume of the storage pool in DIR
 instead (see internal/store). With --size, the pool directory and the volume
 are created when missing.
 
-With --tls on or require, clients upgrade with NBD's STARTTLS (x509
-certificates, TLS 1.2 or later; nbdinfo nbds://..., qemu's tls-creds-x509).
-require refuses plaintext clients with the protocol's TLS-required error.
-Pre-shared keys (nbdkit's --tls-psk) are not supported: Go's TLS has no PSK.`,
+With --tls on or require, clients upgrade with NBD's STARTTLS: with x509
+certificates (TLS 1.2 or later; nbdinfo nbds://..., qemu's tls-creds-x509)
+and/or with pre-shared keys from a psktool file, --tls-psk (TLS 1.3; libnbd's
+tls-psk-file, qemu's tls-creds-psk, as nbdkit --tls-psk). With both, each
+client gets what it asks for. require refuses plaintext clients with the
+protocol's TLS-required error. See docs/NBD-TLS.md.`,
 		Example: `  hacs serve disk.img --size 10G
   hacs serve --pool /var/lib/hacs/pool vm1 --size 10G
   hacs serve disk.img --listen 127.0.0.1:10809 --name vm1
   hacs serve disk.img --listen unix:/run/hacs/vm1.sock
   nbdinfo nbd://127.0.0.1:10809/vm1
   hacs serve disk.img --tls require --tls-certificates /etc/hacs/pki
-  nbdinfo --tls-certificates=/etc/hacs/client-pki nbds://localhost:10809/`,
+  nbdinfo --tls-certificates=/etc/hacs/client-pki nbds://localhost:10809/
+  psktool -u alice -p keys.psk
+  hacs serve disk.img --tls require --tls-psk keys.psk
+  nbdinfo 'nbds://alice@localhost:10809/?tls-psk-file=keys.psk'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			tlsCfg, tlsPolicy, err := tlsf.config()
+			tlsCfg, pskKeys, tlsPolicy, err := tlsf.config()
 			if err != nil {
 				return err
 			}
@@ -83,15 +88,15 @@ Pre-shared keys (nbdkit's --tls-psk) are not supported: Go's TLS has no PSK.`,
 				return err
 			}
 			srv := nbd.NewServer(slog.Default())
-			srv.TLSConfig, srv.TLSPolicy = tlsCfg, tlsPolicy
+			srv.TLSConfig, srv.PSKKeys, srv.TLSPolicy = tlsCfg, pskKeys, tlsPolicy
 			if err := srv.AddExport(nbd.Export{Name: name, Description: desc, Device: dev, ReadOnly: readOnly}); err != nil {
 				return err
 			}
 			uri := uriFor(ln.Addr(), name)
-			if tlsCfg != nil {
+			if tlsCfg != nil || pskKeys != nil {
 				uri = tlsURI(uri)
 			}
-			slog.Info("serving", "file", args[0], "size", dev.Size(), "export", name, "listen", ln.Addr().String(), "read_only", readOnly, "tls", tlsPolicy.String())
+			slog.Info("serving", "file", args[0], "size", dev.Size(), "export", name, "listen", ln.Addr().String(), "read_only", readOnly, "tls", tlsPolicy.String(), "tls_x509", tlsCfg != nil, "tls_psk_identities", len(pskKeys))
 			fmt.Fprintf(cmd.OutOrStdout(), "serving %s (%d bytes) as %s\n", args[0], dev.Size(), uri)
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

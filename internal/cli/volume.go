@@ -394,7 +394,12 @@ volume's current primary. When the primary dies, requests in flight are sent
 again to the new one: clients see a pause, never an I/O error. With --fuse DIR
 the volume also appears as the regular file DIR/NAME (losetup + mount give a
 block device and a filesystem without the nbd kernel module). Ctrl-C (or
-SIGTERM) detaches cleanly: flush, unmount, disconnect.`,
+SIGTERM) detaches cleanly: flush, unmount, disconnect.
+
+The link to the primary uses NBD TLS whenever the primary offers it,
+checking its certificate against the cluster CA (or --tls-certificates,
+--tls-ca); with --tls-psk FILE (and --tls-username NAME) it uses a
+pre-shared key instead (agents with --export-tls-psk).`,
 		Example: `  hacs volume attach vm1 --listen unix:/run/hacs/vm1.sock
   qemu-system-x86_64 -drive file=nbd+unix:///vm1?socket=/run/hacs/vm1.sock,format=raw ...
   hacs volume attach vm1 --fuse /mnt/hacs && losetup -f --show /mnt/hacs/vm1`,
@@ -403,6 +408,10 @@ SIGTERM) detaches cleanly: flush, unmount, disconnect.`,
 			name := args[0]
 			c := f.client()
 			tlsCfg, err := tlsf.config()
+			if err != nil {
+				return err
+			}
+			pskCfg, err := tlsf.pskConfig()
 			if err != nil {
 				return err
 			}
@@ -416,8 +425,11 @@ SIGTERM) detaches cleanly: flush, unmount, disconnect.`,
 				}
 				t := attach.Target{Network: "tcp", Addr: v.Export.Addr, Export: v.Export.Name, Epoch: v.Export.Epoch}
 				// TLS whenever the primary offers it (and always when the
-				// user gave TLS options).
-				if v.Export.TLS || tlsCfg != nil {
+				// user gave TLS options): with the pre-shared key of
+				// --tls-psk, or certificates.
+				if pskCfg != nil {
+					t.PSK = pskCfg
+				} else if v.Export.TLS || tlsCfg != nil {
 					if tlsCfg == nil {
 						// Without TLS options: the cluster's CA, as the
 						// API client finds it.

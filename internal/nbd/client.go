@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hacs/hacs/internal/device"
+	"github.com/hacs/hacs/internal/tlspsk"
 )
 
 // ClientOptions choose what a Client negotiates.
@@ -29,6 +30,10 @@ type ClientOptions struct {
 	// the connection (no plaintext fallback). When neither ServerName nor
 	// InsecureSkipVerify is set, Dial uses the host of its address.
 	TLS *tls.Config
+	// PSK, if set, upgrades the connection like TLS but with TLS 1.3 and a
+	// pre-shared key: Identity is offered, with its key in Keys (servers
+	// such as nbdkit --tls-psk and hacs serve --tls-psk). Not with TLS.
+	PSK *tlspsk.Config
 }
 
 // ExportInfo is what the server told about the export.
@@ -113,6 +118,14 @@ func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Clien
 
 // NewClient negotiates on an established connection.
 func NewClient(nc net.Conn, opts ClientOptions) (*Client, error) {
+	if opts.TLS != nil && opts.PSK != nil {
+		return nil, errors.New("nbd: TLS with certificates and with a pre-shared key are exclusive: give one")
+	}
+	if opts.PSK != nil {
+		if _, ok := opts.PSK.Keys.Lookup(opts.PSK.Identity); !ok {
+			return nil, fmt.Errorf("nbd: no pre-shared key for identity %q", opts.PSK.Identity)
+		}
+	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
@@ -219,8 +232,8 @@ func (c *Client) handshake(opts ClientOptions) error {
 		return err
 	}
 	c.info.Name = opts.Export
-	if opts.TLS != nil {
-		if err := c.startTLS(opts.TLS); err != nil {
+	if opts.TLS != nil || opts.PSK != nil {
+		if err := c.startTLS(opts.TLS, opts.PSK); err != nil {
 			return err
 		}
 	}
@@ -752,8 +765,9 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// startTLS asks for TLS and upgrades the connection; a refusal is an error.
-func (c *Client) startTLS(cfg *tls.Config) error {
+// startTLS asks for TLS and upgrades the connection (x509 with cfg, or a
+// pre-shared key with psk); a refusal is an error.
+func (c *Client) startTLS(cfg *tls.Config, psk *tlspsk.Config) error {
 	if err := c.sendOption(optStartTLS, nil); err != nil {
 		return err
 	}
@@ -767,26 +781,59 @@ func (c *Client) startTLS(cfg *tls.Config) error {
 	if c.br.Buffered() > 0 {
 		return errors.New("server sent data after accepting STARTTLS")
 	}
-	tc := tls.Client(c.nc, cfg)
-	if err := tc.Handshake(); err != nil {
-		return fmt.Errorf("TLS handshake: %w", err)
+	if psk != nil {
+		pc := tlspsk.Client(c.nc, psk)
+		if err := pc.Handshake(); err != nil {
+			return pskError(psk.Identity, err)
+		}
+		c.nc = pc
+	} else {
+		tc := tls.Client(c.nc, cfg)
+		if err := tc.Handshake(); err != nil {
+			return fmt.Errorf("TLS handshake: %w", err)
+		}
+		c.nc = tc
 	}
-	c.nc = tc
-	c.br = bufio.NewReaderSize(tc, 128<<10)
+	c.br = bufio.NewReaderSize(c.nc, 128<<10)
 	c.info.TLS = true
 	return nil
 }
+
+// pskError says what a failed TLS-PSK handshake as identity means.
+func pskError(identity string, err error) error {
+	var ae *tlspsk.AlertError
+	hint := ""
+	if errors.As(err, &ae) && ae.Received {
+		switch ae.Alert {
+		case alertUnknownPSKIdentity:
+			hint = fmt.Sprintf(": the server does not know the identity %q", identity)
+		case alertDecryptError:
+			hint = fmt.Sprintf(": the server has another key for the identity %q (wrong key)", identity)
+		}
+	}
+	return fmt.Errorf("TLS-PSK handshake as %q: %w%s", identity, err, hint)
+}
+
+// TLS alerts that explain a refused TLS-PSK handshake.
+const (
+	alertUnknownPSKIdentity = 115
+	alertDecryptError       = 51
+)
 
 // tlsAlert returns the TLS alert that explains err, a failure to write or
 // read after the TLS handshake: with TLS 1.3 a server that refuses our
 // certificate says so only after our handshake has finished.
 func (c *Client) tlsAlert(err error) error {
-	var ae tls.AlertError
-	if errors.As(err, &ae) {
+	isAlert := func(err error) bool {
+		var ae tls.AlertError
+		var pe *tlspsk.AlertError
+		return errors.As(err, &ae) || errors.As(err, &pe)
+	}
+	if isAlert(err) {
 		return err
 	}
 	c.nc.SetReadDeadline(time.Now().Add(time.Second))
-	if _, rerr := c.br.Peek(1); rerr != nil && errors.As(rerr, &ae) {
+	if _, rerr := c.br.Peek(1); rerr != nil && isAlert(rerr) {
 		return fmt.Errorf("TLS: %w", rerr)
 	}
 	return err

@@ -11,10 +11,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hacs/hacs/internal/device"
+	"github.com/hacs/hacs/internal/tlspsk"
 )
 
 // Export is one named device a Server offers.
@@ -56,6 +59,12 @@ type Server struct {
 	// TLSConfig enables NBD_OPT_STARTTLS (x509 certificates; set ClientAuth
 	// and ClientCAs to verify clients). Set it before serving.
 	TLSConfig *tls.Config
+	// PSKKeys enables NBD_OPT_STARTTLS with TLS 1.3 pre-shared keys: the
+	// identities clients may use and their keys (the psktool file that
+	// nbdkit --tls-psk reads; see internal/tlspsk). With TLSConfig as well,
+	// each client gets what its ClientHello asks for: a PSK handshake when
+	// it offers a pre-shared key, certificates otherwise.
+	PSKKeys tlspsk.Keys
 	// TLSPolicy is the server-wide TLS mode (see TLSPolicy).
 	TLSPolicy TLSPolicy
 
@@ -277,7 +286,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // tlsMode is the server-wide TLS mode: TLSOff, TLSAllowed or TLSRequired.
 func (s *Server) tlsMode() TLSPolicy {
 	switch {
-	case s.TLSConfig == nil || s.TLSPolicy == TLSOff:
+	case !s.tlsConfigured() || s.TLSPolicy == TLSOff:
 		return TLSOff
 	case s.TLSPolicy == TLSRequired:
 		return TLSRequired
@@ -285,9 +294,13 @@ func (s *Server) tlsMode() TLSPolicy {
 	return TLSAllowed
 }
 
+// tlsConfigured reports whether the server has certificates or
+// pre-shared keys to offer TLS with.
+func (s *Server) tlsConfigured() bool { return s.TLSConfig != nil || len(s.PSKKeys) > 0 }
+
 func (s *Server) checkTLS() error {
-	if s.TLSConfig == nil && (s.TLSPolicy == TLSAllowed || s.TLSPolicy == TLSRequired) {
-		return fmt.Errorf("nbd: TLS policy %s needs a TLS configuration (certificate)", s.TLSPolicy)
+	if !s.tlsConfigured() && (s.TLSPolicy == TLSAllowed || s.TLSPolicy == TLSRequired) {
+		return fmt.Errorf("nbd: TLS policy %s needs a TLS configuration (a certificate or pre-shared keys)", s.TLSPolicy)
 	}
 	return nil
 }
@@ -803,6 +816,11 @@ func (c *serverConn) exportTLSCheck(e *Export) error {
 // startTLS acknowledges NBD_OPT_STARTTLS and runs the TLS handshake. Option
 // haggling then starts afresh inside TLS: what was negotiated in plaintext
 // is forgotten.
+//
+// The client's first flight decides the kind of TLS: a ClientHello that
+// offers a pre-shared key gets a TLS-PSK handshake (internal/tlspsk) when
+// the server has PSKKeys; any other gets crypto/tls with the certificate of
+// TLSConfig, the bytes already read replayed to it.
 func (c *serverConn) startTLS() error {
 	if c.br.Buffered() > 0 {
 		// The client must wait for our answer before its TLS hello.
@@ -811,7 +829,47 @@ func (c *serverConn) startTLS() error {
 	if err := c.optReply(optStartTLS, repAck, nil); err != nil {
 		return err
 	}
-	tc := tls.Server(c.nc, c.srv.TLSConfig)
+	srv := c.srv
+	if len(srv.PSKKeys) == 0 {
+		return c.startX509(c.nc)
+	}
+	raw, hello, err := tlspsk.Sniff(c.nc)
+	if err != nil {
+		c.log.Warn("nbd TLS handshake failed", "err", fmt.Errorf("reading the client's TLS hello: %w", err))
+		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			c.nc.Write(tlsAlertRecord(alertDecodeError))
+		}
+		c.lingeringClose()
+		return errTLSHandshakeLogged
+	}
+	if !usePSK(hello, srv.PSKKeys, srv.TLSConfig != nil) {
+		if srv.TLSConfig == nil {
+			reason := "the client offers no pre-shared key, and this server has only pre-shared keys (no certificate)"
+			if !hello.TLS13 {
+				reason = "the client does not offer TLS 1.3 with a pre-shared key, which this server (pre-shared keys only, no certificate) needs"
+			}
+			c.log.Warn("nbd TLS handshake failed", "err", reason)
+			c.nc.Write(tlsAlertRecord(alertHandshakeFailure))
+			c.lingeringClose()
+			return errTLSHandshakeLogged
+		}
+		return c.startX509(&replayConn{Conn: c.nc, pre: raw})
+	}
+	pc := tlspsk.Server(c.nc, raw, &tlspsk.Config{Keys: srv.PSKKeys})
+	if err := pc.Handshake(); err != nil {
+		c.log.Warn("nbd TLS handshake failed", "err", err, "psk_identity", strings.Join(hello.Identities, ","))
+		c.lingeringClose()
+		return errTLSHandshakeLogged
+	}
+	c.log = c.log.With("peer", "psk:"+pc.Identity())
+	c.log.Info("nbd TLS established", "version", "TLS 1.3", "cipher", pc.CipherSuite(), "psk_identity", pc.Identity())
+	c.upgraded(pc)
+	return nil
+}
+
+// startX509 runs a crypto/tls server handshake on nc.
+func (c *serverConn) startX509(nc net.Conn) error {
+	tc := tls.Server(nc, c.srv.TLSConfig)
 	if err := tc.Handshake(); err != nil {
 		c.log.Warn("nbd TLS handshake failed", "err", err)
 		c.lingeringClose()
@@ -821,17 +879,80 @@ func (c *serverConn) startTLS() error {
 	peer := ""
 	if len(st.PeerCertificates) > 0 {
 		peer = st.PeerCertificates[0].Subject.String()
-	}
-	c.log.Debug("nbd TLS established", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite), "peer", peer)
-	c.rw, c.tls = tc, true
-	if len(st.PeerCertificates) > 0 {
 		c.srv.mu.Lock()
 		c.peer = st.PeerCertificates[0]
 		c.srv.mu.Unlock()
 	}
+	c.log.Debug("nbd TLS established", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite), "peer", peer)
+	c.upgraded(tc)
+	return nil
+}
+
+// upgraded makes the protocol run over tc from now on.
+func (c *serverConn) upgraded(tc net.Conn) {
+	c.rw, c.tls = tc, true
 	c.br = bufio.NewReaderSize(tc, 128<<10)
 	c.structured, c.metaSet, c.metaExport = false, false, ""
-	return nil
+}
+
+// usePSK decides whether a ClientHello gets a TLS-PSK handshake. A client
+// that offers a pre-shared key does, unless the server has certificates too
+// and every identity offered looks like a session ticket (a resuming x509
+// client) rather than a user name.
+func usePSK(hello tlspsk.ClientHelloInfo, keys tlspsk.Keys, haveX509 bool) bool {
+	if !hello.OffersPSK || len(keys) == 0 {
+		return false
+	}
+	if !haveX509 {
+		return true
+	}
+	for _, id := range hello.Identities {
+		if _, ok := keys.Lookup(id); ok || !looksLikeTicket(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// looksLikeTicket: identities longer than psktool's user names, or with
+// bytes that are not printable, are resumption tickets.
+func looksLikeTicket(id string) bool {
+	if len(id) > 128 {
+		return true
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x20 || id[i] > 0x7e {
+			return true
+		}
+	}
+	return false
+}
+
+// TLS alerts the server sends itself (when no TLS stack is run).
+const (
+	alertHandshakeFailure = 40
+	alertDecodeError      = 50
+)
+
+// tlsAlertRecord is a fatal plaintext alert record.
+func tlsAlertRecord(desc byte) []byte {
+	return []byte{21, 3, 3, 0, 2, 2, desc}
+}
+
+// replayConn returns pre before reading from Conn: the ClientHello that
+// tlspsk.Sniff consumed, replayed to crypto/tls.
+type replayConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (r *replayConn) Read(p []byte) (int, error) {
+	if len(r.pre) > 0 {
+		n := copy(p, r.pre)
+		r.pre = r.pre[n:]
+		return n, nil
+	}
+	return r.Conn.Read(p)
 }
 
 // errTLSHandshakeLogged ends a connection whose TLS handshake failed (the
