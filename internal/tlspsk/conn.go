@@ -314,6 +314,8 @@ func (c *Conn) readRecord() (uint8, []byte, error) {
 		if err := c.fill(recordHeaderLen + n); err != nil {
 			return 0, nil, err
 		}
+		// fill may have moved the buffered bytes to the front of raw.
+		hdr = c.raw[c.rawStart : c.rawStart+recordHeaderLen]
 		body := c.raw[c.rawStart+recordHeaderLen : c.rawStart+recordHeaderLen+n]
 		c.rawStart += recordHeaderLen + n
 
