@@ -810,6 +810,9 @@ func pskError(identity string, err error) error {
 		case alertDecryptError:
 			hint = fmt.Sprintf(": the server has another key for the identity %q (wrong key)", identity)
 		}
+	} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// GnuTLS servers (nbdkit) close without an alert.
+		hint = " (the server hung up during the handshake: a wrong key, an unknown identity, or no pre-shared keys on the server)"
 	}
 	return fmt.Errorf("TLS-PSK handshake as %q: %w%s", identity, err, hint)
 }
