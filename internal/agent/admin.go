@@ -477,9 +477,9 @@ func (a *Agent) resizeReplicas(ctx context.Context, name string, nodes []string,
 // at the same epoch with the new size. Clients reconnect; `hacs volume
 // attach` keeps its size until attached again (it logs the new size).
 func (a *Agent) resizePrimary(ctx context.Context, name string, size int64) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	p := a.prims[name]
+	// Nothing else acts on the volume meanwhile (its worker waits).
+	p, unlock := a.lockVolume(name)
+	defer unlock()
 	if p == nil {
 		return errf(http.StatusServiceUnavailable, "volume %s: this node stopped serving it; try again", name)
 	}
@@ -491,7 +491,7 @@ func (a *Agent) resizePrimary(ctx context.Context, name string, size int64) erro
 		return errf(http.StatusServiceUnavailable, "volume %s: its primary is changing; try again", name)
 	}
 	old, epoch := p.size, p.epoch
-	a.stopPrimaryLocked(name, fmt.Sprintf("resizing from %d to %d bytes", old, size), true)
+	a.stopPrimary(name, p, fmt.Sprintf("resizing from %d to %d bytes", old, size), true)
 	rctx, cancel := context.WithTimeout(ctx, resizeTimeout)
 	defer cancel()
 	err = a.resizeReplicas(rctx, name, v.placement.Replicas, epoch, old, size)
@@ -503,7 +503,7 @@ func (a *Agent) resizePrimary(ctx context.Context, name string, size int64) erro
 	// Serve again even if the client went away meanwhile.
 	sctx := context.WithoutCancel(ctx)
 	if v2, verr := a.volume(sctx, name); verr == nil && v2.state != nil && v2.state.Primary == a.self() && v2.state.Epoch == epoch && v2.placement != nil {
-		if serr := a.startPrimaryLocked(sctx, v2); serr != nil && err == nil {
+		if serr := a.startPrimary(sctx, v2); serr != nil && err == nil {
 			err = fmt.Errorf("volume %s: resized, but serving it again failed: %w", name, serr)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -84,8 +85,15 @@ type Agent struct {
 	exportAddr  string
 	vols        *cluster.Cache
 
+	// mu guards the maps below. It is held only briefly: never across a
+	// call into a mirror, a wait of the export server or a cluster store
+	// request (each volume's worker makes those, worker.go).
 	mu    sync.Mutex
 	prims map[string]*primary
+	// workers are the volumes' workers (worker.go), and starts bounds the
+	// primaries they open at once.
+	workers map[string]*volWorker
+	starts  chan struct{}
 	// failed remembers (volume, epoch) start failures already counted.
 	failed map[string]uint64
 	// stats keeps each volume's I/O statistics across the mirrors this
@@ -119,6 +127,11 @@ type Agent struct {
 	local       map[string]*localRes
 	resWake     chan struct{}
 	lastNoFence time.Time
+
+	// mirrorHook, set by tests only, may change a mirror's configuration
+	// before it opens (fault injection: a store that hangs, a failing
+	// replica).
+	mirrorHook func(*mirror.Config)
 }
 
 type primary struct {
@@ -153,6 +166,7 @@ func New(cfg Config) (*Agent, error) {
 		ac.Backoff = time.Second
 	}
 	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
+		workers: map[string]*volWorker{}, starts: make(chan struct{}, parallelStarts),
 		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{},
 		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{}, cuts: map[string]time.Time{},
 		runner: &ocf.Runner{Root: cfg.OCFRoot, Env: cfg.OCFEnv}, local: map[string]*localRes{}, resWake: make(chan struct{}, 1)}
@@ -241,10 +255,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.nodeLoop(ctx)
 	a.wg.Wait()
 	a.mu.Lock()
-	for name := range a.prims {
-		a.stopPrimaryLocked(name, "agent stopping", true)
-	}
+	prims := maps.Clone(a.prims)
 	a.mu.Unlock()
+	var wg sync.WaitGroup
+	for name, p := range prims {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.stopPrimary(name, p, "agent stopping", true) }()
+	}
+	wg.Wait()
 	return nil
 }
 
@@ -277,7 +295,8 @@ func (a *Agent) capacityLoop(ctx context.Context) {
 }
 
 // nodeLoop converges this node to the cluster state: serve the volumes it
-// is primary of, stop serving the others.
+// is primary of, stop serving the others. Each volume's worker does that
+// volume's part (worker.go); the loop only hands out the latest views.
 func (a *Agent) nodeLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Tick)
 	defer t.Stop()
@@ -285,7 +304,7 @@ func (a *Agent) nodeLoop(ctx context.Context) {
 		snap, changed := a.vols.Snapshot()
 		nodeChanged := a.node.Changes()
 		if snap.Synced {
-			a.startPrimaries(ctx, a.reconcile(ctx, snap))
+			a.dispatch(ctx, snap)
 			if i%5 == 0 && !snap.Stale {
 				a.cleanup(snap)
 			}
@@ -302,10 +321,10 @@ func (a *Agent) nodeLoop(ctx context.Context) {
 
 // fenceLoop is the self-fence of the volume exports: as soon as this node
 // stops holding its lease, it cuts every export's clients off, whatever
-// the node loop is doing (reconcile may be waiting for a mirror that waits
-// for the cluster store, up to the mirror's StoreTimeout: the node would
-// go on serving, past its lease, while another node takes over). The node
-// loop then stops the cut primaries (reconcile, wasCut).
+// the volumes' workers are doing (one may be waiting for a mirror that
+// waits for the cluster store, up to the mirror's StoreTimeout: the node
+// would go on serving, past its lease, while another node takes over). The
+// workers then stop the cut primaries (stopReason, wasCut).
 func (a *Agent) fenceLoop(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -325,7 +344,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 
 // cutExports cuts off the clients of every export, side by side (one whose
 // requests are stuck in its mirror must not delay the others), and records
-// when for stopPrimaryLocked.
+// when for stopPrimary.
 func (a *Agent) cutExports() {
 	names := a.esrv.ExportNames()
 	if len(names) == 0 {
@@ -354,97 +373,6 @@ func (a *Agent) wasCut(name string) bool {
 	defer a.cutMu.Unlock()
 	_, ok := a.cuts[name]
 	return ok
-}
-
-// reconcile stops what this node must no longer serve and returns the
-// volumes it must start serving (startPrimaries starts them).
-func (a *Agent) reconcile(ctx context.Context, snap cluster.Snapshot) []*volumeView {
-	views, errs := volumesFrom(snap)
-	for _, err := range errs {
-		a.log.Error("cluster store", "err", err)
-	}
-	serving := a.node.IsServing()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.countEpochsLocked(views)
-	for name, p := range a.prims {
-		v := views[name]
-		switch {
-		case !serving || a.wasCut(name):
-			a.stopPrimaryLocked(name, "this node lost its lease or quorum: it stops serving (self-fence)", false)
-		case v == nil || v.spec == nil || v.state == nil:
-			a.stopPrimaryLocked(name, "volume destroyed", true)
-			delete(a.stats, name)
-		case p.m.Fenced():
-			a.stopPrimaryLocked(name, "fenced by a newer primary", false)
-		case v.state.Primary != a.self():
-			a.stopPrimaryLocked(name, fmt.Sprintf("primary moved to %q at epoch %d", v.state.Primary, v.state.Epoch), true)
-		case v.state.Epoch != p.epoch:
-			a.stopPrimaryLocked(name, fmt.Sprintf("epoch moved from %d to %d", p.epoch, v.state.Epoch), false)
-		}
-	}
-	if !serving || a.host == nil {
-		return nil
-	}
-	var starts []*volumeView
-	for name, v := range views {
-		if v.spec == nil || v.state == nil || v.placement == nil || v.state.Primary != a.self() {
-			continue
-		}
-		p := a.prims[name]
-		if p == nil {
-			if a.failed[name] == v.state.Epoch {
-				continue // counted already; the DC decides what next
-			}
-			starts = append(starts, v)
-			continue
-		}
-		a.syncReplicasLocked(ctx, v, p)
-		if v.export == nil || v.export.Node != a.self() || v.export.Epoch != p.epoch || v.export.Addr != a.exportAddr {
-			a.putExport(ctx, name, p.epoch)
-		}
-	}
-	return starts
-}
-
-// parallelStarts bounds the primaries started at once: opening one waits
-// mostly on round trips (replica links, metadata writes with FUA, the
-// store), so a node that must serve many volumes at once (a failover of a
-// busy node, a thousand volumes created) starts them side by side.
-const parallelStarts = 8
-
-// startPrimaries starts serving volumes, parallelStarts at a time, and
-// returns when every start ended (so reconcile never runs beside them).
-func (a *Agent) startPrimaries(ctx context.Context, vs []*volumeView) {
-	sem := make(chan struct{}, parallelStarts)
-	var wg sync.WaitGroup
-	for _, v := range vs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			a.mu.Lock()
-			stats := a.statsLocked(v.name)
-			a.mu.Unlock()
-			m, err := a.openMirror(ctx, v, stats)
-			a.mu.Lock()
-			if err == nil {
-				err = a.installLocked(ctx, v, m)
-			}
-			if err != nil {
-				a.emit("volume-start-failed", v.name, fmt.Sprintf("cannot serve at epoch %d: %v", v.state.Epoch, err))
-				a.failed[v.name] = v.state.Epoch
-				a.mu.Unlock()
-				a.recordFailure(ctx, v.name)
-				return
-			}
-			from := a.prims[v.name].from
-			a.mu.Unlock()
-			a.announce(ctx, v.name, m, from)
-		}()
-	}
-	wg.Wait()
 }
 
 // countEpochsLocked counts the volumes' epoch changes seen in the store.
@@ -486,7 +414,7 @@ func (a *Agent) cleanup(snap cluster.Snapshot) {
 		v := views[lv.Name]
 		gone := v == nil
 		moved := v != nil && v.placement != nil && !slices.Contains(v.placement.Replicas, a.self())
-		if (!gone && !moved) || a.prims[lv.Name] != nil {
+		if (!gone && !moved) || a.prims[lv.Name] != nil || a.workers[lv.Name] != nil {
 			continue
 		}
 		if t, ok := a.creating[lv.Name]; ok {
@@ -538,15 +466,28 @@ func (a *Agent) replicaFor(name string, size int64, node string) mirror.Replica 
 	}}
 }
 
-func (a *Agent) startPrimaryLocked(ctx context.Context, v *volumeView) error {
-	m, err := a.openMirror(ctx, v, a.statsLocked(v.name))
+// startPrimary starts serving a volume (parallelStarts at a time on the
+// node). Callers act on the volume alone (its worker, or with its act
+// lock).
+func (a *Agent) startPrimary(ctx context.Context, v *volumeView) error {
+	select {
+	case a.starts <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	a.mu.Lock()
+	stats := a.statsLocked(v.name)
+	a.mu.Unlock()
+	m, err := a.openMirror(ctx, v, stats)
+	var from time.Time
+	if err == nil {
+		from, err = a.install(v, m)
+	}
+	<-a.starts
 	if err != nil {
 		return err
 	}
-	if err := a.installLocked(ctx, v, m); err != nil {
-		return err
-	}
-	a.announce(ctx, v.name, m, a.prims[v.name].from)
+	a.announce(ctx, v.name, m, from)
 	return nil
 }
 
@@ -571,7 +512,7 @@ func (a *Agent) openMirror(ctx context.Context, v *volumeView, stats *mirror.Sta
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	name := v.name
-	m, err := mirror.Open(octx, mirror.Config{
+	cfg := mirror.Config{
 		Stats:  stats,
 		Volume: name, Self: a.self(), Size: v.spec.Size, Replicas: reps, Store: a.node.Volumes(),
 		Timeout: a.cfg.ReplicaTimeout, Logger: a.log,
@@ -583,7 +524,11 @@ func (a *Agent) openMirror(ctx context.Context, v *volumeView, stats *mirror.Sta
 				go a.recordFailure(context.Background(), name)
 			}
 		},
-	})
+	}
+	if a.mirrorHook != nil {
+		a.mirrorHook(&cfg)
+	}
+	m, err := mirror.Open(octx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -594,12 +539,16 @@ func (a *Agent) openMirror(ctx context.Context, v *volumeView, stats *mirror.Sta
 	return m, nil
 }
 
-// installLocked exports an opened mirror and records it as served.
-func (a *Agent) installLocked(ctx context.Context, v *volumeView, m *mirror.Mirror) error {
+// install exports an opened mirror and records it as served; it returns
+// when the export began taking requests.
+func (a *Agent) install(v *volumeView, m *mirror.Mirror) (time.Time, error) {
 	name := v.name
-	if a.prims[name] != nil {
+	a.mu.Lock()
+	served := a.prims[name] != nil
+	a.mu.Unlock()
+	if served {
 		m.Close()
-		return fmt.Errorf("volume %s is served already", name)
+		return time.Time{}, fmt.Errorf("volume %s is served already", name)
 	}
 	a.esrv.RemoveExport(name)
 	a.cutMu.Lock()
@@ -611,11 +560,13 @@ func (a *Agent) installLocked(ctx context.Context, v *volumeView, m *mirror.Mirr
 	}
 	if err := a.esrv.AddExport(nbd.Export{Name: name, Description: "hacs volume " + name, Device: m, TLS: v.spec.TLS}); err != nil {
 		m.Close()
-		return err
+		return time.Time{}, err
 	}
+	a.mu.Lock()
 	a.prims[name] = &primary{m: m, epoch: m.Epoch(), size: v.spec.Size, from: from}
 	delete(a.failed, name)
-	return nil
+	a.mu.Unlock()
+	return from, nil
 }
 
 // exportTLS reports whether the exports offer TLS (certificates or
@@ -641,15 +592,18 @@ func (a *Agent) putExport(ctx context.Context, name string, epoch uint64) {
 	}
 }
 
-// stopPrimaryLocked stops serving a volume. graceful flushes first (the
-// primary moves on purpose); otherwise the mirror is dropped as it is
-// (fenced, or this node may not serve any more).
-func (a *Agent) stopPrimaryLocked(name, why string, graceful bool) {
-	p := a.prims[name]
-	if p == nil {
+// stopPrimary stops serving a volume with primary p. graceful flushes
+// first (the primary moves on purpose); otherwise the mirror is dropped as
+// it is (fenced, or this node may not serve any more). Callers act on the
+// volume alone (its worker, or with its act lock).
+func (a *Agent) stopPrimary(name string, p *primary, why string, graceful bool) {
+	a.mu.Lock()
+	if a.prims[name] != p {
+		a.mu.Unlock()
 		return
 	}
 	delete(a.prims, name)
+	a.mu.Unlock()
 	cut := a.esrv.RemoveExport(name)
 	a.cutMu.Lock()
 	if t, ok := a.cuts[name]; ok {
@@ -666,25 +620,6 @@ func (a *Agent) stopPrimaryLocked(name, why string, graceful bool) {
 	// in flight ended and the mirror closed.
 	a.emitFields("volume-stopped", name, "stopped serving: "+why,
 		map[string]string{"epoch": strconv.FormatUint(p.epoch, 10), "stopped_at": cut.UTC().Format(time.RFC3339Nano)})
-}
-
-// syncReplicasLocked adds and removes mirror replicas to match placement.
-func (a *Agent) syncReplicasLocked(ctx context.Context, v *volumeView, p *primary) {
-	have := p.m.Replicas()
-	for _, n := range v.placement.Replicas {
-		if !slices.Contains(have, n) {
-			if err := p.m.AddReplica(a.replicaFor(v.name, p.size, n)); err != nil {
-				a.log.Warn("add replica", "volume", v.name, "node", n, "err", err)
-			}
-		}
-	}
-	for _, n := range have {
-		if !slices.Contains(v.placement.Replicas, n) && n != a.self() {
-			if err := p.m.RemoveReplica(n); err != nil {
-				a.log.Warn("remove replica", "volume", v.name, "node", n, "err", err)
-			}
-		}
-	}
 }
 
 // recordFailure counts a failure of the volume on this node.
@@ -717,10 +652,11 @@ func (a *Agent) recordFailure(ctx context.Context, name string) {
 // Primaries lists the volumes this node serves with their status.
 func (a *Agent) Primaries() map[string]mirror.Status {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	prims := maps.Clone(a.prims)
+	a.mu.Unlock()
 	out := map[string]mirror.Status{}
-	for n, p := range a.prims {
-		out[n] = p.m.Status()
+	for n, p := range prims {
+		out[n] = p.m.Status() // may wait for the mirror: not under mu
 	}
 	return out
 }
