@@ -177,7 +177,7 @@ func (c *rmCluster) dial(v rm.VolumeInfo) *nbd.Client {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := nbd.Dial(ctx, "tcp", v.Export.Addr, nbd.ClientOptions{Export: v.Export.Name})
+	cl, err := nbd.Dial(ctx, "tcp", v.Export.Addr, nbd.ClientOptions{Export: v.Export.Name, TLS: exportTLS(c.t, filepath.Join(c.dir, "n1"))})
 	if err != nil {
 		c.t.Fatal(err)
 	}

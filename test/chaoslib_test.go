@@ -287,7 +287,7 @@ func newChaosLab(t *testing.T, cfg chaosConfig) *chaosLab {
 		for _, vol := range l.vols {
 			sock := filepath.Join(sockDir, fmt.Sprintf("c%d-%s.sock", c+1, vol))
 			p := startProc(t, false, "ip", append([]string{"netns", "exec", cl.ns, hacsBin, "volume", "attach", vol,
-				"--listen", "unix:" + sock, "--cluster", strings.Join(apis, ","), "--max-pause", cfg.MaxPause.String()}, cliCreds(l.nodes[0].dir)...)...)
+				"--listen", "unix:" + sock, "--cluster", strings.Join(apis, ","), "--max-pause", cfg.MaxPause.String()}, append(cliCreds(l.nodes[0].dir), exportCreds(l.nodes[0].dir)...)...)...)
 			p.waitAccepting(t, "unix", sock)
 			cl.socks = append(cl.socks, sock)
 			cl.atts = append(cl.atts, p)

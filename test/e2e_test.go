@@ -127,7 +127,7 @@ func TestEndToEndExt4Failover(t *testing.T) {
 	for _, p := range c.ports {
 		apis = append(apis, p[0])
 	}
-	att := startProc(t, false, hacsBin, append([]string{"volume", "attach", "e2e", "--fuse", fuseDir, "--cluster", strings.Join(apis, ",")}, cliCreds(filepath.Join(c.dir, "n1"))...)...)
+	att := startProc(t, false, hacsBin, append([]string{"volume", "attach", "e2e", "--fuse", fuseDir, "--cluster", strings.Join(apis, ",")}, append(cliCreds(filepath.Join(c.dir, "n1")), exportCreds(filepath.Join(c.dir, "n1"))...)...)...)
 	file := filepath.Join(fuseDir, "e2e")
 	att.waitReady(t, "FUSE file", func() error { _, err := os.Stat(file); return err })
 	loop := strings.TrimSpace(mustCmd(t, "losetup", "-f", "--show", "--direct-io=on", file))
@@ -224,7 +224,7 @@ func TestAttachRestart(t *testing.T) {
 	for _, p := range c.ports {
 		apis = append(apis, p[0])
 	}
-	args := append([]string{"volume", "attach", "att", "--listen", "unix:" + sock, "--cluster", strings.Join(apis, ",")}, cliCreds(filepath.Join(c.dir, "n1"))...)
+	args := append([]string{"volume", "attach", "att", "--listen", "unix:" + sock, "--cluster", strings.Join(apis, ",")}, append(cliCreds(filepath.Join(c.dir, "n1")), exportCreds(filepath.Join(c.dir, "n1"))...)...)
 	att := startProc(t, false, hacsBin, args...)
 	att.waitAccepting(t, "unix", sock)
 	dial := func() *nbd.Client {

@@ -104,3 +104,44 @@ func nodeTLS(t testing.TB, dataDir string) *tls.Config {
 	pool.AppendCertsFromPEM(ca)
 	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool}
 }
+
+// adminClientDir is the administrator's client directory the cluster's
+// creation wrote (ca-cert.pem, client-cert.pem, client-key.pem: what
+// nbdinfo's tls-certificates=DIR and qemu's tls-creds-x509 dir= read).
+func adminClientDir(firstDataDir string) string {
+	return filepath.Join(firstDataDir, cluster.AdminClientDir)
+}
+
+// exportCreds are the flags of hacs volume attach that present the
+// administrator's export client certificate.
+func exportCreds(firstDataDir string) []string {
+	return []string{"--tls-certificates", adminClientDir(firstDataDir)}
+}
+
+// exportTLS is the TLS configuration of an NBD client of the volume
+// exports with the administrator's export client certificate (the server
+// checked as a node of the cluster).
+func exportTLS(t testing.TB, firstDataDir string) *tls.Config {
+	t.Helper()
+	d := adminClientDir(firstDataDir)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(d, cluster.ClientCertFile), filepath.Join(d, cluster.ClientKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(d, cluster.ClientCAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := cluster.CATLSConfig(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+	return tc
+}
+
+// volumeNBDS is the nbdinfo/qemu URI of a volume export over TLS with the
+// administrator's export client certificate.
+func volumeNBDS(addr, export, firstDataDir string) string {
+	return "nbds://" + addr + "/" + export + "?tls-certificates=" + adminClientDir(firstDataDir)
+}

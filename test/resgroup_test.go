@@ -143,7 +143,7 @@ func TestResourceGroupFailover(t *testing.T) {
 	dir := shortTempDir(t)
 	fuseDir := filepath.Join(dir, "fuse")
 	apis := lab.addr(1) + ":7700," + lab.addr(2) + ":7700," + lab.addr(3) + ":7700"
-	att := startProc(t, false, "nsenter", append([]string{"--net=/run/netns/" + lab.nodes[3], hacsBin, "volume", "attach", "gvol", "--fuse", fuseDir, "--cluster", apis}, cliCreds(a1.dir)...)...)
+	att := startProc(t, false, "nsenter", append([]string{"--net=/run/netns/" + lab.nodes[3], hacsBin, "volume", "attach", "gvol", "--fuse", fuseDir, "--cluster", apis}, append(cliCreds(a1.dir), exportCreds(a1.dir)...)...)...)
 	file := filepath.Join(fuseDir, "gvol")
 	att.waitReady(t, "FUSE file", func() error { _, err := os.Stat(file); return err })
 	loop := strings.TrimSpace(mustCmd(t, "losetup", "-f", "--show", "--direct-io=on", file))

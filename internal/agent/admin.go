@@ -230,7 +230,7 @@ type volumeAdmin interface {
 func (a *Agent) handleReplicaOp(w http.ResponseWriter, r *http.Request) {
 	// Between agents only: a client (even an admin's token) goes through
 	// the volume API, which checks the volume's state first.
-	if p, ok := cluster.RequestPrincipal(r.Context()); ok && !strings.HasPrefix(p.Name, "node ") && p.Name != "local socket" {
+	if p, ok := cluster.RequestPrincipal(r.Context()); ok && !p.Node && p.Name != "local socket" {
 		writeErr(w, errf(http.StatusForbidden, "POST /v1/replicas/ is for the cluster's agents only (%s is not one): use the volume API (/v1/volumes/...)", p.Name))
 		return
 	}

@@ -51,6 +51,14 @@ type Config struct {
 	// nbd.TLSRequired refuses plaintext clients for every volume; anything
 	// else leaves it to each volume's spec.
 	ExportTLSPolicy nbd.TLSPolicy
+	// ExportClientAuth (a secure cluster, ExportTLS the cluster's: it
+	// verifies client certificates): a volume whose spec leaves TLS unset
+	// or says required admits only clients that authenticated in the TLS
+	// handshake (a node or export client certificate of the cluster, or a
+	// pre-shared key); plaintext clients get the TLS-required error. A
+	// volume with tls allowed or off opts out: it serves anyone who
+	// reaches the port.
+	ExportClientAuth bool
 	// ReplicaTimeout drops a replica that does not answer in time
 	// (default 5s).
 	ReplicaTimeout time.Duration
@@ -558,7 +566,7 @@ func (a *Agent) install(v *volumeView, m *mirror.Mirror) (time.Time, error) {
 	if v.spec.TLS == nbd.TLSRequired && !a.exportTLS() {
 		a.log.Warn("volume requires TLS but this node has no TLS certificate or pre-shared keys for exports: its clients are refused", "volume", name)
 	}
-	if err := a.esrv.AddExport(nbd.Export{Name: name, Description: "hacs volume " + name, Device: m, TLS: v.spec.TLS}); err != nil {
+	if err := a.esrv.AddExport(a.exportOf(name, *v.spec, m)); err != nil {
 		m.Close()
 		return time.Time{}, err
 	}
@@ -572,6 +580,15 @@ func (a *Agent) install(v *volumeView, m *mirror.Mirror) (time.Time, error) {
 // exportTLS reports whether the exports offer TLS (certificates or
 // pre-shared keys).
 func (a *Agent) exportTLS() bool { return a.cfg.ExportTLS != nil || len(a.cfg.ExportPSK) > 0 }
+
+// exportOf is the NBD export of a volume with its access policy.
+func (a *Agent) exportOf(name string, spec Spec, dev device.Device) nbd.Export {
+	e := nbd.Export{Name: name, Description: "hacs volume " + name, Device: dev, TLS: spec.TLS}
+	if a.cfg.ExportClientAuth && (spec.TLS == nbd.TLSDefault || spec.TLS == nbd.TLSRequired) {
+		e.TLS, e.ClientAuth = nbd.TLSRequired, true
+	}
+	return e
+}
 
 // announce publishes where a volume is served now (a.mu not needed: the
 // key's content depends only on the epoch).

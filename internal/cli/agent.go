@@ -143,16 +143,20 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	if err := n.Start(ctx); err != nil {
 		return err
 	}
+	exportClientAuth := false
 	if exportTLS == nil && rm.exportTLS.mode == "" {
-		// A secure cluster offers NBD TLS on its volume exports with the
-		// node's certificate (each volume's spec may require it); the
-		// clients check it against the cluster CA (hacs volume attach does).
-		if tc := n.TLSServerConfig(false); tc != nil {
-			exportTLS, exportPolicy = tc, nbd.TLSAllowed
+		// A secure cluster serves its volume exports with NBD TLS and the
+		// node's certificate, and admits to a volume only clients with a
+		// certificate of the cluster (a node's, or an export client's:
+		// hacs cluster auth client-cert create), unless the volume's
+		// spec says tls allowed or off. The clients check the server
+		// against the cluster CA (hacs volume attach does).
+		if tc := n.ExportTLSServerConfig(); tc != nil {
+			exportTLS, exportPolicy, exportClientAuth = tc, nbd.TLSAllowed, true
 		}
 	}
 	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
-		ExportListen: rm.exportListen, ExportTLS: exportTLS, ExportPSK: exportPSK, ExportTLSPolicy: exportPolicy, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
+		ExportListen: rm.exportListen, ExportTLS: exportTLS, ExportPSK: exportPSK, ExportTLSPolicy: exportPolicy, ExportClientAuth: exportClientAuth, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
 		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter)},
 		Alerts:   agent.AlertConfig{Exec: rm.alertExec, URL: rm.alertURL},
 		OCFRoot:  rm.ocfRoot, OCFEnv: rm.ocfEnv}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -141,56 +140,6 @@ func loadToken(tokenFile string) (string, error) {
 		return "", fmt.Errorf("API token: %w", err)
 	}
 	return strings.TrimSpace(string(b)), nil
-}
-
-// clusterNBDTLS is the TLS configuration of an NBD client of the cluster's
-// volume exports: the agents serve them with their node certificates, so
-// the client checks the certificate chains to the cluster CA (found as the
-// API client finds it, or in the local agent's data directory). Host names
-// are not checked: any certificate of the cluster's CA is one of its nodes
-// (as between the nodes). nil when no CA is found.
-func (f *apiFlags) clusterNBDTLS() (*tls.Config, error) {
-	pemCA, _, err := loadCA(f.caFile)
-	if err != nil {
-		return nil, err
-	}
-	if pemCA == nil && f.dataDir != "" {
-		if b, err := os.ReadFile(cluster.TLSFiles(f.dataDir).CACert); err == nil {
-			pemCA = b
-		}
-	}
-	if pemCA == nil {
-		return nil, nil
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pemCA) {
-		return nil, errors.New("cluster CA certificate: no PEM certificate in it")
-	}
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		InsecureSkipVerify: true, // the chain is checked below, the host name is not
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return errors.New("the export presented no certificate")
-			}
-			certs := make([]*x509.Certificate, len(raw))
-			for i, r := range raw {
-				c, err := x509.ParseCertificate(r)
-				if err != nil {
-					return fmt.Errorf("the export's certificate: %w", err)
-				}
-				certs[i] = c
-			}
-			inter := x509.NewCertPool()
-			for _, c := range certs[1:] {
-				inter.AddCert(c)
-			}
-			if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-				return fmt.Errorf("the export's certificate is not one of this cluster's: %w", err)
-			}
-			return nil
-		},
-	}, nil
 }
 
 // loadCA finds the cluster CA certificate: --ca-file, $HACS_CA_FILE, then

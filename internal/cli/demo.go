@@ -156,26 +156,28 @@ DIR/<node>/agent.log.`,
 				time.Sleep(100 * time.Millisecond)
 			}
 			cl := strings.Join(apis, ",")
-			secNote := "The cluster runs with TLS on every link and API tokens; the CLI's\ncredentials (cluster CA, admin token) are in " + cdir + installed + ".\n"
+			secNote := "The cluster runs with TLS on every link and API tokens; the CLI's\ncredentials (cluster CA, admin token, and the export client certificate\n\"admin\" that opens the volumes) are in " + cdir + installed + ".\n"
+			nbdURI := fmt.Sprintf("'nbds://%s/demo?tls-certificates=%s'", v.Export.Addr, cdir)
 			if insecure {
 				secNote = "The cluster runs WITHOUT TLS and API tokens (--insecure).\n"
+				nbdURI = "nbd://" + v.Export.Addr + "/demo"
 			}
 			fmt.Fprintf(out, `
 hacs demo cluster: %d nodes, data in %s
-volume "demo" (%s, %d replicas) is served by %s as nbd://%s/demo
+volume "demo" (%s, %d replicas) is served by %s at %s
 
 %s
 Try:
   export HACS_CLUSTER=%s
   hacs volume info demo                     # placement, primary, replica states
   hacs volume list
-  nbdinfo nbd://%s/demo
+  nbdinfo %s
   hacs volume attach demo --listen unix:/tmp/hacs-demo.sock   # follows failover
   qemu-io -f raw 'nbd+unix:///demo?socket=/tmp/hacs-demo.sock' -c 'write -P 0xab 0 1M'
   kill -9 $(cat %s/%s/agent.pid)          # kill the primary's node: watch it fail over
   hacs volume info demo
 
-`, nodes, dir, human(size), req.Replicas, v.Export.Node, v.Export.Addr, secNote, cl, v.Export.Addr, dir, v.Export.Node)
+`, nodes, dir, human(size), req.Replicas, v.Export.Node, nbdURI, secNote, cl, nbdURI, dir, v.Export.Node)
 			if detach {
 				fmt.Fprintf(out, "cluster API: %s\nstop it with: hacs demo --dir %s --stop\n", apis[0], dir)
 				return nil
@@ -325,16 +327,23 @@ func stopDemo(out io.Writer, dir string) error {
 const demoMarker = "written-by-hacs-demo"
 
 // demoClientConfig writes the CLI's credentials for the demo cluster (its
-// CA certificate and node1's admin token) to DIR/client, and also to the
+// CA certificate, node1's admin token, and the export client certificate
+// "admin" in the layout of tls-certificates=DIR) to DIR/client, and also to the
 // default client config directory ($HACS_CONFIG_DIR or ~/.config/hacs)
 // unless that holds
 // credentials the demo did not write. It returns the directory the CLI
 // uses and, for the banner, where else they went.
 func demoClientConfig(dir string) (string, string, error) {
 	n1 := filepath.Join(dir, "node1")
+	ad := filepath.Join(n1, cluster.AdminClientDir)
 	files := map[string]string{
 		"ca.crt": filepath.Join(n1, cluster.TLSDir, cluster.CACertFile),
 		"token":  filepath.Join(n1, cluster.AdminTokenFile),
+		// the export client certificate "admin": nbdinfo, nbdcopy and
+		// qemu read these three (tls-certificates=DIR)
+		cluster.ClientCAFile:   filepath.Join(ad, cluster.ClientCAFile),
+		cluster.ClientCertFile: filepath.Join(ad, cluster.ClientCertFile),
+		cluster.ClientKeyFile:  filepath.Join(ad, cluster.ClientKeyFile),
 	}
 	write := func(cdir string) error {
 		if err := os.MkdirAll(cdir, 0o700); err != nil {

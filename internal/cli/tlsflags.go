@@ -116,7 +116,7 @@ type tlsClientFlags struct {
 }
 
 func (f *tlsClientFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.dir, "tls-certificates", "", "directory with ca-cert.pem and optionally client-cert.pem, client-key.pem (nbdkit/qemu layout)")
+	fs.StringVar(&f.dir, "tls-certificates", "", "directory with ca-cert.pem and optionally client-cert.pem, client-key.pem (nbdkit/qemu layout; hacs cluster auth client-cert create writes one)")
 	fs.StringVar(&f.ca, "tls-ca", "", "CA certificate that signs the servers' certificates (overrides --tls-certificates)")
 	fs.StringVar(&f.cert, "tls-cert", "", "client certificate for servers that verify clients (PEM)")
 	fs.StringVar(&f.key, "tls-key", "", "client private key (PEM)")
@@ -157,33 +157,4 @@ func (f *tlsClientFlags) pskConfig() (*tlspsk.Config, error) {
 
 func (f *tlsClientFlags) given() bool {
 	return f.dir != "" || f.ca != "" || f.cert != "" || f.key != ""
-}
-
-// config returns the client configuration (nil when no option is given).
-// The server name is filled in by nbd.Dial from the address.
-func (f *tlsClientFlags) config() (*tls.Config, error) {
-	if !f.given() {
-		return nil, nil
-	}
-	var files nbd.TLSFiles
-	if f.dir != "" {
-		files = nbd.TLSFilesFromDir(f.dir, true)
-	}
-	if f.ca != "" {
-		files.CA = f.ca
-	}
-	if f.cert != "" {
-		files.Cert = f.cert
-	}
-	if f.key != "" {
-		files.Key = f.key
-	}
-	if files.CA == "" {
-		return nil, fmt.Errorf("TLS: no CA certificate (--tls-ca or ca-cert.pem in --tls-certificates)")
-	}
-	cfg, err := files.ClientConfig("")
-	if err != nil {
-		return nil, fmt.Errorf("TLS: %w", err)
-	}
-	return cfg, nil
 }

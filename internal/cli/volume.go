@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -407,7 +408,7 @@ pre-shared key instead (agents with --export-tls-psk).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			c := f.client()
-			tlsCfg, err := tlsf.config()
+			creds, err := f.exportCredentials(&tlsf)
 			if err != nil {
 				return err
 			}
@@ -415,6 +416,7 @@ pre-shared key instead (agents with --export-tls-psk).`,
 			if err != nil {
 				return err
 			}
+			var warnOnce sync.Once
 			resolve := func(ctx context.Context) (attach.Target, error) {
 				var v agent.VolumeInfo
 				if err := c.do(ctx, "GET", "/v1/volumes/"+name, nil, &v); err != nil {
@@ -426,23 +428,20 @@ pre-shared key instead (agents with --export-tls-psk).`,
 				t := attach.Target{Network: "tcp", Addr: v.Export.Addr, Export: v.Export.Name, Epoch: v.Export.Epoch}
 				// TLS whenever the primary offers it (and always when the
 				// user gave TLS options): with the pre-shared key of
-				// --tls-psk, or certificates.
+				// --tls-psk, or certificates, presenting the client
+				// certificate found (exportCredentials).
 				if pskCfg != nil {
 					t.PSK = pskCfg
-				} else if v.Export.TLS || tlsCfg != nil {
-					if tlsCfg == nil {
-						// Without TLS options: the cluster's CA, as the
-						// API client finds it.
-						cc, err := f.clusterNBDTLS()
-						if err != nil {
-							return attach.Target{}, err
-						}
-						if cc == nil {
-							return attach.Target{}, fmt.Errorf("volume %s is served with NBD TLS and no cluster CA certificate was found: give --ca-file, --tls-certificates DIR or --tls-ca FILE", name)
-						}
-						tlsCfg = cc
+				} else if v.Export.TLS || tlsf.given() {
+					if creds == nil {
+						return attach.Target{}, fmt.Errorf("volume %s is served with NBD TLS and no cluster CA certificate was found: give --ca-file, --tls-certificates DIR or --tls-ca FILE", name)
 					}
-					t.TLS = tlsCfg
+					if hint := creds.missingCertHint(); hint != "" {
+						warnOnce.Do(func() {
+							fmt.Fprintf(cmd.ErrOrStderr(), "hacs: warning: no client certificate found%s\n", hint)
+						})
+					}
+					t.TLS = creds.config(v.Export.Addr)
 				}
 				return t, nil
 			}

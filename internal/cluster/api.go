@@ -95,6 +95,9 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("POST /v1/auth/tokens", withActor(n.handleTokenCreate))
 	n.mux.HandleFunc("GET /v1/auth/tokens", n.handleTokenList)
 	n.mux.HandleFunc("DELETE /v1/auth/tokens/{name}", withActor(n.handleTokenRevoke))
+	n.mux.HandleFunc("POST /v1/auth/client-certs", withActor(n.handleClientCertCreate))
+	n.mux.HandleFunc("GET /v1/auth/client-certs", n.handleClientCertList)
+	n.mux.HandleFunc("DELETE /v1/auth/client-certs/{name}", withActor(n.handleClientCertRevoke))
 	n.mux.HandleFunc("POST /v1/pki/renew", withActor(n.handleRenew))
 	n.mux.HandleFunc("POST /v1/join-tokens", withActor(n.handleJoinTokenCreate))
 }

@@ -108,6 +108,9 @@ func tokenName(tok string) string {
 type Principal struct {
 	Name string   // "token alice", "node n2", "local socket"
 	Role AuthRole // what it may do
+	// Node: a node of this cluster (its node certificate). Node-only
+	// routes check this, never the name.
+	Node bool
 }
 
 type principalKey struct{}
@@ -177,15 +180,24 @@ func (n *Node) authenticate(r *http.Request) (*Principal, error) {
 	if n.creds == nil || publicPath(r.Method, r.URL.Path) {
 		return nil, nil
 	}
+	clientCert := ""
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-		// verified at the handshake (chain, expiry, revocation)
+		// verified at the handshake (chain, expiry, revocation, a node
+		// certificate: the API listener refuses others)
 		c := r.TLS.PeerCertificates[0]
-		cid, _ := PeerNode(c)
-		if cid == n.ClusterID() {
-			return &Principal{Name: "node " + c.Subject.CommonName, Role: AuthAdmin}, nil
+		kind, cid, name := CertIdentity(c)
+		switch {
+		case kind == CertNode && cid == n.ClusterID():
+			return &Principal{Name: "node " + c.Subject.CommonName, Role: AuthAdmin, Node: true}, nil
+		case kind == CertExportClient:
+			// never a node, never a user of the API
+			clientCert = name
 		}
 	}
 	h := r.Header.Get("Authorization")
+	if h == "" && clientCert != "" {
+		return nil, errStatus(http.StatusUnauthorized, "the export client certificate %q opens volume exports only: it is not a node and not an API credential; send an API token (\"Authorization: Bearer TOKEN\")", clientCert)
+	}
 	if h == "" {
 		return nil, errStatus(http.StatusUnauthorized, "this API needs a token: send \"Authorization: Bearer TOKEN\" (the hacs CLI reads it from --token-file, $HACS_TOKEN, $HACS_TOKEN_FILE or ~/.config/hacs/token; the first admin token is in DATA_DIR/%s of the node that created the cluster)", AdminTokenFile)
 	}

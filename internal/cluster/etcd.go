@@ -101,7 +101,11 @@ func (n *Node) startEtcd(state, initialCluster string) (*embed.Etcd, error) {
 		// revocation list are the identity; a multi-homed node may connect
 		// from another address than it advertises, and the check would
 		// look names up in DNS during the handshake)
-		ti := transport.TLSInfo{CertFile: p.Cert, KeyFile: p.Key, TrustedCAFile: p.CACert, ClientCertAuth: true, CRLFile: p.CRL, SkipClientSANVerify: true}
+		// Export client certificates (same CA, client authentication)
+		// must not get in: only certificates valid for nodeOnlyHostname,
+		// which every node certificate is and no client certificate is.
+		ti := transport.TLSInfo{CertFile: p.Cert, KeyFile: p.Key, TrustedCAFile: p.CACert, ClientCertAuth: true, CRLFile: p.CRL, SkipClientSANVerify: true,
+			AllowedHostnames: []string{nodeOnlyHostname}}
 		ec.PeerTLSInfo, ec.ClientTLSInfo = ti, ti
 	}
 	ec.ListenMetricsUrls = nil

@@ -126,6 +126,10 @@ type Node struct {
 	revoked  map[string]struct{} // serials (decimal) of revoked certificates
 	renewMu  sync.Mutex
 	tracker  connTracker // connections cut when their certificate is revoked
+
+	// the administrator's export client certificate of a cluster being
+	// created (recorded at creation, written to DATA_DIR/admin-client)
+	newAdminClient *adminClientCert
 	// API tokens (secure clusters)
 	tokensCache atomic.Pointer[Cache]
 }
@@ -676,6 +680,10 @@ func (n *Node) checkCluster(ctx context.Context) error {
 			if leaf := n.creds.Leaf(); leaf != nil {
 				ops = append(ops, clientv3.OpPut(certKey(n.ident.NodeID, leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339)))
 			}
+			if ac := n.newAdminClient; ac != nil {
+				rb, _ := json.Marshal(ac.rec)
+				ops = append(ops, clientv3.OpPut(clientCertKey(ac.rec.Name, ac.rec.Serial), string(rb)))
+			}
 		}
 		tr, err := n.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(KeyClusterInfo), "=", 0)).
 			Then(ops...).Commit()
@@ -691,6 +699,11 @@ func (n *Node) checkCluster(ctx context.Context) error {
 		if adminTok != "" {
 			if err := writeTLSFile(filepath.Join(n.cfg.DataDir, AdminTokenFile), []byte(adminTok+"\n")); err != nil {
 				n.log.Warn("cannot write the admin API token file", "err", err)
+			}
+			if n.newAdminClient != nil {
+				if err := writeAdminClientDir(n.cfg.DataDir, n.newAdminClient, adminTok); err != nil {
+					n.log.Warn("cannot write the administrator's client credentials", "err", err)
+				}
 			}
 		}
 		n.identMu.Lock()
@@ -752,7 +765,10 @@ to add a node, run on it:
 	if n.creds != nil {
 		fmt.Fprintf(n.cfg.Out, `TLS on every link; the CLI needs the cluster CA (%s) and an API token
 (the admin token is in %s): see docs/SECURITY.md
-`, TLSFiles("DATA_DIR").CACert, filepath.Join("DATA_DIR", AdminTokenFile))
+the administrator's client credentials (cluster CA, admin token, and the
+export client certificate "admin" that nbdinfo, nbdcopy and qemu present:
+tls-certificates=DIR) are in %s: copy them to ~/.config/hacs
+`, TLSFiles("DATA_DIR").CACert, filepath.Join("DATA_DIR", AdminTokenFile), filepath.Join("DATA_DIR", AdminClientDir))
 	}
 }
 

@@ -393,6 +393,9 @@ func (c *tlsCreds) verify(rawCerts [][]byte, usage x509.ExtKeyUsage) (*x509.Cert
 		return nil, fmt.Errorf("certificate of %q refused: %w", leaf.Subject.CommonName, err)
 	}
 	if c.revoked != nil && c.revoked(leaf.SerialNumber) {
+		if kind, _, name := CertIdentity(leaf); kind == CertExportClient {
+			return nil, fmt.Errorf("export client certificate %q (serial %x) was revoked (hacs cluster auth client-cert revoke)", name, leaf.SerialNumber)
+		}
 		return nil, fmt.Errorf("certificate of %q (serial %x) was revoked: the node was removed from the cluster", leaf.Subject.CommonName, leaf.SerialNumber)
 	}
 	return leaf, nil
@@ -418,7 +421,14 @@ func (c *tlsCreds) ServerConfig(requireClient bool) *tls.Config {
 				}
 				return nil
 			}
-			_, err := c.verify(raw, x509.ExtKeyUsageClientAuth)
+			leaf, err := c.verify(raw, x509.ExtKeyUsageClientAuth)
+			if err == nil && requireClient {
+				// only nodes get in here: an export client certificate
+				// opens volume exports, nothing else (on the API, where
+				// a presented certificate is optional, authenticate
+				// refuses it as a credential)
+				err = c.requireNode(leaf, "only nodes of this cluster may connect to this port")
+			}
 			if err != nil {
 				c.refused("client", err)
 			}
@@ -441,7 +451,10 @@ func (c *tlsCreds) ClientConfig() *tls.Config {
 			return c.certificate()
 		},
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			_, err := c.verify(raw, x509.ExtKeyUsageServerAuth)
+			leaf, err := c.verify(raw, x509.ExtKeyUsageServerAuth)
+			if err == nil {
+				err = c.requireNode(leaf, "the servers of this cluster present node certificates")
+			}
 			if err != nil {
 				c.refused("server", err)
 			}
@@ -457,12 +470,11 @@ func (c *tlsCreds) refused(what string, err error) {
 }
 
 // PeerNode returns the cluster and node id of a verified peer certificate
-// ("" when it is not a node certificate).
+// ("" when it is not a node certificate: an export client certificate is
+// not one).
 func PeerNode(cert *x509.Certificate) (clusterID, nodeID string) {
-	for _, u := range cert.URIs {
-		if u.Scheme == "hacs" && len(u.Path) > len("/node/") && u.Path[:len("/node/")] == "/node/" {
-			return u.Host, u.Path[len("/node/"):]
-		}
+	if kind, cid, id := CertIdentity(cert); kind == CertNode {
+		return cid, id
 	}
 	return "", ""
 }

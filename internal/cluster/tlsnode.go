@@ -147,6 +147,9 @@ func (n *Node) createPKI(clusterID, nodeID, name string, hosts []string) error {
 		}
 	}
 	n.newCA = &caRecord{Cert: string(caPEM), Key: string(caKey)}
+	if n.newAdminClient, err = newAdminClientCert(a, clusterID, "cluster creation on node "+name); err != nil {
+		return fmt.Errorf("the administrator's export client certificate: %w", err)
+	}
 	return nil
 }
 
@@ -264,7 +267,13 @@ func CATLSConfig(caPEM []byte) (*tls.Config, error) {
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, // verified below against the cluster CA
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			_, err := c.verify(raw, x509.ExtKeyUsageServerAuth)
+			leaf, err := c.verify(raw, x509.ExtKeyUsageServerAuth)
+			if err == nil {
+				if kind, _, name := CertIdentity(leaf); kind == CertExportClient {
+					// (it has no server usage either: explicit anyway)
+					err = fmt.Errorf("the export client certificate %q is no agent's: the agents of this cluster present node certificates", name)
+				}
+			}
 			return err
 		},
 	}, nil
@@ -318,7 +327,11 @@ func (n *Node) revokedSerials(ctx context.Context, cli *clientv3.Client) ([]*big
 			}
 		}
 	}
-	return out, nil
+	clients, err := n.revokedClientSerials(ctx, cli) // revoked export client certificates
+	if err != nil {
+		return nil, err
+	}
+	return append(out, clients...), nil
 }
 
 // revocationLoop keeps the revocation list current: in memory for this
@@ -334,6 +347,7 @@ func (n *Node) revocationLoop() {
 	for {
 		wctx, cancel := context.WithCancel(ctx)
 		wch := cli.Watch(clientv3.WithRequireLeader(wctx), PrefixRemoved, clientv3.WithPrefix())
+		cch := cli.Watch(clientv3.WithRequireLeader(wctx), PrefixClientCerts, clientv3.WithPrefix())
 		if err := n.refreshRevocations(ctx); err != nil && ctx.Err() == nil {
 			n.log.Debug("refreshing the certificate revocation list", "err", err)
 		}
@@ -346,6 +360,13 @@ func (n *Node) revocationLoop() {
 				t.Stop()
 				return
 			case _, ok := <-wch:
+				if !ok {
+					break inner
+				}
+				if err := n.refreshRevocations(ctx); err != nil && ctx.Err() == nil {
+					n.log.Warn("refreshing the certificate revocation list", "err", err)
+				}
+			case _, ok := <-cch: // export client certificates revoked
 				if !ok {
 					break inner
 				}

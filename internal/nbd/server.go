@@ -34,6 +34,13 @@ type Export struct {
 	// (NBD_REP_ERR_TLS_REQD to INFO and GO, a disconnect for EXPORT_NAME)
 	// even on a server that allows plaintext.
 	TLS TLSPolicy
+	// ClientAuth admits only clients that authenticated in the TLS
+	// handshake: with a client certificate that the server's TLSConfig
+	// verified (it must verify presented certificates: ClientAuth
+	// VerifyClientCertIfGiven or stricter, or VerifyPeerCertificate), or
+	// with a pre-shared key. It implies TLS required; others get
+	// NBD_REP_ERR_TLS_REQD in plaintext and NBD_REP_ERR_POLICY over TLS.
+	ClientAuth bool
 
 	removed bool // by RemoveExport (guarded by the server's mu)
 }
@@ -370,11 +377,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // serverConn is one client connection.
 type serverConn struct {
-	srv *Server
-	nc  net.Conn // the client's connection (closed to end it)
-	rw  net.Conn // what the protocol runs on: nc, or TLS over it
-	tls bool     // STARTTLS done
-	log *slog.Logger
+	srv  *Server
+	nc   net.Conn // the client's connection (closed to end it)
+	rw   net.Conn // what the protocol runs on: nc, or TLS over it
+	tls  bool     // STARTTLS done
+	log  *slog.Logger
 	// peer is the client's verified TLS certificate (nil: none yet);
 	// guarded by the server's mu
 	peer *x509.Certificate
@@ -533,7 +540,7 @@ func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 		}
 		if err := c.exportTLSCheck(e); err != nil {
 			e.release()
-			c.log.Warn("nbd client disconnected: it asked for an export that requires TLS without TLS", "export", e.Name, "reason", err)
+			c.log.Warn("nbd client disconnected: it asked with NBD_OPT_EXPORT_NAME for an export it may not open", "export", e.Name, "reason", err.Error())
 			return false, errTLSRequiredHangup
 		}
 		if err := c.selectExport(e); err != nil {
@@ -641,7 +648,7 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	}
 	if err := c.exportTLSCheck(e); err != nil {
 		e.release()
-		c.log.Info("nbd option refused: export requires TLS", "option", optName(opt), "export", e.Name)
+		c.log.Warn("nbd option refused", "option", optName(opt), "export", e.Name, "tls", c.tls, "reason", err.Error())
 		return false, err
 	}
 	if opt == optInfo {
@@ -801,9 +808,19 @@ func (c *serverConn) optMetaContext(opt uint32, data []byte) error {
 var errTLSRequiredHangup = errors.New("TLS required: client disconnected")
 
 // exportTLSCheck refuses a plaintext connection to an export that requires
-// TLS. e may be nil.
+// TLS, and an unauthenticated one to an export that needs ClientAuth. e may
+// be nil.
 func (c *serverConn) exportTLSCheck(e *Export) error {
-	if e == nil || c.tls || e.TLS != TLSRequired {
+	if e == nil {
+		return nil
+	}
+	if c.tls {
+		if e.ClientAuth && !c.authenticated() {
+			return optErr(repErrPolicy, "export %q admits only authenticated clients: this TLS connection presented no client certificate (nor a pre-shared key)", e.Name)
+		}
+		return nil
+	}
+	if e.TLS != TLSRequired && !e.ClientAuth {
 		return nil
 	}
 	if c.srv.tlsMode() == TLSOff {
@@ -811,6 +828,21 @@ func (c *serverConn) exportTLSCheck(e *Export) error {
 		return optErr(repErrPolicy, "export %q requires TLS, which this server does not offer", e.Name)
 	}
 	return optErr(repErrTLSReqd, "export %q requires TLS: negotiate NBD_OPT_STARTTLS first", e.Name)
+}
+
+// authenticated reports whether the client proved who it is in the TLS
+// handshake: a client certificate that the server's TLSConfig verified, or
+// a pre-shared key (a connection that names its PSK identity).
+func (c *serverConn) authenticated() bool {
+	switch tc := c.rw.(type) {
+	case *tls.Conn:
+		cfg := c.srv.TLSConfig
+		verifies := cfg != nil && (cfg.ClientAuth >= tls.VerifyClientCertIfGiven || cfg.VerifyPeerCertificate != nil || cfg.VerifyConnection != nil)
+		return verifies && len(tc.ConnectionState().PeerCertificates) > 0
+	case interface{ Identity() string }: // TLS-PSK
+		return tc.Identity() != ""
+	}
+	return false
 }
 
 // startTLS acknowledges NBD_OPT_STARTTLS and runs the TLS handshake. Option
@@ -844,12 +876,12 @@ func (c *serverConn) startTLS() error {
 	}
 	if !usePSK(hello, srv.PSKKeys, srv.TLSConfig != nil) {
 		if srv.TLSConfig == nil {
-			reason, alert := "the client offers no pre-shared key, and this server has only pre-shared keys (no certificate)", byte(alertHandshakeFailure)
+			reason := "the client offers no pre-shared key, and this server has only pre-shared keys (no certificate)"
 			if !hello.TLS13 {
-				reason, alert = "the client does not offer TLS 1.3, which pre-shared keys need (this server has no certificate)", alertProtocolVersion
+				reason = "the client does not offer TLS 1.3 with a pre-shared key, which this server (pre-shared keys only, no certificate) needs"
 			}
 			c.log.Warn("nbd TLS handshake failed", "err", reason)
-			c.nc.Write(tlsAlertRecord(alert))
+			c.nc.Write(tlsAlertRecord(alertHandshakeFailure))
 			c.lingeringClose()
 			return errTLSHandshakeLogged
 		}
@@ -932,7 +964,6 @@ func looksLikeTicket(id string) bool {
 const (
 	alertHandshakeFailure = 40
 	alertDecodeError      = 50
-	alertProtocolVersion  = 70
 )
 
 // tlsAlertRecord is a fatal plaintext alert record.
