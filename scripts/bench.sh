@@ -19,7 +19,11 @@
 #            hacs serve (hacs), and nbdkit --tls=require (nbdkit-tls) against
 #            plaintext nbdkit: 4k random read and write at depth 32, 1M
 #            sequential read and write at depth 8, TCP. fio's nbd engine
-#            connects with an nbds:// URI.
+#            connects with an nbds:// URI. Pre-shared keys (TLS 1.3 PSK):
+#            hacs serve --tls-psk (hacs-psk) and nbdkit --tls-psk
+#            (nbdkit-psk), through a proxy (see define_servers: fio's nbd
+#            engine cannot use a PSK), with x509 TLS (hacs-tls-px) and
+#            plaintext (hacs-px) through the same proxy as their reference.
 #   resync   go test ./internal/mirror -bench Resync (4 GiB volume, 256 MiB
 #            dirty, RESYNC_COUNT runs): median resync throughput.
 #
@@ -49,6 +53,7 @@
 #   SERVERS=...       servers (default: the suite's); known: hacs nbdkit
 #                     hacs-poolN hacs-poolN-warm hacs-repN (N replicas, 1..5)
 #                     hacs-tls nbdkit-tls (x509 TLS)
+#                     hacs-psk nbdkit-psk hacs-tls-px hacs-px (through a proxy)
 #   BASELINE=nbdkit   server the ratios are computed against
 #   COMPARE=...       second reference (default: pool and tls "hacs", replica "hacs-rep1")
 #   SNAP_WRITE=16M    data written (4k random) into each layer of a pool volume
@@ -118,7 +123,7 @@ suite_servers() {
     nbd) echo "hacs nbdkit" ;;
     pool) echo "hacs hacs-pool0 hacs-pool20 nbdkit" ;;
     replica) echo "hacs-rep1 hacs-rep2 hacs-rep3 nbdkit" ;;
-    tls) echo "hacs hacs-tls nbdkit nbdkit-tls" ;;
+    tls) echo "hacs hacs-tls nbdkit nbdkit-tls hacs-px hacs-tls-px hacs-psk nbdkit-psk" ;;
   esac
 }
 suite_jobs() {
@@ -218,7 +223,7 @@ if [ -n "${ALL_SERVERS// /}" ]; then
   fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine"
 fi
 case " $ALL_SERVERS " in *" hacs"*) [ -x "$HACS" ] || die "$HACS not built (make build)" ;; esac
-case " $ALL_SERVERS " in *" nbdkit "* | *" nbdkit-tls "*) need nbdkit ;; esac
+case " $ALL_SERVERS " in *" nbdkit "* | *" nbdkit-"* | *"-px "* | *"-psk "*) need nbdkit ;; esac
 case " $ALL_SERVERS " in *" hacs-pool"* | *" hacs-rep"*) need nbdcopy ;; esac
 case " $ALL_SERVERS " in *" hacs-rep"*) need jq ;; esac
 
@@ -349,7 +354,7 @@ rep_check() {
 # define_servers TRANSPORT: one row per server of the suite. Each server gets
 # its own copy of the data, prepared by prepare.
 define_servers() {
-  local t=$1 name listen uri a n d
+  local t=$1 name listen uri a n d psk
   S_NAME=() S_CMD=() S_URI=() S_CHECK=()
   for name in $SERVERS_NOW; do
     case $name in
@@ -396,6 +401,46 @@ define_servers() {
           a="exec nbdkit -f $a --tls=require --tls-certificates='$WORKDIR/tls/server' file '$WORKDIR/$name.img'"
         fi
         add_server "$name" "$a" "$uri"
+        ;;
+      hacs-psk | nbdkit-psk | hacs-tls-px | hacs-px)
+        # fio's nbd engine cannot use a pre-shared key: libnbd reads the key
+        # file only from a URI's tls-psk-file=, and only in programs that
+        # allow local files in URIs (nbd_set_uri_allow_local_file), which
+        # fio does not. So fio connects over a Unix socket to a proxy,
+        # nbdkit's nbd plugin (libnbd, one connection to the server per fio
+        # connection), which connects to the server over $t with TLS-PSK.
+        # The x509 (hacs-tls-px, certificate not verified as for hacs-tls)
+        # and plaintext (hacs-px) rows go through the same proxy: they are
+        # the PSK rows' reference. The CPU time counted is the server's and
+        # the proxy's (one process group).
+        d=$WORKDIR/$name.px.sock
+        rm -f "$d"
+        uri="nbd+unix:///?socket=$d"
+        if [ "$t" = unix ]; then
+          listen=$WORKDIR/$name.srv.sock
+          rm -f "$listen"
+          n="socket='$listen'"
+        else
+          listen=$(free_port)
+          n="hostname=127.0.0.1 port=$listen"
+        fi
+        psk="tls=require tls-psk='$WORKDIR/tls/keys.psk' tls-username=bench"
+        case $name in
+          hacs-psk) a="'$HACS' serve '$WORKDIR/$name.img' --listen '$(listen_arg "$t" "$listen")' --tls require --tls-psk '$WORKDIR/tls/keys.psk'" ;;
+          hacs-tls-px)
+            a="'$HACS' serve '$WORKDIR/$name.img' --listen '$(listen_arg "$t" "$listen")' --tls require --tls-certificates '$WORKDIR/tls/server'"
+            psk="tls=require tls-verify=false"
+            ;;
+          hacs-px)
+            a="'$HACS' serve '$WORKDIR/$name.img' --listen '$(listen_arg "$t" "$listen")'"
+            psk=""
+            ;;
+          nbdkit-psk)
+            if [ "$t" = unix ]; then a="-U '$listen'"; else a="-i 127.0.0.1 -p $listen"; fi
+            a="nbdkit -f $a --tls=require --tls-psk='$WORKDIR/tls/keys.psk' file '$WORKDIR/$name.img'"
+            ;;
+        esac
+        add_server "$name" "$a & exec nbdkit -f -U '$d' nbd $n $psk" "$uri"
         ;;
       hacs-rep*)
         read -r listen uri < <(addr "$t" "$name" vol)
@@ -695,7 +740,13 @@ cat "$OUT/env.txt" >&2
 log "results in $OUT, images in $WORKDIR"
 BENCHTOOL=$OUT/benchtool
 go build -o "$BENCHTOOL" ./test/benchtool || die "cannot build test/benchtool"
-case " $ALL_SERVERS " in *"-tls "*) "$BENCHTOOL" --tlscerts "$WORKDIR/tls" || die "cannot write TLS certificates" ;; esac
+case " $ALL_SERVERS " in *"-tls "* | *"-tls-px "* | *"-psk "*)
+  "$BENCHTOOL" --tlscerts "$WORKDIR/tls" || die "cannot write TLS certificates"
+  # the pre-shared key of the -psk rows, in psktool's format
+  (umask 077 && printf 'bench:%s\n' "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$WORKDIR/tls/keys.psk") ||
+    die "cannot write the pre-shared key"
+  ;;
+esac
 
 for suite in $SUITES; do
   case $suite in

@@ -37,6 +37,11 @@ func startPSKServer(t testing.TB, cfg *tls.Config, keys tlspsk.Keys, policy TLSP
 	return sock, logs
 }
 
+func tls12(cfg *tls.Config) *tls.Config {
+	cfg.MaxVersion = tls.VersionTLS12
+	return cfg
+}
+
 func pskClient(identity string, key []byte) *tlspsk.Config {
 	return &tlspsk.Config{Identity: identity, Keys: tlspsk.Keys{identity: key}}
 }
@@ -60,6 +65,8 @@ func TestPSKDispatch(t *testing.T) {
 		{"x509 client, x509+psk server", p.serverConfig(false), pskKeys, TLSRequired, p.clientConfig(false), nil, "", ""},
 		{"mtls client, x509+psk server", p.serverConfig(true), pskKeys, TLSRequired, p.clientConfig(true), nil, "", "peer=\"CN=client"},
 		{"x509 client, psk-only server", nil, pskKeys, TLSRequired, p.clientConfig(false), nil, "handshake failure", "offers no pre-shared key"},
+		{"tls 1.2 x509 client, x509+psk server", p.serverConfig(false), pskKeys, TLSRequired, tls12(p.clientConfig(false)), nil, "", ""},
+		{"tls 1.2 client, psk-only server", nil, pskKeys, TLSRequired, tls12(p.clientConfig(false)), nil, "protocol version", "does not offer TLS 1.3"},
 		{"psk client, psk-only server", nil, pskKeys, TLSRequired, nil, pskClient("alice", pskAlice), "", "peer=psk:alice"},
 		{"psk client, x509+psk server", p.serverConfig(false), pskKeys, TLSAllowed, nil, pskClient("bob", pskBob), "", "peer=psk:bob"},
 		{"unknown identity", nil, pskKeys, TLSRequired, nil, pskClient("eve", pskAlice), "does not know the identity \"eve\"", "psk_identity=eve"},

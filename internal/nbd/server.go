@@ -377,11 +377,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // serverConn is one client connection.
 type serverConn struct {
-	srv  *Server
-	nc   net.Conn // the client's connection (closed to end it)
-	rw   net.Conn // what the protocol runs on: nc, or TLS over it
-	tls  bool     // STARTTLS done
-	log  *slog.Logger
+	srv *Server
+	nc  net.Conn // the client's connection (closed to end it)
+	rw  net.Conn // what the protocol runs on: nc, or TLS over it
+	tls bool     // STARTTLS done
+	log *slog.Logger
 	// peer is the client's verified TLS certificate (nil: none yet);
 	// guarded by the server's mu
 	peer *x509.Certificate
@@ -876,12 +876,12 @@ func (c *serverConn) startTLS() error {
 	}
 	if !usePSK(hello, srv.PSKKeys, srv.TLSConfig != nil) {
 		if srv.TLSConfig == nil {
-			reason := "the client offers no pre-shared key, and this server has only pre-shared keys (no certificate)"
+			reason, alert := "the client offers no pre-shared key, and this server has only pre-shared keys (no certificate)", byte(alertHandshakeFailure)
 			if !hello.TLS13 {
-				reason = "the client does not offer TLS 1.3 with a pre-shared key, which this server (pre-shared keys only, no certificate) needs"
+				reason, alert = "the client does not offer TLS 1.3, which pre-shared keys need (this server has no certificate)", alertProtocolVersion
 			}
 			c.log.Warn("nbd TLS handshake failed", "err", reason)
-			c.nc.Write(tlsAlertRecord(alertHandshakeFailure))
+			c.nc.Write(tlsAlertRecord(alert))
 			c.lingeringClose()
 			return errTLSHandshakeLogged
 		}
@@ -964,6 +964,7 @@ func looksLikeTicket(id string) bool {
 const (
 	alertHandshakeFailure = 40
 	alertDecodeError      = 50
+	alertProtocolVersion  = 70
 )
 
 // tlsAlertRecord is a fatal plaintext alert record.

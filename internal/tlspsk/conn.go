@@ -625,8 +625,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if err := c.readPostHandshake(); err != nil {
 			c.readErr = err
 			var ae *AlertError
-			if errors.As(err, &ae) && !ae.Received {
-				c.wmu.Lock()
+			// tell the peer, unless a Write is in progress (it may be
+			// blocked on a peer that no longer reads: never wait for it)
+			if errors.As(err, &ae) && !ae.Received && c.wmu.TryLock() {
 				c.sendAlert(ae.Alert)
 				c.wmu.Unlock()
 			}

@@ -137,11 +137,12 @@ func newSchedule(s *suite, psk []byte) *schedule {
 }
 
 // binderKey is the key the PSK binder is made with ("ext binder": external PSK).
-func (k *schedule) binderKey() []byte { return k.s.deriveSecret(k.early, "ext binder", nil) }
+// A resumption PSK would use "res binder"; RFC 8448's trace is one.
+func (k *schedule) binderKey(label string) []byte { return k.s.deriveSecret(k.early, label, nil) }
 
 // binder computes the PSK binder over the hash of the truncated transcript.
 func (k *schedule) binder(truncatedHash []byte) []byte {
-	return k.s.finishedMAC(k.binderKey(), truncatedHash)
+	return k.s.finishedMAC(k.binderKey("ext binder"), truncatedHash)
 }
 
 // setECDHE moves to the handshake secret.
