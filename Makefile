@@ -36,6 +36,8 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./internal/nbd -run '^$$' -fuzz FuzzHandshake -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/nbd -run '^$$' -fuzz FuzzTransmission -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/tlspsk -run '^$$' -fuzz FuzzSniff -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/tlspsk -run '^$$' -fuzz FuzzServerHandshake -fuzztime $(FUZZTIME)
 
 # The fault-injection suite's long profile (issue 9; needs root): faults for
 # CHAOS_DURATION; CHAOS_SEED=N replays a run's fault choices, CHAOS_FAULTS

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/cpu"
 )
 
 // Config configures either side of a connection.
@@ -30,9 +32,10 @@ type Config struct {
 	HandshakeTimeout time.Duration
 
 	// CipherSuites: the suites to offer (client) or accept (server), in
-	// order of preference; nil means AES-128-GCM-SHA256,
-	// AES-256-GCM-SHA384, CHACHA20-POLY1305-SHA256. A client makes its PSK
-	// binder with the hash of the first one.
+	// order of preference (the server's order decides); nil means
+	// AES-128-GCM-SHA256, AES-256-GCM-SHA384, CHACHA20-POLY1305-SHA256, with
+	// ChaCha20 first on CPUs without AES instructions. A client makes its
+	// PSK binder with the hash of the first one.
 	CipherSuites []uint16
 	// Groups: the (EC)DHE groups to use (client: the first gets a key
 	// share, the others are listed in supported_groups; server: the ones
@@ -51,8 +54,16 @@ func (c *Config) suites() []uint16 {
 	if len(c.CipherSuites) > 0 {
 		return c.CipherSuites
 	}
-	return []uint16{TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256}
+	if hasAESHardware {
+		return []uint16{TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256}
+	}
+	return []uint16{TLS_CHACHA20_POLY1305_SHA256, TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384}
 }
+
+// hasAESHardware: the CPU has AES and carry-less multiply instructions, so
+// AES-GCM is faster than ChaCha20-Poly1305.
+var hasAESHardware = (cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ) || (cpu.ARM64.HasAES && cpu.ARM64.HasPMULL) ||
+	(cpu.S390X.HasAES && cpu.S390X.HasGHASH)
 
 func (c *Config) groups() []uint16 {
 	if len(c.Groups) > 0 {
