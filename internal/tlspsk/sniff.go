@@ -19,27 +19,36 @@ var ErrNotTLS = errors.New("not a TLS handshake")
 
 // Sniff reads the client's first handshake message (a ClientHello, possibly
 // across several records) from r, reading whole records and nothing after
-// the one that ends the ClientHello. It returns the bytes read, to replay
+// the one that ends the ClientHello. It returns the bytes read (also on
+// error), to replay
 // (into Server's prefix, or into crypto/tls for a certificate client), and
 // what the hello offers. Malformed input gives an error.
 func Sniff(r io.Reader) (raw []byte, info ClientHelloInfo, err error) {
+	// readN appends exactly n bytes from r to raw; raw keeps whatever was
+	// read, also on error, so that it is exactly the bytes consumed.
+	readN := func(n int) error {
+		start := len(raw)
+		raw = append(raw, make([]byte, n)...)
+		m, err := io.ReadFull(r, raw[start:])
+		raw = raw[:start+m]
+		return err
+	}
 	var msg []byte
 	for {
-		var hdr [recordHeaderLen]byte
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		start := len(raw)
+		if err := readN(recordHeaderLen); err != nil {
 			return raw, info, fmt.Errorf("tls-psk: reading ClientHello record: %w", err)
 		}
-		raw = append(raw, hdr[:]...)
+		hdr := raw[start:]
 		if hdr[0] != recordHandshake || hdr[1] != 3 {
-			return raw, info, fmt.Errorf("tls-psk: first bytes %x: %w", hdr[:], ErrNotTLS)
+			return raw, info, fmt.Errorf("tls-psk: first bytes %x: %w", hdr, ErrNotTLS)
 		}
 		n := int(hdr[3])<<8 | int(hdr[4])
 		if n == 0 || n > maxPlaintext {
 			return raw, info, fmt.Errorf("tls-psk: ClientHello record of %d bytes", n)
 		}
-		start := len(raw)
-		raw = append(raw, make([]byte, n)...)
-		if _, err := io.ReadFull(r, raw[start:]); err != nil {
+		start = len(raw)
+		if err := readN(n); err != nil {
 			return raw, info, fmt.Errorf("tls-psk: reading ClientHello record: %w", err)
 		}
 		msg = append(msg, raw[start:]...)
