@@ -296,7 +296,7 @@ func TestVolumesDoNotWaitForAnotherVolumesStoreUpdate(t *testing.T) {
 	t.Logf("va's drop waiting for the store since %v before the changes; after the changes: n1 stopped exporting vb in %v, n2 exported vb in %v, n1 exported vc in %v (va's write ended after %v of the drop, 0: not yet)",
 		start.Sub(dropStart).Round(time.Millisecond), vbStopped.Round(time.Millisecond), vbMoved.Round(time.Millisecond),
 		vcServed.Round(time.Millisecond), wrote.Round(time.Millisecond))
-	const limit = 3 * time.Second
+	const limit = 5 * time.Second // far below StoreTimeout (10 s), with room for a loaded CI machine
 	if vbStopped > limit || vbMoved > limit || vcServed > limit {
 		t.Errorf("the other volumes waited for va's store update (limit %v)", limit)
 	}
