@@ -608,7 +608,7 @@ list, tried in turn; --data-dir DIR talks to the local agent of DIR over its
 API socket.`,
 	}
 	f.register(cmd.PersistentFlags())
-	cmd.AddCommand(clusterStatusCmd(f), clusterMonitorCmd(f), clusterCheckCmd(f), clusterTokenCmd(f), clusterAuthCmd(f), clusterRotateCmd(f))
+	cmd.AddCommand(clusterStatusCmd(f), clusterMonitorCmd(f), clusterCheckCmd(f), clusterTokenCmd(f), clusterAuthCmd(f), clusterRotateCmd(f), clusterRotateCACmd(f))
 	return cmd
 }
 

@@ -99,6 +99,8 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /v1/auth/client-certs", n.handleClientCertList)
 	n.mux.HandleFunc("DELETE /v1/auth/client-certs/{name}", withActor(n.handleClientCertRevoke))
 	n.mux.HandleFunc("POST /v1/pki/renew", withActor(n.handleRenew))
+	n.mux.HandleFunc("GET /v1/pki/rotate", n.handleRotateCA)
+	n.mux.HandleFunc("POST /v1/pki/rotate", withActor(n.handleRotateCA))
 	n.mux.HandleFunc("POST /v1/join-tokens", withActor(n.handleJoinTokenCreate))
 }
 

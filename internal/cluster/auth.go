@@ -130,7 +130,7 @@ func requiredRole(method, path string) AuthRole {
 		method == http.MethodDelete && strings.HasPrefix(path, "/v1/nodes/"),
 		strings.HasPrefix(path, "/v1/nodes/") && strings.HasSuffix(path, "/roles") && method != http.MethodGet,
 		path == "/v1/token", path == "/v1/join-tokens",
-		path == "/v1/pki/renew" || path == "/v1/pki/rotate":
+		path == "/v1/pki/renew" || path == "/v1/pki/rotate" && method != http.MethodGet:
 		return AuthAdmin
 	case method == http.MethodGet || method == http.MethodHead:
 		return AuthReadOnly

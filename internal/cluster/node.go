@@ -126,6 +126,8 @@ type Node struct {
 	revoked  map[string]struct{} // serials (decimal) of revoked certificates
 	renewMu  sync.Mutex
 	tracker  connTracker // connections cut when their certificate is revoked
+	rotKick  chan struct{}
+	retired  int // old-CA certificates in the revocation list (after a CA rotation)
 
 	// the administrator's export client certificate of a cluster being
 	// created (recorded at creation, written to DATA_DIR/admin-client)
@@ -155,6 +157,7 @@ func New(cfg Config) (*Node, error) {
 		servingCtx:  canceled,
 		transitions: map[string]time.Time{},
 		rolesGiven:  rolesGiven,
+		rotKick:     make(chan struct{}, 1),
 	}
 	n.lifeCtx, n.lifeCancel = context.WithCancel(context.Background())
 	n.leaseCtx, n.leaseStop = context.WithCancel(n.lifeCtx)
@@ -585,7 +588,8 @@ func (n *Node) bringUp(ctx context.Context) error {
 		n.tokensCache.Store(NewCache(ctx, cli, PrefixTokens, n.log))
 	}
 
-	n.wg.Add(7)
+	n.wg.Add(8)
+	go n.rotationLoop()
 	go n.revocationLoop()
 	go n.renewLoop()
 	go n.eventWriter()

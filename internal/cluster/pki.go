@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hacs/hacs/internal/fsutil"
@@ -86,26 +87,49 @@ func marshalKey(k *ecdsa.PrivateKey) []byte {
 
 // newCA creates the certificate authority of cluster clusterID.
 func newCA(clusterID string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, _, err = newCANamed("hacs cluster " + clusterID + " CA")
+	return certPEM, keyPEM, err
+}
+
+// caTemplate is the certificate of a cluster CA named cn for key. Path
+// length 1: the CA may sign one intermediate, the cross-signed certificate
+// of its successor in a CA rotation (docs/SECURITY.md), so that verifiers
+// that still trust only this CA accept the successor's node certificates.
+func caTemplate(cn string, key *ecdsa.PrivateKey) (*x509.Certificate, error) {
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
+	ski := sha256.Sum256(pub)
 	now := time.Now()
-	tmpl := &x509.Certificate{
+	return &x509.Certificate{
 		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{CommonName: "hacs cluster " + clusterID + " CA", Organization: []string{"hacs"}},
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"hacs"}},
+		SubjectKeyId:          ski[:20],
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(caValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLenZero:        true,
+		MaxPathLen:            1,
+	}, nil
+}
+
+// newCANamed creates a self-signed CA named cn.
+func newCANamed(cn string) (certPEM, keyPEM []byte, key *ecdsa.PrivateKey, err error) {
+	key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tmpl, err := caTemplate(cn, key)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return pemEncode("CERTIFICATE", der), marshalKey(key), nil
+	return pemEncode("CERTIFICATE", der), marshalKey(key), key, nil
 }
 
 // ca is a loaded certificate authority (key optional).
@@ -114,6 +138,9 @@ type ca struct {
 	certPEM []byte
 	key     any
 	pool    *x509.CertPool
+	// chain is appended to the certificates it signs: the cross-signed
+	// certificate of this CA by its predecessor after a CA rotation
+	chain []byte
 }
 
 func parseCA(certPEM, keyPEM []byte) (*ca, error) {
@@ -226,7 +253,7 @@ func (a *ca) sign(csrPEM []byte, clusterID, nodeID, name string, hosts []string,
 	if err != nil {
 		return nil, err
 	}
-	return pemEncode("CERTIFICATE", der), nil
+	return append(pemEncode("CERTIFICATE", der), a.chain...), nil
 }
 
 // crl is a certificate revocation list of the given serials (DER).
@@ -292,6 +319,9 @@ func caMAC(key string, caPEM []byte) string {
 type tlsCreds struct {
 	paths TLSPaths
 	ca    *ca
+	// trust is the set of trusted cluster CAs (nil: ca alone); during a CA
+	// rotation the old and the new one
+	trust atomic.Pointer[x509.CertPool]
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
@@ -320,6 +350,9 @@ func loadCreds(dataDir string) (*tlsCreds, error) {
 		return nil, err
 	}
 	c := &tlsCreds{paths: p, ca: a}
+	if pool, n := poolFromPEM(caPEM); n > 1 {
+		c.trust.Store(pool) // restarted during a CA rotation
+	}
 	if _, err := c.certificate(); err != nil {
 		return nil, err
 	}
@@ -381,7 +414,7 @@ func (c *tlsCreds) verify(rawCerts [][]byte, usage x509.ExtKeyUsage) (*x509.Cert
 			inter.AddCert(ic)
 		}
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: c.ca.pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: c.roots(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
 		var ue x509.UnknownAuthorityError
 		var ie x509.CertificateInvalidError
 		switch {

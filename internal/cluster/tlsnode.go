@@ -34,6 +34,9 @@ const (
 type caRecord struct {
 	Cert string `json:"cert"`
 	Key  string `json:"key"`
+	// Chain: intermediates sent with the certificates this CA signs (the
+	// cross-signed certificate of a rotated-in CA by its predecessor)
+	Chain string `json:"chain,omitempty"`
 }
 
 func certKey(nodeID string, serial *big.Int) string {
@@ -166,7 +169,12 @@ func (n *Node) loadCA(ctx context.Context, cli *clientv3.Client) (*ca, error) {
 	if err := json.Unmarshal(r.Kvs[0].Value, &rec); err != nil {
 		return nil, fmt.Errorf("the cluster CA record is corrupt: %w", err)
 	}
-	return parseCA([]byte(rec.Cert), []byte(rec.Key))
+	a, err := parseCA([]byte(rec.Cert), []byte(rec.Key))
+	if err != nil {
+		return nil, err
+	}
+	a.chain = []byte(rec.Chain)
+	return a, nil
 }
 
 // joinCA is the answer of GET /v1/join/ca: the cluster CA certificate and
@@ -190,7 +198,11 @@ func (n *Node) handleJoinCA(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errStatus(http.StatusServiceUnavailable, "%v", err))
 		return
 	}
-	caPEM := n.creds.ca.certPEM
+	// what this node trusts: during a CA rotation, the old and the new CA
+	caPEM, err := os.ReadFile(n.creds.paths.CACert)
+	if err != nil {
+		caPEM = n.creds.ca.certPEM
+	}
 	writeJSON(w, http.StatusOK, joinCA{ClusterID: n.ClusterID(), CA: string(caPEM), MAC: caMAC(key, caPEM)})
 }
 
@@ -263,6 +275,9 @@ func CATLSConfig(caPEM []byte) (*tls.Config, error) {
 		return nil, err
 	}
 	c := &tlsCreds{ca: a}
+	if pool, n := poolFromPEM(caPEM); n > 1 {
+		c.trust.Store(pool) // a bundle: during a CA rotation
+	}
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, // verified below against the cluster CA
@@ -394,14 +409,19 @@ func (n *Node) refreshRevocations(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	retired, err := n.retiredSerials(cctx, n.cli)
+	if err != nil {
+		return err
+	}
 	set := map[string]struct{}{}
 	for _, s := range l {
 		set[s.String()] = struct{}{}
 	}
 	n.revMu.Lock()
 	added := addedSerials(n.revoked, set)
-	changed := added || len(set) != len(n.revoked)
+	changed := added || len(set) != len(n.revoked) || len(retired) != n.retired
 	n.revoked = set
+	n.retired = len(retired)
 	n.revMu.Unlock()
 	if added {
 		// connections already open with a certificate revoked now
@@ -414,11 +434,11 @@ func (n *Node) refreshRevocations(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	crl, err := a.crl(l)
+	crl, err := a.crl(append(l, retired...))
 	if err != nil {
 		return err
 	}
-	n.log.Info("certificate revocation list updated", "revoked", len(l))
+	n.log.Info("certificate revocation list updated", "revoked", len(l), "old_ca", len(retired))
 	return writeTLSFile(n.creds.paths.CRL, crl)
 }
 
