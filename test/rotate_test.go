@@ -3,7 +3,6 @@ package test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"net/http"
@@ -78,7 +77,8 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
-	cl, err := nbd.Dial(dctx, "tcp", v.Export.Addr, nbd.ClientOptions{Export: v.Export.Name, TLS: &tls.Config{RootCAs: pool}})
+	adminTLS := exportTLS(t, n1) // the admin's export client certificate (old CA); servers checked with the old CA
+	cl, err := nbd.Dial(dctx, "tcp", v.Export.Addr, nbd.ClientOptions{Export: v.Export.Name, TLS: adminTLS})
 	dcancel()
 	if err != nil {
 		t.Fatalf("export over TLS: %v", err)
@@ -132,6 +132,14 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 	if newCA.CheckSignatureFrom(oldCA) == nil {
 		t.Fatal("after the re-issue the export's node still runs a certificate of the old CA")
 	}
+	// export client certificates of the old CA are listed until replaced
+	if st := step("--status"); !strings.Contains(st, "export client certificates of the old CA: admin") {
+		t.Fatalf("status does not list the admin's old export client certificate:\n%s", st)
+	}
+	newClient := filepath.Join(t.TempDir(), "vmhost")
+	if r := runEnv(t, env, "cluster", "auth", "client-cert", "create", "vmhost", "--out", newClient, "--cluster", c.ports[server][0]); r.code != 0 {
+		t.Fatalf("client-cert create: %v", r)
+	}
 	// a node restarted in the middle of the rotation comes back
 	mid := others[1]
 	c.procs[mid].stop()
@@ -180,6 +188,13 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 	// with the old CA it was configured with
 	for name, caPEM := range map[string][]byte{"new CA": nb, "old CA": oldCAPEM} {
 		d := t.TempDir()
+		for _, f := range []string{"client-cert.pem", "client-key.pem"} {
+			b, err := os.ReadFile(filepath.Join(newClient, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(filepath.Join(d, f), b, 0o600)
+		}
 		if err := os.WriteFile(filepath.Join(d, "ca-cert.pem"), caPEM, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -198,6 +213,12 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 		t.Errorf("API admitted a certificate of the old CA: %s", resp.Status)
 	} else {
 		t.Logf("API, old-CA certificate: %v", err)
+	}
+	if cl, err := nbd.Dial(bctx, "tcp", v.Export.Addr, nbd.ClientOptions{Export: v.Export.Name, TLS: adminTLS}); err == nil {
+		cl.Close()
+		t.Error("export port admitted the export client certificate of the old CA")
+	} else {
+		t.Logf("export port, old-CA client certificate: %v", err)
 	}
 	if cl, err := nbd.Dial(bctx, "tcp", c.ports[server][3], nbd.ClientOptions{Export: "x", TLS: oldNode}); err == nil {
 		cl.Close()

@@ -158,5 +158,8 @@ func printRotation(w io.Writer, st *cluster.CARotationStatus) {
 		}
 		fmt.Fprintf(w, "%s\t%v\t%s\t%s\n", n.Name, n.Online, a, n.Serial)
 	}
+	if len(st.OldClientCerts) > 0 {
+		fmt.Fprintf(w, "\nexport client certificates of the old CA: %s\n", strings.Join(st.OldClientCerts, ", "))
+	}
 	fmt.Fprintf(w, "\nnext: %s\n", st.Next)
 }

@@ -121,6 +121,10 @@ type CARotationStatus struct {
 	// Trust is the PEM bundle of the CAs the cluster trusts now (what
 	// clients should use as their CA file).
 	Trust string `json:"trust"`
+	// OldClientCerts are the export client certificates (names) the old CA
+	// signed that are still valid and not revoked: they stop working at
+	// --finish; create new ones first (hacs cluster auth client-cert create).
+	OldClientCerts []string `json:"old_client_certs,omitempty"`
 	// Next says what happens next.
 	Next string `json:"next"`
 }
@@ -346,6 +350,12 @@ func (n *Node) CARotationStatus(ctx context.Context) (*CARotationStatus, error) 
 		}
 	}
 	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Name < st.Nodes[j].Name })
+	if rec.Phase != RotationFinished {
+		st.OldClientCerts, err = n.oldClientCerts(ctx, cli, rec)
+		if err != nil {
+			return nil, err
+		}
+	}
 	switch rec.Phase {
 	case RotationTrust:
 		st.Next = "waiting for every member to trust the new CA (then the nodes re-issue their certificates on their own): " + waitList(waiting[ackTrust])
@@ -354,6 +364,9 @@ func (n *Node) CARotationStatus(ctx context.Context) (*CARotationStatus, error) 
 			st.Next = "waiting for every member to run a certificate of the new CA: " + waitList(w)
 		} else {
 			st.Next = "every member runs a certificate of the new CA: give clients the new CA, then `hacs cluster rotate-ca --finish` drops the old one"
+			if len(st.OldClientCerts) > 0 {
+				st.Next += "; export client certificates of the old CA stop working then, create new ones first (hacs cluster auth client-cert create NAME): " + strings.Join(st.OldClientCerts, ", ")
+			}
 		}
 	case RotationFinished:
 		if w := waiting[ackFinished]; len(w) > 0 {
@@ -363,6 +376,37 @@ func (n *Node) CARotationStatus(ctx context.Context) (*CARotationStatus, error) 
 		}
 	}
 	return st, nil
+}
+
+// oldClientCerts names the export client certificates the old CA signed
+// that are still valid: created before the new CA began to sign, not
+// revoked, not expired, and their holder has no newer one.
+func (n *Node) oldClientCerts(ctx context.Context, cli *clientv3.Client, rec *CARotation) ([]string, error) {
+	all, err := n.clientCerts(ctx, cli)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	renewed := map[string]bool{}
+	old := map[string]bool{}
+	for _, c := range all {
+		if c.RevokedAt != nil || c.Expired(now) {
+			continue
+		}
+		if rec.ReissueAt != nil && c.CreatedAt.After(*rec.ReissueAt) {
+			renewed[c.Name] = true
+		} else {
+			old[c.Name] = true
+		}
+	}
+	var out []string
+	for name := range old {
+		if !renewed[name] {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 func waitList(names []string) string {
