@@ -50,11 +50,13 @@ func startTestAgent(t *testing.T, name string, join *cluster.Node, hook func(*mi
 		Logger: testLogger(t), Out: io.Discard,
 	}
 	if join != nil {
-		tok, err := os.ReadFile(join.Config().DataDir + "/join-token")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		tok, _, err := join.CreateJoinToken(ctx, time.Minute, 1, "test")
+		cancel()
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.Join, cfg.Token = join.APIAddr(), string(tok)
+		cfg.Join, cfg.Token = join.APIAddr(), tok.String()
 	}
 	n, err := cluster.New(cfg)
 	if err != nil {

@@ -97,12 +97,14 @@ func TestControllerFencesLostNodes(t *testing.T) {
 		t.Fatalf("%v: run scripts/install-deps.sh", err)
 	}
 	n1 := startNode(t, "c1", "", "")
-	tok, err := os.ReadFile(filepath.Join(n1.Config().DataDir, "join-token"))
+	tctx, tcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	tok, _, err := n1.CreateJoinToken(tctx, time.Minute, 2, "test")
+	tcancel()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n2 := startNode(t, "c2", n1.APIAddr(), string(tok))
-	n3 := startNode(t, "c3", n1.APIAddr(), string(tok))
+	n2 := startNode(t, "c2", n1.APIAddr(), tok.String())
+	n3 := startNode(t, "c3", n1.APIAddr(), tok.String())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var ctls []*Controller
