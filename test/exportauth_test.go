@@ -207,6 +207,33 @@ func TestExportAuth(t *testing.T) {
 		t.Fatalf("plaintext nbdinfo on a --tls allowed volume: %+v", out)
 	}
 	readBack(reader)
+
+	// the policy changes while the volumes are served: va opts out, vopen in
+	if r := runCmd(t, hacsBin, "volume", "tls", "allowed", "va", "--cluster", api); r.code != 0 {
+		t.Fatalf("volume tls allowed va: %v", r)
+	}
+	if r := runCmd(t, hacsBin, "volume", "tls", "required", "vopen", "--cluster", api); r.code != 0 {
+		t.Fatalf("volume tls required vopen: %v", r)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		ra := runCmd(t, "nbdinfo", "nbd://"+addr+"/va")
+		ro := runCmd(t, "nbdinfo", "nbd://"+vo.Export.Addr+"/vopen")
+		if ra.code == 0 && ro.code != 0 && strings.Contains(ro.stderr, "Operation not supported") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("policy changes not applied after 10 s: va plaintext %v; vopen plaintext %v", ra, ro)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out := nbdinfo(t, volumeNBDS(vo.Export.Addr, "vopen", n1)); !out.TLS {
+		t.Fatalf("nbdinfo with the admin certificate on vopen after tls required: %+v", out)
+	}
+	if r := runCmd(t, hacsBin, "volume", "tls", "maybe", "va", "--cluster", api); r.code == 0 || !strings.Contains(r.stderr, "want off, allowed or required") {
+		t.Fatalf("volume tls maybe: %v", r)
+	}
+	readBack(reader)
 }
 
 // waitLogContains waits up to 10 s for a process log to contain want.

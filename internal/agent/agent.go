@@ -590,6 +590,20 @@ func (a *Agent) exportOf(name string, spec Spec, dev device.Device) nbd.Export {
 	return e
 }
 
+// syncAccess applies a changed TLS policy of a served volume to its
+// export (hacs volume tls).
+func (a *Agent) syncAccess(v *volumeView) {
+	want := a.exportOf(v.name, *v.spec, nil)
+	changed, err := a.esrv.SetExportAccess(v.name, want.TLS, want.ClientAuth)
+	if err != nil {
+		a.log.Warn("changing the export's TLS policy", "volume", v.name, "err", err)
+		return
+	}
+	if changed {
+		a.emit("volume-tls-changed", v.name, fmt.Sprintf("export policy now tls %s, client authentication %v (for new connections)", want.TLS, want.ClientAuth))
+	}
+}
+
 // announce publishes where a volume is served now (a.mu not needed: the
 // key's content depends only on the epoch).
 func (a *Agent) announce(ctx context.Context, name string, m *mirror.Mirror, from time.Time) {

@@ -65,6 +65,7 @@ func (a *Agent) registerAPI() {
 	mux.HandleFunc("POST /v1/volumes/{name}/standby", act(a.handleSpec(func(s *Spec, _ []byte) error { s.Stopped = true; return nil })))
 	mux.HandleFunc("POST /v1/volumes/{name}/active", act(a.handleSpec(func(s *Spec, _ []byte) error { s.Stopped = false; return nil })))
 	mux.HandleFunc("POST /v1/volumes/{name}/prefer", act(a.handleSpec(a.setPrefer)))
+	mux.HandleFunc("POST /v1/volumes/{name}/tls", act(a.handleSpec(setTLS)))
 	mux.HandleFunc("POST /v1/volumes/{name}/unfail", act(a.handleUnfail))
 	mux.HandleFunc("POST /v1/volumes/{name}/verify", act(a.handleVerify))
 	mux.HandleFunc("POST /v1/volumes/{name}/resize", act(a.handleResize))
@@ -339,6 +340,24 @@ func (a *Agent) setPrefer(s *Spec, body []byte) error {
 		}
 	}
 	s.Policy.Prefer = slices.Clone(req.Nodes)
+	return nil
+}
+
+// setTLS changes a volume's NBD TLS policy ({"tls": "off|allowed|required"});
+// its primary applies it to the export for the connections that follow.
+func setTLS(s *Spec, body []byte) error {
+	var req struct {
+		TLS *nbd.TLSPolicy `json:"tls"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return errf(http.StatusBadRequest, "bad request body: %v (want {\"tls\": \"off|allowed|required\"})", err)
+	}
+	if req.TLS == nil {
+		return errf(http.StatusBadRequest, `want {"tls": "off|allowed|required"}`)
+	}
+	s.TLS = *req.TLS
 	return nil
 }
 

@@ -72,7 +72,7 @@ comma-separated list, tried in turn.`,
 		volSpecCmd(f, "active", "Serve volumes again"),
 		volSpecCmd(f, "unfail", "Clear volumes' failure counts"),
 		volRestartCmd(f),
-		volPreferCmd(f), volVerifyCmd(f), volResyncWaitCmd(f), volResizeCmd(f), volSnapshotCmd(f), volCloneCmd(f), volAttachCmd(f))
+		volPreferCmd(f), volTLSCmd(f), volVerifyCmd(f), volResyncWaitCmd(f), volResizeCmd(f), volSnapshotCmd(f), volCloneCmd(f), volAttachCmd(f))
 	return cmd
 }
 
@@ -125,7 +125,7 @@ func volCreateCmd(f *volumeFlags) *cobra.Command {
 	cmd.Flags().StringVar(&spread, "spread", "", "node label to spread replicas over (e.g. zone)")
 	cmd.Flags().IntVar(&threshold, "migration-threshold", 0, "move away from a node after this many failures there (0: never)")
 	cmd.Flags().BoolVar(&standby, "standby", false, "create without serving it")
-	cmd.Flags().StringVar(&tlsMode, "tls", "", "NBD TLS for the volume's clients: off, allowed, or required (plaintext clients refused; needs agents with a TLS certificate for exports)")
+	cmd.Flags().StringVar(&tlsMode, "tls", "", "who may open the volume: required (the default in a cluster with TLS: TLS clients with a certificate of the cluster or a pre-shared key), allowed or off (also plaintext clients and TLS clients without a certificate: anyone who reaches the export port; see hacs volume tls)")
 	cmd.MarkFlagRequired("size")
 	return cmd
 }
@@ -328,6 +328,36 @@ func volPreferCmd(f *volumeFlags) *cobra.Command {
 			}
 			return eachName(cmd, names, func(name string) error {
 				return f.client().do(cmd.Context(), "POST", "/v1/volumes/"+name+"/prefer", map[string]any{"nodes": nodes}, nil)
+			})
+		},
+	}
+}
+
+func volTLSCmd(f *volumeFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "tls off|allowed|required NAMES",
+		Short: "Change who may open volumes: NBD TLS policy (required: authenticated TLS only)",
+		Long: `Change the NBD TLS policy of volumes while they are served (the one
+hacs volume create --tls sets). In a cluster with TLS (the default),
+required admits only TLS clients with a certificate of the cluster (a node's,
+or one of hacs cluster auth client-cert create) or a pre-shared key; allowed
+and off also admit plaintext clients and TLS clients without a certificate:
+anyone who reaches the export port. The primary applies the new policy to the
+connections that follow; connections already open keep theirs (hacs volume
+restart NAME closes them).`,
+		Example: "  hacs volume tls required vm1-3\n  hacs volume tls allowed legacy1",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := nbd.ParseTLSPolicy(args[0])
+			if err != nil || p == nbd.TLSDefault {
+				return usagef("TLS policy %q: want off, allowed or required", args[0])
+			}
+			names, err := f.names(cmd.Context(), args[1])
+			if err != nil {
+				return err
+			}
+			return eachName(cmd, names, func(name string) error {
+				return f.client().do(cmd.Context(), "POST", "/v1/volumes/"+name+"/tls", map[string]any{"tls": p.String()}, nil)
 			})
 		},
 	}

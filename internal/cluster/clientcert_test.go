@@ -268,6 +268,27 @@ func TestClientCerts(t *testing.T) {
 	if err := etcdReachable(t, n.ident.ClientURL, cfg.DataDir, *nodeCert); err != nil {
 		t.Fatalf("etcd refused the node certificate: %v", err)
 	}
+	// etcd's peer port: the handshake with a client certificate fails,
+	// with the node certificate the peer server waits for a request
+	peerRead := func(cert *tls.Certificate) error {
+		tc := withCert(cert)
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", strings.TrimPrefix(n.ident.PeerURL, "https://"), tc)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		_, err = c.Read(make([]byte, 1))
+		return err
+	}
+	if err := peerRead(&host1); err == nil || os.IsTimeout(err) {
+		t.Fatalf("etcd peer port with a client certificate: %v, want a refusal", err)
+	} else {
+		t.Logf("etcd peer port, client certificate: %v", err)
+	}
+	if err := peerRead(nodeCert); !os.IsTimeout(err) {
+		t.Fatalf("etcd peer port with the node certificate: %v, want it to wait for a request", err)
+	}
 	cl := caClient(t, cfg.DataDir, &host1)
 	if code, msg := apiCall(t, cl, "GET", api+"/v1/nodes", "", ""); code != 401 || !strings.Contains(msg, "opens volume exports only") {
 		t.Fatalf("API with a client certificate: %d %s", code, msg)

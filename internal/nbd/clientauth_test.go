@@ -32,6 +32,25 @@ func TestTLSExportClientAuth(t *testing.T) {
 	roundTrip(t, dialT(t, sock, ClientOptions{Export: "open"}))
 	roundTrip(t, dialT(t, sock, ClientOptions{Export: "open", TLS: p.clientConfig(false)}))
 
+	// the access of a served export changes for the next connections
+	srv2, sock3, _ := startTLSServer(t, srvCfg, TLSAllowed, auth)
+	if changed, err := srv2.SetExportAccess("auth", TLSAllowed, false); err != nil || !changed {
+		t.Fatalf("SetExportAccess: %v %v", changed, err)
+	}
+	roundTrip(t, dialT(t, sock3, ClientOptions{Export: "auth"}))
+	if changed, err := srv2.SetExportAccess("auth", TLSAllowed, false); err != nil || changed {
+		t.Fatalf("SetExportAccess again: %v %v", changed, err)
+	}
+	if _, err := srv2.SetExportAccess("auth", TLSRequired, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialErr(sock3, ClientOptions{Export: "auth"}); err == nil || !strings.Contains(err.Error(), "TLS required") {
+		t.Fatalf("plaintext after SetExportAccess required: %v", err)
+	}
+	if _, err := srv2.SetExportAccess("nope", TLSRequired, true); err == nil {
+		t.Fatal("SetExportAccess of an unknown export")
+	}
+
 	// a server that only requests certificates without verifying them
 	// authenticates no one
 	loose := p.serverConfig(false)

@@ -814,13 +814,14 @@ func (c *serverConn) exportTLSCheck(e *Export) error {
 	if e == nil {
 		return nil
 	}
+	policy, clientAuth := c.srv.access(e)
 	if c.tls {
-		if e.ClientAuth && !c.authenticated() {
+		if clientAuth && !c.authenticated() {
 			return optErr(repErrPolicy, "export %q admits only authenticated clients: this TLS connection presented no client certificate (nor a pre-shared key)", e.Name)
 		}
 		return nil
 	}
-	if e.TLS != TLSRequired && !e.ClientAuth {
+	if policy != TLSRequired && !clientAuth {
 		return nil
 	}
 	if c.srv.tlsMode() == TLSOff {
