@@ -149,6 +149,9 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 	if st := step("--status"); !strings.Contains(st, "reissue") {
 		t.Fatalf("status mid-rotation: %s", st)
 	}
+	if r := runEnv(t, env, "cluster", "status", "--cluster", c.ports[server][0]); r.code != 0 || !strings.Contains(r.stdout, "CA rotation ") || !strings.Contains(r.stdout, "phase reissue") {
+		t.Fatalf("cluster status mid-rotation does not show it: %v", r)
+	}
 
 	// 3: finish; the old CA is no longer trusted
 	step("--finish", "--ca-out", caOut)

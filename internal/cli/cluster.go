@@ -42,8 +42,10 @@ type clusterView struct {
 	Resources []resourceRow `json:"resources"`
 	// Fencing is the fencing status (nil when the agent has no fencing
 	// API).
-	Fencing  *fence.Status `json:"fencing,omitempty"`
-	Problems []problem     `json:"problems"`
+	Fencing *fence.Status `json:"fencing,omitempty"`
+	// CARotation is a CA rotation in progress (hacs cluster rotate-ca).
+	CARotation *cluster.CARotationStatus `json:"ca_rotation,omitempty"`
+	Problems   []problem                 `json:"problems"`
 }
 
 type quorumView struct {
@@ -155,6 +157,11 @@ func gather(ctx context.Context, c *apiClient, details func(agent.VolumeInfo) bo
 	var fst fence.Status
 	if one.do(ctx, "GET", "/v1/fence", nil, &fst) == nil {
 		v.Fencing = &fst
+	}
+	var rot cluster.CARotationStatus
+	if one.do(ctx, "GET", "/v1/pki/rotate", nil, &rot) == nil && rot.Rotation != nil && rot.Rotation.Phase != cluster.RotationFinished {
+		rot.Trust = ""
+		v.CARotation = &rot
 	}
 	var rl []agent.ResourceInfo
 	v.Resources = []resourceRow{}
@@ -535,6 +542,9 @@ func renderStatus(w io.Writer, v clusterView) {
 	}
 	fmt.Fprintf(w, "Cluster %s, as seen by %s (hacs %s) at %s\n", v.Cluster, v.AskedNode, v.Version, v.Time.In(displayLoc).Format("2006-01-02 15:04:05"))
 	fmt.Fprintf(w, "DC: %s   Quorum: %s\n", orDash(v.DC), quorum)
+	if r := v.CARotation; r != nil {
+		fmt.Fprintf(w, "CA rotation %s: phase %s: %s\n", r.Rotation.ID, r.Rotation.Phase, r.Next)
+	}
 	fmt.Fprintf(w, "Nodes: %d (%d online, %d standby, %d offline)   Volumes: %d", len(v.Nodes), online, standby, offline, len(v.Volumes))
 	if len(hs) > 0 {
 		fmt.Fprintf(w, " (%s)", strings.Join(hs, ", "))

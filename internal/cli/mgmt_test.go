@@ -265,6 +265,8 @@ func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 		})
 	case r.Method == "GET" && strings.HasPrefix(r.URL.Path, "/v1/fence"):
 		cluster.WriteError(w, cluster.HTTPError(404, "no fencing API (an agent older than it)"))
+	case r.Method == "GET" && r.URL.Path == "/v1/pki/rotate":
+		reply(cluster.CARotationStatus{Next: "no CA rotation was ever started"})
 	case r.Method == "GET" && r.URL.Path == "/v1/token":
 		cluster.WriteError(w, cluster.HTTPError(403, "the join token is served only on the agent's local API socket"))
 	case r.Method == "POST" && strings.HasSuffix(r.URL.Path, "/roles"):
