@@ -132,6 +132,7 @@ func (c *Conn) clientHandshake() error {
 		return aerr
 	}
 	var prefix []byte
+	var hrrSuite uint16
 	sentCCS := false
 	if sh.isHRR {
 		c.didHRR = true
@@ -153,6 +154,7 @@ func (c *Conn) clientHandshake() error {
 		if p.share, err = generateKey(g, rnd); err != nil {
 			return err
 		}
+		hrrSuite = sh.suite
 		prefix = append(messageHash(pskSuite, ch), msg...)
 		ch = hello(prefix)
 		out := c.appendRecord(nil, recordChangeCipherSpec, []byte{1})
@@ -172,6 +174,9 @@ func (c *Conn) clientHandshake() error {
 		}
 		if sh.isHRR {
 			return newAlert(alertUnexpectedMessage, "second HelloRetryRequest")
+		}
+		if sh.suite != hrrSuite {
+			return newAlert(alertIllegalParameter, "ServerHello chose another cipher suite than its HelloRetryRequest")
 		}
 	}
 	if err := c.checkServerHello(sh, p, pskSuite); err != nil {

@@ -80,12 +80,14 @@ const (
 	aeadOverhead    = 16
 	maxHandshake    = 1 << 17 // largest handshake message accepted
 	// writeBatch is how many full records one Write hands the socket at once.
-	writeBatch = 8
-	// keyUpdateAfter: this side starts a KeyUpdate after this many records
-	// under one key (well below the AES-GCM limit of 2^24.5 full records).
-	keyUpdateAfter  = 1 << 23
+	writeBatch      = 8
 	maxEmptyRecords = 100
 )
+
+// keyUpdateAfter: this side starts a KeyUpdate after this many records
+// under one key (well below the AES-GCM limit of 2^24.5 full records); a
+// variable for tests.
+var keyUpdateAfter uint64 = 1 << 23
 
 // Record content types.
 const (

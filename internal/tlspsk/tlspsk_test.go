@@ -2,6 +2,7 @@ package tlspsk
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"io"
@@ -164,4 +165,42 @@ func TestKeyUpdateAndClose(t *testing.T) {
 		t.Fatalf("write after CloseWrite: %v", err)
 	}
 	_ = time.Second
+}
+
+// The writer moves to a new key on its own after keyUpdateAfter records.
+func TestAutomaticKeyUpdate(t *testing.T) {
+	old := keyUpdateAfter
+	keyUpdateAfter = 10
+	defer func() { keyUpdateAfter = old }()
+	cl, sv, cerr, serr := handshakePair(t, &Config{Keys: testKeys, Identity: "alice"}, &Config{Keys: testKeys})
+	if cerr != nil || serr != nil {
+		t.Fatal(cerr, serr)
+	}
+	exchange(t, cl, sv, 100*maxPlaintext) // 100 records each way
+	if sv.peerKeyUpdates < 9 || cl.peerKeyUpdates < 9 {
+		t.Fatalf("KeyUpdates received: server %d, client %d; want >= 9", sv.peerKeyUpdates, cl.peerKeyUpdates)
+	}
+}
+
+// A handshake waiting for a silent peer ends when its context does.
+func TestHandshakeContext(t *testing.T) {
+	_, b := pipe(t)
+	sv := Server(b, nil, &Config{Keys: testKeys})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := sv.HandshakeContext(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+		t.Fatalf("error %v after %v", err, time.Since(start))
+	}
+	if err2 := sv.Handshake(); err2 != err {
+		t.Fatalf("second Handshake: %v", err2)
+	}
+	// HandshakeTimeout does the same
+	_, b2 := pipe(t)
+	err = Server(b2, nil, &Config{Keys: testKeys, HandshakeTimeout: 100 * time.Millisecond}).Handshake()
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("HandshakeTimeout: %v", err)
+	}
 }
