@@ -46,7 +46,7 @@ func withActor(h http.HandlerFunc) http.HandlerFunc {
 		if p, ok := RequestPrincipal(r.Context()); ok && p.Name != "local socket" {
 			// authenticated: the header is only a claim, trusted from
 			// nodes alone (an agent forwarding its client's request)
-			if strings.HasPrefix(p.Name, "node ") && who != "" {
+			if p.Node && who != "" {
 				who += " via " + p.Name
 			} else {
 				who = p.Name
