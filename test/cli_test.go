@@ -119,7 +119,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 
 	// list and info: tables and JSON
 	r = ok("storage", "-l")
-	for _, want := range []string{"NAME", "db1", "vm1", "vm2", "ok", "nbd://"} {
+	for _, want := range []string{"NAME", "db1", "vm1", "vm2", "ok", "nbds://"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Fatalf("storage -l lacks %q:\n%s", want, r.stdout)
 		}

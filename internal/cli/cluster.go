@@ -208,7 +208,7 @@ func (v *clusterView) build(m cluster.Membership, vols []agent.VolumeInfo) {
 func newVolumeRow(vi agent.VolumeInfo) volumeRow {
 	row := volumeRow{VolumeInfo: vi, ReplicaStates: replicaStates(vi)}
 	if vi.Export != nil {
-		row.URI = "nbd://" + vi.Export.Addr + "/" + vi.Export.Name
+		row.URI = exportURI(vi.Export)
 	}
 	return row
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/nbd"
 )
@@ -165,4 +166,15 @@ func (c *exportCreds) missingCertHint() string {
 		return ""
 	}
 	return fmt.Sprintf("; a secure cluster admits to a volume only clients with a certificate of the cluster: give --tls-certificates DIR (ca-cert.pem, client-cert.pem, client-key.pem: `hacs cluster auth client-cert create NAME --out DIR`), run on a node with --data-dir, or put client-cert.pem and client-key.pem in %s", clientConfigDir())
+}
+
+// exportURI is the NBD URI of a volume's export: nbds:// when its primary
+// offers TLS (a client then needs tls-certificates=DIR or a pre-shared
+// key to open it).
+func exportURI(e *agent.Export) string {
+	scheme := "nbd://"
+	if e.TLS {
+		scheme = "nbds://"
+	}
+	return scheme + e.Addr + "/" + e.Name
 }

@@ -150,7 +150,7 @@ func volListCmd(f *volumeFlags) *cobra.Command {
 						primary, epoch, insync = orDash(v.State.Primary), fmt.Sprint(v.State.Epoch), strings.Join(v.State.InSync, ",")
 					}
 					if v.Export != nil {
-						export = "nbd://" + v.Export.Addr + "/" + v.Export.Name
+						export = exportURI(v.Export)
 					}
 					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", v.Spec.Name, human(v.Spec.Size), v.Spec.Replicas, primary, epoch, insync, v.Health, export)
 				}
