@@ -236,6 +236,9 @@ func (a *ca) sign(csrPEM []byte, clusterID, nodeID, name string, hosts []string,
 		DNSNames:     []string{"localhost", name},
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
 	}
+	// (the name "localhost" also marks a node: etcd admits only
+	// certificates valid for it, nodeOnlyHostname; export client
+	// certificates have no names)
 	tmpl.URIs = append(tmpl.URIs, u)
 	for _, h := range hosts {
 		if h == "" {
