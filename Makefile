@@ -38,6 +38,7 @@ fuzz:
 	$(GO) test ./internal/nbd -run '^$$' -fuzz FuzzTransmission -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/tlspsk -run '^$$' -fuzz FuzzSniff -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/tlspsk -run '^$$' -fuzz FuzzServerHandshake -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/tlspsk -run '^$$' -fuzz FuzzClientHandshake -fuzztime $(FUZZTIME)
 
 # The fault-injection suite's long profile (issue 9; needs root): faults for
 # CHAOS_DURATION; CHAOS_SEED=N replays a run's fault choices, CHAOS_FAULTS

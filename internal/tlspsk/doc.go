@@ -10,7 +10,9 @@
 // share is for a group we do not accept; cipher suites TLS_AES_128_GCM_SHA256,
 // TLS_AES_256_GCM_SHA384 and TLS_CHACHA20_POLY1305_SHA256; the PSK's hash
 // is SHA-256 or SHA-384, told by the binder's length (server) or the first
-// configured suite (client); middlebox-compatibility mode (session id echo,
+// configured suite (client) — GnuTLS and OpenSSL make external PSKs SHA-256,
+// so with them the suite is AES-128-GCM or ChaCha20 (the server prefers
+// AES-GCM on CPUs with AES instructions); middlebox-compatibility mode (session id echo,
 // dummy change_cipher_spec); KeyUpdate both ways (and on its own after 2^23
 // records); close_notify and clear alerts.
 //

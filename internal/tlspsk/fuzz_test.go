@@ -77,3 +77,46 @@ func FuzzServerHandshake(f *testing.F) {
 		}
 	})
 }
+
+// teeConn records what is read from it.
+type teeConn struct {
+	net.Conn
+	got bytes.Buffer
+}
+
+func (c *teeConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.got.Write(p[:n])
+	return n, err
+}
+
+// serverFlight returns what a real server sent to a client whose randomness
+// is fuzzRand (so its session id is the same in the fuzz runs).
+func serverFlight(f *testing.F, ccfg, scfg *Config) []byte {
+	a, b := pipe(f)
+	tc := &teeConn{Conn: a}
+	go Server(b, nil, scfg).Handshake()
+	if err := Client(tc, ccfg).Handshake(); err != nil {
+		f.Fatal(err)
+	}
+	a.Close()
+	return tc.got.Bytes()
+}
+
+// FuzzClientHandshake feeds arbitrary bytes as the server's flight(s) to a
+// client handshake. Seeds: a real server's answer, with and without a
+// HelloRetryRequest.
+func FuzzClientHandshake(f *testing.F) {
+	cfg := func(groups ...uint16) *Config {
+		return &Config{Keys: testKeys, Identity: "alice", Rand: fuzzRand{}, Groups: groups}
+	}
+	f.Add(serverFlight(f, cfg(GroupSecp384r1, GroupX25519), &Config{Keys: testKeys}))
+	f.Add(serverFlight(f, cfg(GroupSecp384r1, GroupX25519), &Config{Keys: testKeys, Groups: []uint16{GroupX25519}}))
+	f.Add([]byte{21, 3, 3, 0, 2, 2, 51})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c := Client(&fuzzConn{r: bytes.NewReader(in)}, cfg(GroupSecp384r1, GroupX25519))
+		if c.Handshake() == nil {
+			c.Read(make([]byte, 10))
+		}
+	})
+}

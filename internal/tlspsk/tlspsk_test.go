@@ -204,3 +204,26 @@ func TestHandshakeContext(t *testing.T) {
 		t.Fatalf("HandshakeTimeout: %v", err)
 	}
 }
+
+// A client ignores NewSessionTicket (no resumption); a server refuses one.
+func TestNewSessionTicketIgnored(t *testing.T) {
+	cl, sv, cerr, serr := handshakePair(t, &Config{Keys: testKeys, Identity: "alice"}, &Config{Keys: testKeys})
+	if cerr != nil || serr != nil {
+		t.Fatal(cerr, serr)
+	}
+	// lifetime, age_add, nonce<0..255>, ticket<1..2^16-1>, extensions<0..2^16-2>
+	body := []byte{0, 0, 0x1c, 0x20, 1, 2, 3, 4, 1, 0, 0, 3, 't', 'k', 't', 0, 0}
+	nst := handshakeMsg(typeNewSessionTicket, body)
+	sv.wmu.Lock()
+	sv.outBuf = sv.appendRecord(sv.outBuf[:0], recordHandshake, nst)
+	sv.flush(sv.outBuf)
+	sv.wmu.Unlock()
+	exchange(t, cl, sv, 1000)
+
+	cl.wmu.Lock()
+	cl.outBuf = cl.appendRecord(cl.outBuf[:0], recordHandshake, nst)
+	cl.flush(cl.outBuf)
+	cl.wmu.Unlock()
+	_, err := sv.Read(make([]byte, 1))
+	wantAlert(t, "server", err, alertUnexpectedMessage, false, "client sent NewSessionTicket")
+}
