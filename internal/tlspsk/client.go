@@ -18,6 +18,7 @@ type clientHelloParams struct {
 	shareID   uint16
 	identity  string
 	cookie    []byte
+	earlyData bool // tests: offer 0-RTT (this package never sends it otherwise)
 }
 
 // buildClientHello encodes a ClientHello with a zeroed binder and returns it
@@ -51,6 +52,9 @@ func buildClientHello(p *clientHelloParams, binderLen int) ([]byte, int) {
 		ext = appendExt(ext, extCookie, appendVec16(nil, p.cookie))
 	}
 	ext = appendExt(ext, extPSKModes, []byte{1, pskModeDHEKE})
+	if p.earlyData {
+		ext = appendExt(ext, extEarlyData, nil)
+	}
 	// pre_shared_key, last: one identity (ticket age 0 for an external PSK)
 	var ids []byte
 	ids = appendVec16(ids, []byte(p.identity))
@@ -116,10 +120,18 @@ func (c *Conn) clientHandshake() error {
 		copy(ch[off+3:], binder)
 		return ch
 	}
+	p.earlyData = c.testEarlyData != nil
 	ch := hello(nil)
-	if err := c.flush(c.appendRecord(nil, recordHandshake, ch)); err != nil {
+	first := c.appendRecord(nil, recordHandshake, ch)
+	if c.testEarlyData != nil {
+		// what a 0-RTT client would send: records under a key the server
+		// does not have (here: random bytes)
+		first = append(first, c.testEarlyData...)
+	}
+	if err := c.flush(first); err != nil {
 		return err
 	}
+	p.earlyData = false // a second ClientHello must not offer it
 	msg, err := c.readHandshake()
 	if err != nil {
 		return c.helloErr(err)

@@ -141,6 +141,9 @@ type Conn struct {
 	identity string
 	suite    *suite
 	didHRR   bool // a HelloRetryRequest was sent or received
+	// testEarlyData: tests make the client offer early_data and send these
+	// bytes after its ClientHello
+	testEarlyData []byte
 
 	// read side, under rmu
 	rmu            sync.Mutex

@@ -227,3 +227,39 @@ func TestNewSessionTicketIgnored(t *testing.T) {
 	_, err := sv.Read(make([]byte, 1))
 	wantAlert(t, "server", err, alertUnexpectedMessage, false, "client sent NewSessionTicket")
 }
+
+// A client offering 0-RTT: the server does not accept it (no early_data in
+// EncryptedExtensions), skips the early records and completes the handshake,
+// also after a HelloRetryRequest.
+func TestEarlyDataRefused(t *testing.T) {
+	var early []byte
+	for _, n := range []int{100, 16000, 5} {
+		junk := make([]byte, n+aeadOverhead)
+		rand.Read(junk)
+		early = append(early, recordApplicationData, 3, 3, byte(len(junk)>>8), byte(len(junk)))
+		early = append(early, junk...)
+	}
+	for _, hrr := range []bool{false, true} {
+		a, b := pipe(t)
+		ccfg := &Config{Keys: testKeys, Identity: "alice"}
+		scfg := &Config{Keys: testKeys}
+		if hrr {
+			ccfg.Groups = []uint16{GroupSecp384r1, GroupX25519}
+			scfg.Groups = []uint16{GroupX25519}
+		}
+		cl, sv := Client(a, ccfg), Server(b, nil, scfg)
+		cl.testEarlyData = early
+		errc := make(chan error, 1)
+		go func() { errc <- sv.Handshake() }()
+		if err := cl.Handshake(); err != nil {
+			t.Fatalf("hrr %v: client: %v", hrr, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("hrr %v: server: %v", hrr, err)
+		}
+		if sv.didHRR != hrr {
+			t.Fatalf("HRR %v, want %v", sv.didHRR, hrr)
+		}
+		exchange(t, cl, sv, 5000)
+	}
+}
