@@ -432,14 +432,22 @@ func TestInteropGnuTLSServerWrongKey(t *testing.T) {
 
 func TestInteropOpenSSLClient(t *testing.T) {
 	ossl := needTool(t, "openssl", "openssl")
-	for _, tc := range []struct{ name, suites string }{
-		{"aes128", "TLS_AES_128_GCM_SHA256"},
-		{"chacha20", "TLS_CHACHA20_POLY1305_SHA256"},
+	for _, tc := range []struct{ name, suites, groups string }{
+		{"aes128", "TLS_AES_128_GCM_SHA256", "X25519:P-256"},
+		{"chacha20", "TLS_CHACHA20_POLY1305_SHA256", "P-384"},
+		// OpenSSL's key share is for X448, which we lack: HelloRetryRequest
+		{"hrr", "TLS_AES_128_GCM_SHA256", "X448:P-256"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			port, res := goServer(t, &Config{Keys: Keys{"alice": interopKey}}, pingPong("hello from openssl\n", "hello from go\n"))
+			pp := pingPong("hello from openssl\n", "hello from go\n")
+			port, res := goServer(t, &Config{Keys: Keys{"alice": interopKey}}, func(c *Conn) error {
+				if c.didHRR != (tc.name == "hrr") {
+					return fmt.Errorf("HelloRetryRequest sent: %v", c.didHRR)
+				}
+				return pp(c)
+			})
 			p := startPeer(t, ossl, "s_client", "-connect", "127.0.0.1:"+port, "-psk", hex.EncodeToString(interopKey),
-				"-psk_identity", "alice", "-tls1_3", "-ciphersuites", tc.suites)
+				"-psk_identity", "alice", "-tls1_3", "-ciphersuites", tc.suites, "-groups", tc.groups)
 			io.WriteString(p.stdin, "hello from openssl\n")
 			p.waitOutput(t, "hello from go")
 			p.stdin.Close()
@@ -468,7 +476,7 @@ func TestInteropOpenSSLServer(t *testing.T) {
 	ossl := needTool(t, "openssl", "openssl")
 	port := freePort(t)
 	p := startPeer(t, ossl, "s_server", "-accept", "127.0.0.1:"+port, "-psk", hex.EncodeToString(interopKey),
-		"-psk_identity", "alice", "-nocert", "-tls1_3", "-rev")
+		"-psk_identity", "alice", "-nocert", "-tls1_3", "-rev", "-groups", "P-384:X25519")
 	rev := func(s string) string {
 		b := []byte(s)
 		for i, j := 0, len(b)-1; i < j; i, j = i+1, j-1 {
@@ -484,6 +492,20 @@ func TestInteropOpenSSLServer(t *testing.T) {
 			t.Fatalf("handshake with openssl s_server: %v", err)
 		}
 		echoLines(t, c, 50, rev)
+		c.Close()
+	})
+	t.Run("hrr", func(t *testing.T) {
+		raw := dialRetry(t, p, port)
+		defer raw.Close()
+		// our key share is secp256r1, which the server does not take
+		c := Client(raw, &Config{Keys: Keys{"alice": interopKey}, Identity: "alice", Groups: []uint16{GroupSecp256r1, GroupSecp384r1}})
+		if err := c.Handshake(); err != nil {
+			t.Fatalf("handshake with openssl s_server: %v", err)
+		}
+		if !c.didHRR {
+			t.Fatal("no HelloRetryRequest")
+		}
+		echoLines(t, c, 5, rev)
 		c.Close()
 	})
 	t.Run("wrong-key", func(t *testing.T) {
