@@ -49,7 +49,10 @@ serving before it can expire for the others.`,
   # other nodes
   hacs agent --data-dir /var/lib/hacs --name n2 --join 10.0.0.1:7700 --token hacs1.…
   # two storage nodes and a witness
-  hacs agent --data-dir /var/lib/hacs --name w --roles witness --join 10.0.0.1:7700 --token …`,
+  hacs agent --data-dir /var/lib/hacs --name w --roles witness --join 10.0.0.1:7700 --token …
+  # every node of a cluster on an external etcd (TLS, client certificate)
+  hacs agent --data-dir /var/lib/hacs --name n1 --etcd-endpoints https://etcd1:2379,https://etcd2:2379 \
+    --etcd-cacert /etc/hacs/etcd-ca.crt --etcd-cert /etc/hacs/etcd-client.crt --etcd-key /etc/hacs/etcd-client.key`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -97,7 +100,10 @@ serving before it can expire for the others.`,
 	f.StringVar(&cfg.Token, "token", "", "join token printed by the first node, or made on a member with hacs cluster token create")
 	f.DurationVar(&cfg.JoinTokenTTL, "join-token-ttl", cluster.DefaultJoinTokenTTL, "first node only: how long the join token it prints is valid (up to 168h)")
 	f.IntVar(&cfg.JoinTokenUses, "join-token-uses", 1, "first node only: how many nodes the join token it prints admits")
-	f.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated client URLs of an external etcd cluster to use instead of the embedded one")
+	f.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated client URLs of an external etcd cluster to use instead of the embedded one (remembered in the data directory)")
+	f.StringVar(&cfg.EtcdTLS.CACert, "etcd-cacert", "", "with https:// --etcd-endpoints: CA certificate (PEM) of the external etcd's servers, as etcdctl --cacert (remembered in the data directory)")
+	f.StringVar(&cfg.EtcdTLS.Cert, "etcd-cert", "", "client certificate (PEM) the external etcd accepts, as etcdctl --cert (remembered in the data directory)")
+	f.StringVar(&cfg.EtcdTLS.Key, "etcd-key", "", "key of --etcd-cert (PEM), as etcdctl --key (remembered in the data directory)")
 	f.StringVar(&cfg.APIAddr, "api", "", "API listen address, HTTPS (default "+cluster.DefaultAPIAddr+"; also served as plain HTTP on the owner-only socket DATA_DIR/api.sock)")
 	f.StringVar(&cfg.PeerListen, "peer-listen", "", "embedded etcd peer (raft) listen address (default "+cluster.DefaultPeerListen+")")
 	f.StringVar(&cfg.ClientListen, "client-listen", "", "embedded etcd client listen address (default "+cluster.DefaultClientListen+")")

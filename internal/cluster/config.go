@@ -40,6 +40,11 @@ type Config struct {
 	// EtcdEndpoints use an external etcd cluster instead of the embedded
 	// one. Every node of such a cluster is an etcd client.
 	EtcdEndpoints []string
+	// EtcdTLS are the client credentials of the external etcd (etcdctl's
+	// --cacert, --cert, --key; required for https:// endpoints).
+	// Remembered in the data directory: a restart needs them only to
+	// change them.
+	EtcdTLS StoreTLSFiles
 
 	// Listen addresses: the HTTP API (join handshake, status), the embedded
 	// etcd's peer (raft) and client (gRPC) ports. A restarted node reuses

@@ -42,6 +42,8 @@ type identity struct {
 	MemberID    uint64 `json:"member_id,omitempty,string"`
 	// External nodes use an external etcd cluster (--etcd-endpoints).
 	External bool `json:"external,omitempty"`
+	// StoreTLS are the external etcd's client credentials (files).
+	StoreTLS StoreTLSFiles `json:"etcd_tls,omitzero"`
 	// PeerURL and ClientURL are the etcd URLs this node advertises (voters).
 	PeerURL   string `json:"peer_url,omitempty"`
 	ClientURL string `json:"client_url,omitempty"`

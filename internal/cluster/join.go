@@ -230,6 +230,9 @@ func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, e
 	if tok.ClusterID != cid {
 		return nil, errStatus(http.StatusForbidden, "the token is for cluster %s, but the agent at %s belongs to cluster %s: use a token of this cluster (`hacs cluster token create` on one of its members), or --join a member of cluster %s", tok.ClusterID, n.apiAddr, cid, tok.ClusterID)
 	}
+	if n.ident.External && n.creds != nil {
+		return nil, errStatus(http.StatusConflict, "cluster %s runs on an external etcd: a new node does not join through a member; start it with --etcd-endpoints %s and the store's client credentials (--etcd-cacert, --etcd-cert, --etcd-key): it gets its node certificate from the cluster CA there", cid, strings.Join(n.ident.Endpoints, ","))
+	}
 	auth, err := n.checkJoinSecret(ctx, cli, tok.Secret, req.NodeID)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -119,7 +120,8 @@ type Node struct {
 
 	// the cluster PKI (nil in an --insecure cluster)
 	creds    *tlsCreds
-	newCA    *caRecord // CA of a cluster being created, stored at creation
+	extTLS   *tls.Config // the external etcd's client credentials (nil: plain http://)
+	newCA    *caRecord   // CA of a cluster being created, stored at creation
 	httpOnce sync.Once
 	httpCli  *http.Client
 	revMu    sync.RWMutex
@@ -196,10 +198,14 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if id != nil && !id.Insecure && !id.External && legacyPlain(id, n.cfg.DataDir) {
-		// a data directory of a hacs without the cluster PKI
+	if id != nil && !id.Insecure && (id.External || legacyPlain(id, n.cfg.DataDir)) && !hasTLSDir(n.cfg.DataDir) {
+		// a data directory of a hacs without the cluster PKI (on an
+		// external etcd: without it there)
 		n.log.Warn("this node belongs to a cluster created before hacs had TLS: it keeps running without TLS and API authentication; create a new cluster to have them (docs/SECURITY.md)")
 		id.Insecure = true
+	}
+	if !n.cfg.EtcdTLS.empty() && len(n.cfg.EtcdEndpoints) == 0 && (id == nil || !id.External) {
+		return errors.New("--etcd-cacert, --etcd-cert and --etcd-key are the client credentials of an external etcd: give them with --etcd-endpoints")
 	}
 	n.ident = id
 	stored := ""
@@ -214,7 +220,7 @@ func (n *Node) start(ctx context.Context) error {
 	case id != nil && !id.Joining:
 		err = n.prepareRestart()
 	case len(n.cfg.EtcdEndpoints) > 0:
-		err = n.prepareExternal()
+		err = n.prepareExternal(ctx)
 	case n.cfg.Join != "" || id != nil:
 		err = n.prepareJoin(ctx)
 	default:
@@ -224,7 +230,7 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	n.log = n.log.With("node", n.ident.Name)
-	if !n.ident.Insecure && !n.ident.External {
+	if !n.ident.Insecure {
 		if err := n.setupCreds(); err != nil {
 			return err
 		}
@@ -297,6 +303,11 @@ func (n *Node) prepareRestart() error {
 	if id.External && len(n.cfg.EtcdEndpoints) > 0 {
 		id.Endpoints = slices.Clone(n.cfg.EtcdEndpoints)
 	}
+	if id.External {
+		if err := n.setupStoreLink(); err != nil {
+			return err
+		}
+	}
 	n.apiListen = n.pick(n.cfg.APIAddr, id.APIAddr, DefaultAPIAddr)
 	n.peerListen = n.pick(n.cfg.PeerListen, id.PeerListen, DefaultPeerListen)
 	n.clientListen = n.pick(n.cfg.ClientListen, id.ClientListen, DefaultClientListen)
@@ -363,7 +374,11 @@ func (n *Node) prepareCreate() error {
 	return id.save(n.cfg.DataDir)
 }
 
-func (n *Node) prepareExternal() error {
+// prepareExternal makes a new node of a cluster on an external etcd. With
+// --insecure the cluster id comes from the store (or is created there) in
+// run(); otherwise the node gets its certificate here (bootstrapExternal),
+// creating the cluster and its CA if the store holds none.
+func (n *Node) prepareExternal(ctx context.Context) error {
 	name := n.cfg.Name
 	if name == "" {
 		name = defaultName()
@@ -375,12 +390,19 @@ func (n *Node) prepareExternal() error {
 		Schema:    SchemaVersion,
 		CreatedAt: time.Now().UTC(),
 		External:  true,
+		Insecure:  n.cfg.Insecure,
 		APIAddr:   n.apiListen,
 		Endpoints: slices.Clone(n.cfg.EtcdEndpoints),
 	}
-	// the cluster id comes from the store (or is created there) in run()
+	if err := n.setupStoreLink(); err != nil {
+		return err
+	}
 	n.newSecret = newSecret()
-	return nil
+	if n.cfg.Insecure {
+		return nil
+	}
+	os.RemoveAll(TLSFiles(n.cfg.DataDir).Dir) // of an attempt that did not finish
+	return n.bootstrapExternal(ctx)
 }
 
 // Ready is closed once the node is registered and holds its lease.
@@ -568,7 +590,7 @@ func (n *Node) bringUp(ctx context.Context) error {
 		go n.watchEtcd()
 	}
 	eps := n.clientEndpoints()
-	cli, err := newClient(eps, n.TLSClientConfig())
+	cli, err := newClient(eps, n.storeTLS())
 	if err != nil {
 		return fmt.Errorf("connecting to the cluster store at %v: %w", eps, err)
 	}
@@ -659,67 +681,20 @@ func (n *Node) checkCluster(ctx context.Context) error {
 		if !n.ident.Creator && !n.ident.External {
 			return permanent(fmt.Errorf("the cluster store at %v holds no hacs cluster: is this the right --etcd-endpoints / --join address?", n.ident.Endpoints))
 		}
+		if n.ident.External && !n.ident.Insecure && n.ident.ClusterID != "" {
+			return permanent(fmt.Errorf("the external etcd at %v holds no hacs cluster, but this node belongs to cluster %s: is this the right --etcd-endpoints (was the store wiped)?", n.ident.Endpoints, n.ident.ClusterID))
+		}
 		id := n.ident.ClusterID
 		if id == "" {
 			id = randomHex(8)
 		}
-		secret := n.newSecret
-		if secret == "" {
-			secret = newSecret()
-		}
-		info := ClusterInfo{ID: id, CreatedAt: time.Now().UTC(), CreatedBy: n.ident.Name, Schema: SchemaVersion, Version: n.cfg.Version, Voters: n.cfg.Voters, External: n.ident.External}
-		b, _ := json.Marshal(info)
-		ops := []clientv3.Op{clientv3.OpPut(KeyClusterInfo, string(b)), clientv3.OpPut(KeyJoinSecret, secret)}
-		// The token the banner prints: short-lived, single use by default.
-		joinSecret, joinRec := newJoinToken(n.cfg.JoinTokenTTL, n.cfg.JoinTokenUses, "cluster creation on node "+n.ident.Name)
-		jb, _ := json.Marshal(joinRec)
-		ops = append(ops, clientv3.OpPut(PrefixJoinTokens+joinRec.ID, string(jb)))
-		var adminTok string
-		if n.newCA != nil {
-			adminTok = newAPIToken("admin")
-			tb, _ := json.Marshal(APIToken{Name: "admin", Role: AuthAdmin, Hash: hashToken(adminTok), CreatedAt: time.Now().UTC(), CreatedBy: "cluster creation on node " + n.ident.Name})
-			ops = append(ops, clientv3.OpPut(PrefixTokens+"admin", string(tb)))
-			cb, _ := json.Marshal(n.newCA)
-			ops = append(ops, clientv3.OpPut(KeyCA, string(cb)))
-			if leaf := n.creds.Leaf(); leaf != nil {
-				ops = append(ops, clientv3.OpPut(certKey(n.ident.NodeID, leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339)))
-			}
-			if ac := n.newAdminClient; ac != nil {
-				rb, _ := json.Marshal(ac.rec)
-				ops = append(ops, clientv3.OpPut(clientCertKey(ac.rec.Name, ac.rec.Serial), string(rb)))
-			}
-		}
-		tr, err := n.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(KeyClusterInfo), "=", 0)).
-			Then(ops...).Commit()
+		created, err := n.createClusterRecord(ctx, n.cli, id)
 		if err != nil {
 			return err
 		}
-		if !tr.Succeeded {
+		if !created {
 			return errors.New("cluster identity written concurrently; reading it again")
 		}
-		n.mu.Lock()
-		n.info = info
-		n.mu.Unlock()
-		if adminTok != "" {
-			if err := writeTLSFile(filepath.Join(n.cfg.DataDir, AdminTokenFile), []byte(adminTok+"\n")); err != nil {
-				n.log.Warn("cannot write the admin API token file", "err", err)
-			}
-			if n.newAdminClient != nil {
-				if err := writeAdminClientDir(n.cfg.DataDir, n.newAdminClient, adminTok); err != nil {
-					n.log.Warn("cannot write the administrator's client credentials", "err", err)
-				}
-			}
-		}
-		n.identMu.Lock()
-		n.ident.ClusterID = id
-		n.ident.Creator = true
-		err = n.ident.save(n.cfg.DataDir)
-		n.identMu.Unlock()
-		if err != nil {
-			return permanent(err)
-		}
-		n.emit(Event{Kind: EventClusterCreated, Message: fmt.Sprintf("cluster %s created by node %s", id, n.ident.Name)})
-		n.printBanner(Token{ClusterID: id, Secret: joinSecret}, joinRec)
 		return nil
 	}
 	var info ClusterInfo
@@ -751,10 +726,104 @@ func (n *Node) checkCluster(ctx context.Context) error {
 	return nil
 }
 
+// createClusterRecord writes the record of cluster id if the store holds
+// none (one transaction: the record, the join secret and the first join
+// token, and in a secure cluster its CA, the admin API token, this node's
+// certificate and the administrator's client certificate). created is
+// false when another node was first.
+func (n *Node) createClusterRecord(ctx context.Context, cli *clientv3.Client, id string) (created bool, err error) {
+	secret := n.newSecret
+	if secret == "" {
+		secret = newSecret()
+	}
+	info := ClusterInfo{ID: id, CreatedAt: time.Now().UTC(), CreatedBy: n.ident.Name, Schema: SchemaVersion, Version: n.cfg.Version, Voters: n.cfg.Voters, External: n.ident.External}
+	b, _ := json.Marshal(info)
+	ops := []clientv3.Op{clientv3.OpPut(KeyClusterInfo, string(b)), clientv3.OpPut(KeyJoinSecret, secret)}
+	// The token the banner prints: short-lived, single use by default.
+	joinSecret, joinRec := newJoinToken(n.cfg.JoinTokenTTL, n.cfg.JoinTokenUses, "cluster creation on node "+n.ident.Name)
+	jb, _ := json.Marshal(joinRec)
+	ops = append(ops, clientv3.OpPut(PrefixJoinTokens+joinRec.ID, string(jb)))
+	var adminTok string
+	if n.newCA != nil {
+		adminTok = newAPIToken("admin")
+		tb, _ := json.Marshal(APIToken{Name: "admin", Role: AuthAdmin, Hash: hashToken(adminTok), CreatedAt: time.Now().UTC(), CreatedBy: "cluster creation on node " + n.ident.Name})
+		ops = append(ops, clientv3.OpPut(PrefixTokens+"admin", string(tb)))
+		cb, _ := json.Marshal(n.newCA)
+		ops = append(ops, clientv3.OpPut(KeyCA, string(cb)))
+		if certPEM, err := os.ReadFile(TLSFiles(n.cfg.DataDir).Cert); err == nil {
+			if serial, exp, err := certSerial(certPEM); err == nil {
+				ops = append(ops, clientv3.OpPut(certKey(n.ident.NodeID, serial), exp.UTC().Format(time.RFC3339)))
+			}
+		}
+		if ac := n.newAdminClient; ac != nil {
+			rb, _ := json.Marshal(ac.rec)
+			ops = append(ops, clientv3.OpPut(clientCertKey(ac.rec.Name, ac.rec.Serial), string(rb)))
+		}
+	}
+	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(KeyClusterInfo), "=", 0)).
+		Then(ops...).Commit()
+	if err != nil {
+		return false, err
+	}
+	if !tr.Succeeded {
+		return false, nil
+	}
+	n.mu.Lock()
+	n.info = info
+	n.mu.Unlock()
+	if adminTok != "" {
+		if err := writeTLSFile(filepath.Join(n.cfg.DataDir, AdminTokenFile), []byte(adminTok+"\n")); err != nil {
+			n.log.Warn("cannot write the admin API token file", "err", err)
+		}
+		if n.newAdminClient != nil {
+			if err := writeAdminClientDir(n.cfg.DataDir, n.newAdminClient, adminTok); err != nil {
+				n.log.Warn("cannot write the administrator's client credentials", "err", err)
+			}
+		}
+	}
+	n.identMu.Lock()
+	n.ident.ClusterID = id
+	n.ident.Creator = true
+	err = n.ident.save(n.cfg.DataDir)
+	n.identMu.Unlock()
+	if err != nil {
+		return true, permanent(err)
+	}
+	n.emit(Event{Kind: EventClusterCreated, Message: fmt.Sprintf("cluster %s created by node %s", id, n.ident.Name)})
+	n.printBanner(Token{ClusterID: id, Secret: joinSecret}, joinRec)
+	return true, nil
+}
+
 func (n *Node) printBanner(tok Token, rec JoinToken) {
 	if err := writeTokenFile(n.cfg.DataDir, tok); err != nil {
 		n.log.Warn("cannot write the join token file", "err", err)
 	}
+	if n.ident.External {
+		creds := ""
+		if f := n.ident.StoreTLS; f.CACert != "" {
+			creds = " --etcd-cacert FILE"
+			if f.Cert != "" {
+				creds += " --etcd-cert FILE --etcd-key FILE"
+			}
+		}
+		fmt.Fprintf(n.cfg.Out, `hacs: created cluster %s with node %s on the external etcd at %s
+to add a node, run on it (with a client certificate of the store):
+  hacs agent --data-dir DIR --etcd-endpoints %s%s
+`, tok.ClusterID, n.ident.Name, strings.Join(n.ident.Endpoints, ","), strings.Join(n.ident.Endpoints, ","), creds)
+	} else {
+		n.printJoinBanner(tok, rec)
+	}
+	if n.creds != nil || n.newCA != nil {
+		fmt.Fprintf(n.cfg.Out, `TLS on every link; the CLI needs the cluster CA (%s) and an API token
+(the admin token is in %s): see docs/SECURITY.md
+the administrator's client credentials (cluster CA, admin token, and the
+export client certificate "admin" that nbdinfo, nbdcopy and qemu present:
+tls-certificates=DIR) are in %s: copy them to ~/.config/hacs
+`, TLSFiles("DATA_DIR").CACert, filepath.Join("DATA_DIR", AdminTokenFile), filepath.Join("DATA_DIR", AdminClientDir))
+	}
+}
+
+func (n *Node) printJoinBanner(tok Token, rec JoinToken) {
 	nodes := "one node"
 	if rec.Uses > 1 {
 		nodes = fmt.Sprintf("%d nodes", rec.Uses)
@@ -766,14 +835,6 @@ to add a node, run on it:
 (the token is also in %s; keep it secret; it admits %s until
 %s; make more with "hacs cluster token create --data-dir DATA_DIR")
 `, tok.ClusterID, n.ident.Name, tok, n.apiAddr, tok, filepath.Join("DATA_DIR", tokenFile), nodes, rec.Expires.Format(time.RFC3339))
-	if n.creds != nil {
-		fmt.Fprintf(n.cfg.Out, `TLS on every link; the CLI needs the cluster CA (%s) and an API token
-(the admin token is in %s): see docs/SECURITY.md
-the administrator's client credentials (cluster CA, admin token, and the
-export client certificate "admin" that nbdinfo, nbdcopy and qemu present:
-tls-certificates=DIR) are in %s: copy them to ~/.config/hacs
-`, TLSFiles("DATA_DIR").CACert, filepath.Join("DATA_DIR", AdminTokenFile), filepath.Join("DATA_DIR", AdminClientDir))
-	}
 }
 
 // register writes this node's record, refusing a removed identity or a
@@ -867,7 +928,7 @@ func (n *Node) checkNotRemoved(ctx context.Context) error {
 	if len(others) == 0 {
 		return nil
 	}
-	cli, err := newClient(others, n.TLSClientConfig())
+	cli, err := newClient(others, n.storeTLS())
 	if err != nil {
 		return nil
 	}
@@ -877,6 +938,12 @@ func (n *Node) checkNotRemoved(ctx context.Context) error {
 	r, err := cli.Get(cctx, RemovedKey(n.ident.NodeID))
 	if err == nil && len(r.Kvs) > 0 {
 		return n.markRemoved()
+	}
+	if err != nil && n.ident.External {
+		if e := storeLinkError(others, n.ident.StoreTLS, err); e != nil {
+			return e
+		}
+		return probeStore(ctx, others, n.extTLS, n.ident.StoreTLS)
 	}
 	if err != nil && n.creds != nil {
 		return n.probeRevoked(ctx, others)
@@ -1037,7 +1104,7 @@ func (n *Node) certHosts(urls ...string) []string {
 // legacyPlain: a node of a cluster created by a hacs without TLS (plain
 // etcd URLs, no TLS directory).
 func legacyPlain(id *identity, dataDir string) bool {
-	if _, err := os.Stat(TLSFiles(dataDir).Dir); err == nil {
+	if hasTLSDir(dataDir) {
 		return false
 	}
 	for _, u := range append([]string{id.PeerURL, id.ClientURL}, id.Endpoints...) {
@@ -1046,4 +1113,10 @@ func legacyPlain(id *identity, dataDir string) bool {
 		}
 	}
 	return false
+}
+
+// hasTLSDir: the data directory holds TLS files (DATA_DIR/tls).
+func hasTLSDir(dataDir string) bool {
+	_, err := os.Stat(TLSFiles(dataDir).Dir)
+	return err == nil
 }

@@ -252,6 +252,10 @@ func TestClusterNodeExternal(t *testing.T) {
 	if n1.ClusterID() == "" || n1.ClusterID() != n2.ClusterID() {
 		t.Fatalf("cluster ids %q and %q", n1.ClusterID(), n2.ClusterID())
 	}
+	// secure unless --insecure, also on a plain http:// store
+	if n1.Secure() == c1.Insecure || n2.Secure() == c2.Insecure {
+		t.Fatalf("secure: %v %v, insecure config %v", n1.Secure(), n2.Secure(), c1.Insecure)
+	}
 	waitCond(t, 10*time.Second, func() bool {
 		m := n1.Members()
 		return len(m.Online()) == 2
