@@ -52,7 +52,7 @@ func (c *rmCluster) start(name string) {
 		"--api", p[0], "--peer-listen", p[1], "--client-listen", p[2], "--replica-listen", p[3], "--export-listen", p[4],
 		"--replica-timeout", "2s"}
 	args = append(args, c.extra...)
-	if name != "n1" {
+	if name != "n1" && !slices.Contains(c.extra, "--etcd-endpoints") {
 		if _, err := os.Stat(filepath.Join(c.dir, name, "node.json")); err != nil {
 			// a new node: a join token of its own from n1
 			tok := strings.TrimSpace(mustRun(c.t, hacsBin, "cluster", "token", "create", "--data-dir", filepath.Join(c.dir, "n1")).stdout)

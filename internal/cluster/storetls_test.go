@@ -247,9 +247,52 @@ func TestClusterNodeExternalTLS(t *testing.T) {
 	}
 	resp.Body.Close()
 
-	// a node joining through a member is told to use the store instead
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+
+	// the CA rotation runs through the store: it applies here too
+	if _, err := n1.StartCARotation(ctx); err != nil {
+		t.Fatal(err)
+	}
+	acked := func(phase string) func() bool {
+		return func() bool {
+			st, err := n1.CARotationStatus(ctx)
+			if err != nil || len(st.Nodes) != 2 {
+				return false
+			}
+			for _, x := range st.Nodes {
+				if x.Ack != phase {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitCond(t, 30*time.Second, acked(ackReissued))
+	if _, err := n1.FinishCARotation(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(t, 30*time.Second, acked(ackFinished))
+	st, err := n1.CARotationStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newRoots := x509.NewCertPool()
+	newRoots.AppendCertsFromPEM([]byte(st.Rotation.NewCA))
+	for _, n := range []*Node{n1, n2} {
+		leaf := n.creds.Leaf()
+		inter := x509.NewCertPool()
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: newRoots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Fatalf("%s after the CA rotation: %v", n.Name(), err)
+		}
+	}
+	resp, err = n2.HTTPClient().Get("https://" + n1.APIAddr() + "/v1/nodes")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("node-to-node API call after the CA rotation: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	// a node joining through a member is told to use the store instead
 	if _, err := n1.admitJoin(ctx, joinRequest{Token: Token{ClusterID: n1.ClusterID(), Secret: newSecret()}.String()}); err == nil || !strings.Contains(err.Error(), "external etcd") {
 		t.Fatalf("join through a member: %v", err)
 	}
@@ -290,8 +333,6 @@ func TestClusterNodeExternalTLS(t *testing.T) {
 	}
 
 	// a restart needs no store flags: they are remembered
-	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	id := n2.ID()
 	n2.Stop(ctx)
 	c2b := c2
