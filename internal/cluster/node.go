@@ -218,7 +218,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	switch {
 	case id != nil && !id.Joining:
-		err = n.prepareRestart()
+		err = n.prepareRestart(ctx)
 	case len(n.cfg.EtcdEndpoints) > 0:
 		err = n.prepareExternal(ctx)
 	case n.cfg.Join != "" || id != nil:
@@ -275,7 +275,7 @@ func (n *Node) pick(flag, stored, def string) string {
 	return def
 }
 
-func (n *Node) prepareRestart() error {
+func (n *Node) prepareRestart(ctx context.Context) error {
 	id := n.ident
 	dir := n.cfg.DataDir
 	if id.Removed {
@@ -305,6 +305,10 @@ func (n *Node) prepareRestart() error {
 	}
 	if id.External {
 		if err := n.setupStoreLink(); err != nil {
+			return err
+		}
+		// credentials the store refuses are not remembered
+		if err := probeStore(ctx, id.Endpoints, n.extTLS, id.StoreTLS); err != nil {
 			return err
 		}
 	}
@@ -711,6 +715,16 @@ func (n *Node) checkCluster(ctx context.Context) error {
 	}
 	if info.Schema != SchemaVersion {
 		return permanent(fmt.Errorf("cluster %s uses key schema %d (created by hacs %s), this agent (hacs %s) uses schema %d: run the same hacs version on every node", info.ID, info.Schema, info.Version, n.cfg.Version, SchemaVersion))
+	}
+	if n.ident.External && n.creds == nil {
+		// a node without TLS must not join a cluster that has it
+		r, err := n.cli.Get(ctx, KeyCA, clientv3.WithCountOnly())
+		if err != nil {
+			return err
+		}
+		if r.Count > 0 {
+			return permanent(fmt.Errorf("cluster %s on the external etcd at %v runs with TLS and API authentication (it has a cluster CA), but this node would run without (started with --insecure, or its TLS files %s are missing): start a new node without --insecure (it enrolls with the CA from the store); for an existing node restore %s, or remove %s and start it again as a new node", info.ID, n.ident.Endpoints, TLSFiles(n.cfg.DataDir).Dir, TLSFiles(n.cfg.DataDir).Dir, n.cfg.DataDir))
+		}
 	}
 	n.mu.Lock()
 	n.info = info

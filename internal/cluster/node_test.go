@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -245,7 +246,12 @@ func TestClusterNodeExternal(t *testing.T) {
 	ep := e.Config().AdvertiseClientUrls[0].String()
 	c1 := testConfig(t, "x1")
 	c1.EtcdEndpoints = []string{ep}
+	var logBuf lockedBuffer
+	c1.Logger = slog.New(slog.NewTextHandler(&logBuf, nil))
 	n1 := startNode(t, c1)
+	if !strings.Contains(logBuf.String(), "the link to the external etcd is NOT encrypted") {
+		t.Fatalf("no warning about the plain http:// store link in the log:\n%s", logBuf.String())
+	}
 	c2 := testConfig(t, "x2")
 	c2.EtcdEndpoints = []string{ep}
 	n2 := startNode(t, c2)
@@ -279,4 +285,22 @@ func TestClusterNodeExternal(t *testing.T) {
 	if n2b.ID() != id {
 		t.Fatalf("restarted external node has id %s, was %s", n2b.ID(), id)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

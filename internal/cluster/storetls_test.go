@@ -332,9 +332,42 @@ func TestClusterNodeExternalTLS(t *testing.T) {
 		})
 	}
 
-	// a restart needs no store flags: they are remembered
+	// an --insecure node is refused by the secure cluster
+	ci := testConfig(t, "e4")
+	ci.Insecure = true
+	ci.EtcdEndpoints, ci.EtcdTLS = []string{s.endpoint}, creds
+	ni, err := New(ci)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ni.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ni.Done():
+		if err := ni.Err(); err == nil || !strings.Contains(err.Error(), "runs with TLS") {
+			t.Fatalf("insecure node: %v", err)
+		}
+	case <-ni.Ready():
+		t.Fatal("an --insecure node joined a secure cluster")
+	case <-time.After(20 * time.Second):
+		t.Fatal("insecure node: neither refused nor ready")
+	}
+
+	// a restart with a client certificate the store refuses fails at once
 	id := n2.ID()
 	n2.Stop(ctx)
+	cbad := c2
+	cbad.Name, cbad.EtcdEndpoints, cbad.EtcdTLS = "", nil, StoreTLSFiles{Cert: s.otherCert, Key: s.otherKey}
+	nb, err := New(cbad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nb.Start(ctx); err == nil || !strings.Contains(err.Error(), "refused this node's client certificate") {
+		nb.Stop(ctx)
+		t.Fatalf("restart with a refused certificate: %v", err)
+	}
+	// a restart needs no store flags: they are remembered
 	c2b := c2
 	c2b.Name, c2b.EtcdEndpoints, c2b.EtcdTLS = "", nil, StoreTLSFiles{}
 	n2b := startNode(t, c2b)
