@@ -299,6 +299,10 @@ func (n *Node) bootstrapExternal(ctx context.Context) error {
 		if lastErr == nil {
 			return nil
 		}
+		if errors.Is(lastErr, errLostCreate) {
+			n.log.Info(lastErr.Error())
+			continue
+		}
 		var perm permanentError
 		if errors.As(lastErr, &perm) {
 			return perm.err
@@ -323,6 +327,9 @@ func (n *Node) bootstrapExternal(ctx context.Context) error {
 		}
 	}
 }
+
+// errLostCreate: another node created the cluster first.
+var errLostCreate = errors.New("another node created the cluster at the same time; enrolling in it")
 
 func (n *Node) bootstrapExternalOnce(ctx context.Context, cli *clientv3.Client) error {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -350,7 +357,7 @@ func (n *Node) bootstrapExternalOnce(ctx context.Context, cli *clientv3.Client) 
 		os.RemoveAll(TLSFiles(n.cfg.DataDir).Dir)
 		id.ClusterID, n.newCA, n.newAdminClient = "", nil, nil
 		if err == nil {
-			err = errors.New("another node created the cluster at the same time; enrolling in it")
+			err = errLostCreate
 		}
 		return err
 	}

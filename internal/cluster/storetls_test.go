@@ -387,3 +387,66 @@ func TestClusterNodeExternalTLS(t *testing.T) {
 		return err != nil
 	})
 }
+
+// TestClusterNodeExternalConcurrentCreate: two first nodes started at once
+// on an empty store end up in one cluster: the create-if-absent
+// transaction picks one creator (the only node with the CA key), the
+// other discards the CA it made and enrolls.
+func TestClusterNodeExternalConcurrentCreate(t *testing.T) {
+	for round := range 3 {
+		e, _ := startTestEtcd(t)
+		ep := e.Config().AdvertiseClientUrls[0].String()
+		var cfgs [2]Config
+		var nodes [2]*Node
+		errs := make(chan error, 2)
+		for i := range nodes {
+			cfgs[i] = testConfig(t, []string{"a", "b"}[i])
+			cfgs[i].Insecure = false
+			cfgs[i].EtcdEndpoints = []string{ep}
+			n, err := New(cfgs[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes[i] = n
+			t.Cleanup(func() { n.Stop(context.Background()) })
+		}
+		for _, n := range nodes {
+			go func() { errs <- n.Start(context.Background()) }()
+		}
+		for range nodes {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, n := range nodes {
+			select {
+			case <-n.Ready():
+			case <-n.Done():
+				t.Fatalf("%s failed: %v", n.Name(), n.Err())
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%s not ready", n.Name())
+			}
+		}
+		if nodes[0].ClusterID() != nodes[1].ClusterID() {
+			t.Fatalf("round %d: two clusters %s %s", round, nodes[0].ClusterID(), nodes[1].ClusterID())
+		}
+		keys := 0
+		for i, n := range nodes {
+			if _, err := os.Stat(TLSFiles(cfgs[i].DataDir).CAKey); err == nil {
+				keys++
+			}
+			other := nodes[1-i]
+			resp, err := n.HTTPClient().Get("https://" + other.APIAddr() + "/v1/status")
+			if err != nil {
+				t.Fatalf("round %d: %s to %s: %v", round, n.Name(), other.Name(), err)
+			}
+			resp.Body.Close()
+		}
+		if keys != 1 {
+			t.Fatalf("round %d: %d nodes hold the CA key", round, keys)
+		}
+		for _, n := range nodes {
+			n.Stop(context.Background())
+		}
+	}
+}
