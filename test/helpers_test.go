@@ -434,28 +434,41 @@ func startNbdkit(t testing.TB, plugin string, args ...string) *server {
 	return s
 }
 
-// freeTCPAddr returns 127.0.0.1:PORT with a port that was free a moment ago.
-// It never hands out the same port twice in one test binary: the kernel may
-// give a port that was just closed to the next caller, and two daemons of a
-// test would then collide.
+// freeTCPAddr returns 127.0.0.1:PORT with a port that was free a moment ago,
+// for a daemon the test starts later. The port is drawn from 10000-20999,
+// below the kernel's ephemeral range (32768-60999 by default): a port from
+// that range, closed until the daemon binds it, can meanwhile become the
+// local port of any outgoing connection on the machine (CI saw an agent
+// fail with "address already in use" that way). It never hands out the same
+// port twice in one test binary.
 func freeTCPAddr(t testing.TB) string {
 	t.Helper()
 	for i := 0; i < 1000; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		port := 10000 + rand.IntN(11000)
+		if port >= 17700 && port < 17800 {
+			continue // hacs demo's default ports
 		}
-		addr := ln.Addr().String()
-		ln.Close()
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		handedOutMu.Lock()
 		seen := handedOut[addr]
+		handedOutMu.Unlock()
+		if seen {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue // in use
+		}
+		ln.Close()
+		handedOutMu.Lock()
+		seen = handedOut[addr]
 		handedOut[addr] = true
 		handedOutMu.Unlock()
 		if !seen {
 			return addr
 		}
 	}
-	t.Fatal("no free TCP port that was not handed out already")
+	t.Fatal("no free TCP port in 10000-20999 that was not handed out already")
 	return ""
 }
 
