@@ -243,6 +243,18 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 			t.Logf("etcd of %s, old-CA certificate: %v", n, err)
 		}
 	}
+	// etcd's peer port (etcd's own listener): the member started before the
+	// rotation refuses the old certificate through the revocation list, the
+	// one restarted after it through its trust
+	for _, n := range []string{server, after} {
+		phc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: oldNode}}
+		if resp, err := phc.Get("https://" + c.ports[n][1] + "/members"); err == nil {
+			resp.Body.Close()
+			t.Errorf("etcd peer port of %s admitted a certificate of the old CA: %s", n, resp.Status)
+		} else {
+			t.Logf("etcd peer port of %s, old-CA certificate: %v", n, err)
+		}
+	}
 	// while the new certificates work there
 	cur := nodeTLS(t, filepath.Join(c.dir, others[0]))
 	cur.InsecureSkipVerify = true
@@ -251,6 +263,12 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ecli.Close()
+	phc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cur}}
+	if resp, err := phc.Get("https://" + c.ports[server][1] + "/members"); err != nil {
+		t.Errorf("etcd peer port with a certificate of the new CA: %v", err)
+	} else {
+		resp.Body.Close()
+	}
 	gctx, gcancel := context.WithTimeout(bctx, 5*time.Second)
 	if _, err := ecli.Get(gctx, "/hacs/cluster"); err != nil {
 		t.Errorf("etcd with a certificate of the new CA: %v", err)

@@ -54,8 +54,19 @@ func (n *Node) startEtcd(state, initialCluster string) (*embed.Etcd, error) {
 	if err != nil {
 		return nil, err
 	}
-	lc, err := url.Parse(scheme + n.clientListen)
+	clientListen := n.clientListen
+	var front *etcdFront
+	if n.creds != nil {
+		// clients reach etcd through the node's TLS front (etcdfront.go);
+		// etcd itself listens on a loopback port
+		if front, err = n.listenEtcdFront(n.clientListen); err != nil {
+			return nil, err
+		}
+		clientListen = "127.0.0.1:0"
+	}
+	lc, err := url.Parse(scheme + clientListen)
 	if err != nil {
+		front.close()
 		return nil, err
 	}
 	ap, err := url.Parse(id.PeerURL)
@@ -111,7 +122,17 @@ func (n *Node) startEtcd(state, initialCluster string) (*embed.Etcd, error) {
 	ec.ListenMetricsUrls = nil
 	ec.Metrics = "basic"
 	e, err := embed.StartEtcd(ec)
+	if err == nil && front != nil {
+		if len(e.Clients) == 0 {
+			e.Close()
+			front.close()
+			return nil, errors.New("the embedded etcd opened no client listener")
+		}
+		front.serve(e.Clients[0].Addr().String())
+		n.etcdFront = front
+	}
 	if err != nil {
+		front.close()
 		var flag, addr string
 		switch {
 		case strings.Contains(err.Error(), n.peerListen):

@@ -129,7 +129,9 @@ type Node struct {
 	renewMu  sync.Mutex
 	tracker  connTracker // connections cut when their certificate is revoked
 	rotKick  chan struct{}
-	retired  int // old-CA certificates in the revocation list (after a CA rotation)
+	// the TLS front of the embedded etcd's client port (secure clusters)
+	etcdFront *etcdFront
+	retired   int // old-CA certificates in the revocation list (after a CA rotation)
 
 	// the administrator's export client certificate of a cluster being
 	// created (recorded at creation, written to DATA_DIR/admin-client)
@@ -1071,6 +1073,7 @@ func (n *Node) cleanup() {
 	if n.cli != nil {
 		n.cli.Close()
 	}
+	n.etcdFront.close()
 	if n.etcd != nil {
 		n.etcd.Close()
 	}
