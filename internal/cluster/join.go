@@ -233,7 +233,8 @@ func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, e
 	if n.ident.External && n.creds != nil {
 		return nil, errStatus(http.StatusConflict, "cluster %s runs on an external etcd: a new node does not join through a member; start it with --etcd-endpoints %s and the store's client credentials (--etcd-cacert, --etcd-cert, --etcd-key): it gets its node certificate from the cluster CA there", cid, strings.Join(n.ident.Endpoints, ","))
 	}
-	auth, err := n.checkJoinSecret(ctx, cli, tok.Secret, req.NodeID)
+	keyHash := csrKeyHash(req.CSR)
+	auth, err := n.checkJoinSecret(ctx, cli, tok.Secret, req.NodeID, keyHash)
 	if err != nil {
 		return nil, err
 	}
@@ -357,7 +358,7 @@ func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, e
 		cfg.JoinedAt = time.Now().UTC()
 	}
 	b, _ := json.Marshal(cfg)
-	cmps, ops := auth.consume(req.NodeID)
+	cmps, ops := auth.consume(req.NodeID, keyHash)
 	tr, err := cli.Txn(ctx).If(append([]clientv3.Cmp{
 		clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
 		clientv3.Compare(clientv3.CreateRevision(RemovedKey(req.NodeID)), "=", 0),

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"time"
@@ -36,13 +39,16 @@ const DefaultJoinTokenTTL = time.Hour
 
 // JoinToken is the stored record of a short-lived join token.
 type JoinToken struct {
-	ID        string    `json:"id"`
-	Key       string    `json:"key"` // hex SHA-256 of the secret (also the key of the CA's MAC)
-	Expires   time.Time `json:"expires"`
-	Uses      int       `json:"uses"` // joins left
-	UsedBy    []string  `json:"used_by,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	CreatedBy string    `json:"created_by"`
+	ID      string    `json:"id"`
+	Key     string    `json:"key"` // hex SHA-256 of the secret (also the key of the CA's MAC)
+	Expires time.Time `json:"expires"`
+	Uses    int       `json:"uses"` // joins left
+	UsedBy  []string  `json:"used_by,omitempty"`
+	// UsedKeys: node id -> hex SHA-256 of the public key its certificate
+	// request carried; a repeated join of that node must bring the same key.
+	UsedKeys  map[string]string `json:"used_keys,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+	CreatedBy string            `json:"created_by"`
 }
 
 // joinKey is the hex SHA-256 of a join secret: what the store keeps, and
@@ -107,8 +113,25 @@ type joinAuth struct {
 	rec    JoinToken
 }
 
-// checkJoinSecret admits the secret of a join request for node nodeID.
-func (n *Node) checkJoinSecret(ctx context.Context, cli *clientv3.Client, secret, nodeID string) (*joinAuth, error) {
+// csrKeyHash is the hex SHA-256 of the public key of a PEM certificate
+// request ("" when there is none or it does not parse).
+func csrKeyHash(csrPEM string) string {
+	b, _ := pem.Decode([]byte(csrPEM))
+	if b == nil {
+		return ""
+	}
+	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	if err != nil {
+		return ""
+	}
+	h := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(h[:])
+}
+
+// checkJoinSecret admits the secret of a join request for node nodeID,
+// whose certificate request has the key keyHash (csrKeyHash; "" in a
+// cluster without TLS).
+func (n *Node) checkJoinSecret(ctx context.Context, cli *clientv3.Client, secret, nodeID, keyHash string) (*joinAuth, error) {
 	cid := n.ClusterID()
 	wrong := errStatus(http.StatusForbidden, "wrong join token for cluster %s: no such token (join tokens are made by the first node at cluster creation, by `hacs cluster token create` and by `hacs cluster token` on a member)", cid)
 	key := PrefixJoinTokens + joinTokenID(secret)
@@ -123,8 +146,11 @@ func (n *Node) checkJoinSecret(ctx context.Context, cli *clientv3.Client, secret
 	if err := json.Unmarshal(r.Kvs[0].Value, &rec); err != nil || subtle.ConstantTimeCompare([]byte(rec.Key), []byte(joinKey(secret))) != 1 {
 		return nil, wrong
 	}
-	if slices.Contains(rec.UsedBy, nodeID) {
-		return &joinAuth{}, nil // the same node repeating an interrupted join
+	if slices.Contains(rec.UsedBy, nodeID) && rec.UsedKeys[nodeID] == keyHash && (keyHash != "" || n.creds == nil) {
+		// the same node repeating an interrupted join: it proves it with
+		// the key it joined with (its id alone is no secret: every
+		// certificate it presents names it)
+		return &joinAuth{}, nil
 	}
 	if time.Now().After(rec.Expires) {
 		return nil, errStatus(http.StatusForbidden, "join token %s expired at %s: join tokens are short-lived; create a new one with `hacs cluster token create` on a member", rec.ID, rec.Expires.Format(time.RFC3339))
@@ -135,14 +161,20 @@ func (n *Node) checkJoinSecret(ctx context.Context, cli *clientv3.Client, secret
 	return &joinAuth{key: key, modRev: r.Kvs[0].ModRevision, rec: rec}, nil
 }
 
-// consume returns the transaction parts that use the token up.
-func (a *joinAuth) consume(nodeID string) ([]clientv3.Cmp, []clientv3.Op) {
+// consume returns the transaction parts that use the token up, recording
+// the node and its key.
+func (a *joinAuth) consume(nodeID, keyHash string) ([]clientv3.Cmp, []clientv3.Op) {
 	if a == nil || a.key == "" {
 		return nil, nil
 	}
 	rec := a.rec
 	rec.Uses--
 	rec.UsedBy = append(slices.Clone(rec.UsedBy), nodeID)
+	rec.UsedKeys = maps.Clone(rec.UsedKeys)
+	if rec.UsedKeys == nil {
+		rec.UsedKeys = map[string]string{}
+	}
+	rec.UsedKeys[nodeID] = keyHash
 	b, _ := json.Marshal(rec)
 	return []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(a.key), "=", a.modRev)}, []clientv3.Op{clientv3.OpPut(a.key, string(b))}
 }
