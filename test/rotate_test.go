@@ -111,10 +111,11 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 		}
 	}()
 
+	stepEnv := env
 	step := func(args ...string) string {
 		t.Helper()
 		start := time.Now()
-		r := runEnv(t, env, append(append([]string{"cluster", "rotate-ca"}, args...), "--cluster", c.ports[server][0])...)
+		r := runEnv(t, stepEnv, append(append([]string{"cluster", "rotate-ca"}, args...), "--cluster", c.ports[server][0])...)
 		if r.code != 0 {
 			t.Fatalf("rotate-ca %v: %v", args, r)
 		}
@@ -154,10 +155,18 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 	}
 
 	// 3: finish; the old CA is no longer trusted
-	step("--finish", "--ca-out", caOut)
-	nb, _ := os.ReadFile(caOut)
+	// finish with the CLI's credentials in a client config directory (no
+	// --ca-file, no --ca-out): its ca.crt follows the rotation
+	cfgDir := t.TempDir()
+	bundle, _ := os.ReadFile(caOut)
+	tok, _ := os.ReadFile(filepath.Join(n1, cluster.AdminTokenFile))
+	os.WriteFile(filepath.Join(cfgDir, "ca.crt"), bundle, 0o644)
+	os.WriteFile(filepath.Join(cfgDir, "token"), tok, 0o600)
+	stepEnv = []string{"HACS_CONFIG_DIR=" + cfgDir, "HACS_CA_FILE=", "HACS_TOKEN=", "HACS_TOKEN_FILE="}
+	step("--finish")
+	nb, _ := os.ReadFile(filepath.Join(cfgDir, "ca.crt"))
 	if bytes.Count(nb, []byte("BEGIN CERTIFICATE")) != 1 || bytes.Equal(nb, oldCAPEM) {
-		t.Fatalf("--ca-out after --finish should hold the new CA only:\n%s", nb)
+		t.Fatalf("the config directory's ca.crt after --finish should hold the new CA only:\n%s", nb)
 	}
 	newPool := x509.NewCertPool()
 	newPool.AppendCertsFromPEM(nb)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -33,7 +34,9 @@ accepts it. The command waits until every member runs a certificate of the
 new CA (unless --no-wait).
 
 Then give the new CA to the clients (--ca-out writes the bundle of both CAs
-now, and the new CA after --finish; see docs/SECURITY.md) and run
+now, and the new CA after --finish; without --ca-file, $HACS_CA_FILE and
+--ca-out, the ca.crt and ca-cert.pem of the client config directory are
+updated; see docs/SECURITY.md) and run
 --finish: every member stops trusting the old CA, and the certificates
 the old CA signed are refused. Every member must take part: start or
 remove offline nodes first. --status shows where a rotation stands.`,
@@ -91,16 +94,32 @@ remove offline nodes first. --status shows where a rotation stands.`,
 					}
 				}
 			}
+			var outs []string
 			if caOut != "" {
-				if err := os.WriteFile(caOut, []byte(st.Trust), 0o644); err != nil {
-					return fmt.Errorf("--ca-out: %w", err)
+				outs = append(outs, caOut)
+			} else if !noWait && !status && f.caFile == "" && os.Getenv("HACS_CA_FILE") == "" {
+				// the CLI's own credentials in the client config
+				// directory follow the rotation
+				for _, name := range []string{cluster.CACertFile, cluster.ClientCAFile} {
+					p := filepath.Join(clientConfigDir(), name)
+					if _, err := os.Stat(p); err == nil && clientConfigDir() != "" {
+						outs = append(outs, p)
+					}
+				}
+			}
+			for _, o := range outs {
+				if st.Trust == "" {
+					break
+				}
+				if err := os.WriteFile(o, []byte(st.Trust), 0o644); err != nil {
+					return fmt.Errorf("writing the trusted CA certificate(s) to %s: %w", o, err)
 				}
 			}
 			if err := f.print(cmd, st, func(w io.Writer) { printRotation(w, &st) }); err != nil {
 				return err
 			}
-			if caOut != "" && !f.asJSON {
-				fmt.Fprintf(cmd.OutOrStdout(), "wrote the trusted CA certificate(s) to %s\n", caOut)
+			if len(outs) > 0 && st.Trust != "" && !f.asJSON {
+				fmt.Fprintf(cmd.OutOrStdout(), "wrote the trusted CA certificate(s) to %s\n", strings.Join(outs, ", "))
 			}
 			return nil
 		},
@@ -108,7 +127,7 @@ remove offline nodes first. --status shows where a rotation stands.`,
 	cmd.Flags().BoolVar(&finish, "finish", false, "finish the rotation: stop trusting the old CA (every member must run a certificate of the new CA)")
 	cmd.Flags().BoolVar(&status, "status", false, "show the current (or last) CA rotation")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the step is started, without waiting for every member")
-	cmd.Flags().StringVar(&caOut, "ca-out", "", "write the CA certificate(s) clients should trust now to this file (both CAs during a rotation, the new one after --finish)")
+	cmd.Flags().StringVar(&caOut, "ca-out", "", "write the CA certificate(s) clients should trust now to this file (both CAs during a rotation, the new one after --finish); default: update ca.crt and ca-cert.pem of the client config directory when the CLI uses them")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for every member")
 	return cmd
 }
