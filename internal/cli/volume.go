@@ -344,7 +344,8 @@ or one of hacs cluster auth client-cert create) or a pre-shared key; allowed
 and off also admit plaintext clients and TLS clients without a certificate:
 anyone who reaches the export port. The primary applies the new policy to the
 connections that follow; connections already open keep theirs (hacs volume
-restart NAME closes them).`,
+restart NAME closes them). Needs the admin role: off and allowed open a
+volume to anyone.`,
 		Example: "  hacs volume tls required vm1-3\n  hacs volume tls allowed legacy1",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -130,6 +130,9 @@ func requiredRole(method, path string) AuthRole {
 		method == http.MethodDelete && strings.HasPrefix(path, "/v1/nodes/"),
 		strings.HasPrefix(path, "/v1/nodes/") && strings.HasSuffix(path, "/roles") && method != http.MethodGet,
 		path == "/v1/token", path == "/v1/join-tokens",
+		// a volume's export policy: off or allowed opens it to anyone
+		// who reaches the export port
+		strings.HasPrefix(path, "/v1/volumes/") && strings.HasSuffix(path, "/tls") && method != http.MethodGet,
 		path == "/v1/pki/renew" || path == "/v1/pki/rotate" && method != http.MethodGet:
 		return AuthAdmin
 	case method == http.MethodGet || method == http.MethodHead:
