@@ -355,10 +355,15 @@ func (c *Conn) readRecord() (uint8, []byte, error) {
 			return typ, body, nil
 		}
 		if typ != recordApplicationData {
-			if typ == recordAlert && n == 2 {
-				// a plaintext alert, e.g. from a peer that failed before
-				// switching keys (or could not decrypt ours)
+			if typ == recordAlert && n == 2 && !c.hsDone.Load() {
+				// a plaintext alert during the handshake, e.g. from a peer
+				// that failed before switching keys (or could not decrypt
+				// ours); after it, an unprotected close_notify would be a
+				// truncation anyone on the path can forge
 				return typ, body, nil
+			}
+			if typ == recordAlert {
+				return 0, nil, newAlert(alertUnexpectedMessage, "unprotected alert record after the handshake (forged by someone on the path?)")
 			}
 			return 0, nil, newAlert(alertUnexpectedMessage, "unprotected %s record after keys were set", recordName(typ))
 		}

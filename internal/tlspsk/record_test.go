@@ -142,3 +142,32 @@ func TestBigTransferConcurrent(t *testing.T) {
 	}
 	exchange(t, cl, sv, 16<<20)
 }
+
+// TestPlaintextAlertAfterHandshake: once the handshake is done every record
+// is protected; a plaintext close_notify (which anyone on the path can
+// inject) must not read as the peer's clean end of the stream.
+func TestPlaintextAlertAfterHandshake(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		record []byte
+	}{
+		{"close_notify", []byte{21, 3, 3, 0, 2, 1, 0}},
+		{"user_canceled", []byte{21, 3, 3, 0, 2, 1, 90}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var in bytes.Buffer
+			c, w := recordPair(t, &in)
+			c.conn = nopConn{}
+			in.Write(sealInner(w, []byte("hello\x17")))
+			in.Write(tc.record)
+			in.Write(sealInner(w, []byte("injected after\x17")))
+			got, err := io.ReadAll(c)
+			if err == nil || !bytes.Contains([]byte(err.Error()), []byte("unprotected alert")) {
+				t.Fatalf("read %q, error %v: want the unprotected alert refused", got, err)
+			}
+			if string(got) != "hello" {
+				t.Fatalf("read %q before the error", got)
+			}
+		})
+	}
+}
