@@ -216,6 +216,15 @@ func TestCARotationWithoutDowntime(t *testing.T) {
 		}
 	}
 
+	// another rotation is refused while the export's node (never
+	// restarted) runs an etcd that trusts only the old CA: the next
+	// re-issue would break its peer links
+	if r := runEnv(t, stepEnv, "cluster", "rotate-ca", "--cluster", c.ports[server][0]); r.code == 0 || !strings.Contains(r.stderr, "embedded etcd of node "+server) {
+		t.Errorf("a second rotation before %s restarted: %v", server, r)
+	} else {
+		t.Logf("second rotation: %s", strings.TrimSpace(r.stderr))
+	}
+
 	// a certificate the old CA signed is refused everywhere
 	bctx, bcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer bcancel()

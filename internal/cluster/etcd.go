@@ -130,6 +130,7 @@ func (n *Node) startEtcd(state, initialCluster string) (*embed.Etcd, error) {
 		}
 		front.serve(e.Clients[0].Addr().String())
 		n.etcdFront = front
+		n.etcdTrustPEM, _ = os.ReadFile(n.creds.paths.CACert)
 	}
 	if err != nil {
 		front.close()

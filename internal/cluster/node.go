@@ -131,7 +131,9 @@ type Node struct {
 	rotKick  chan struct{}
 	// the TLS front of the embedded etcd's client port (secure clusters)
 	etcdFront *etcdFront
-	retired   int // old-CA certificates in the revocation list (after a CA rotation)
+	// etcdTrustPEM: the CA file the embedded etcd was started with
+	etcdTrustPEM []byte
+	retired      int // old-CA certificates in the revocation list (after a CA rotation)
 
 	// the administrator's export client certificate of a cluster being
 	// created (recorded at creation, written to DATA_DIR/admin-client)

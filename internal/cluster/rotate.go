@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -13,6 +15,7 @@ import (
 	"math/big"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -49,7 +52,73 @@ const (
 	KeyCARotation = Prefix + "pki/rotation"
 	// PrefixCARotationAcks: /hacs/pki/rotation-acks/<node id> -> rotationAck.
 	PrefixCARotationAcks = Prefix + "pki/rotation-acks/"
+	// PrefixEtcdTrust: /hacs/pki/etcd-trust/<node id> -> etcdTrust: the
+	// CAs the node's embedded etcd was started with (it keeps them until
+	// its next start).
+	PrefixEtcdTrust = Prefix + "pki/etcd-trust/"
 )
+
+// etcdTrust is what an embedded etcd member trusts (SHA-256 of each CA
+// certificate, hex).
+type etcdTrust struct {
+	CAs []string  `json:"cas"`
+	At  time.Time `json:"started_at"`
+}
+
+// caDigests are the SHA-256 of the certificates in a PEM bundle.
+func caDigests(b []byte) []string {
+	var out []string
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return out
+		}
+		if blk.Type == "CERTIFICATE" {
+			d := sha256.Sum256(blk.Bytes)
+			out = append(out, hex.EncodeToString(d[:]))
+		}
+	}
+}
+
+// publishEtcdTrust records what this node's embedded etcd trusts.
+func (n *Node) publishEtcdTrust(ctx context.Context) error {
+	if n.etcd == nil || len(n.etcdTrustPEM) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(etcdTrust{CAs: caDigests(n.etcdTrustPEM), At: time.Now().UTC()})
+	_, err := n.cli.Put(ctx, PrefixEtcdTrust+n.ident.NodeID, string(b))
+	return err
+}
+
+// checkEtcdTrust refuses a new rotation while the embedded etcd of a
+// voter still trusts only an older CA than the current one: the next
+// re-issue would break its peer links (the cross certificate chains the
+// new CA to the current one only).
+func (n *Node) checkEtcdTrust(ctx context.Context, cli *clientv3.Client, current *ca) error {
+	if n.ident.External {
+		return nil
+	}
+	sum := sha256.Sum256(current.cert.Raw)
+	want := hex.EncodeToString(sum[:])
+	for _, m := range n.Members().Nodes {
+		if !m.Voter {
+			continue
+		}
+		r, err := cli.Get(ctx, PrefixEtcdTrust+m.ID)
+		if err != nil {
+			return err
+		}
+		var et etcdTrust
+		if len(r.Kvs) == 0 || json.Unmarshal(r.Kvs[0].Value, &et) != nil {
+			return errStatus(http.StatusConflict, "node %s has not reported which CAs its embedded etcd trusts (an agent of an earlier hacs?): restart it with this version first", m.Name)
+		}
+		if !slices.Contains(et.CAs, want) {
+			return errStatus(http.StatusConflict, "the embedded etcd of node %s was started (%s) before the current CA was trusted, and keeps trusting only an older one until its agent restarts: restart the agents that were not restarted since the last CA rotation finished (one at a time), then rotate again", m.Name, et.At.Format(time.RFC3339))
+		}
+	}
+	return nil
+}
 
 // Phases of a CA rotation.
 const (
@@ -227,6 +296,9 @@ func (n *Node) StartCARotation(ctx context.Context) (*CARotationStatus, error) {
 	}
 	old, err := n.loadCA(ctx, cli)
 	if err != nil {
+		return nil, err
+	}
+	if err := n.checkEtcdTrust(ctx, cli, old); err != nil {
 		return nil, err
 	}
 	if old.cert.MaxPathLen == 0 || old.cert.MaxPathLenZero {
@@ -448,6 +520,15 @@ func (n *Node) rotationLoop() {
 		return
 	}
 	ctx := n.lifeCtx
+	for ctx.Err() == nil {
+		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+		err := n.publishEtcdTrust(pctx)
+		pcancel()
+		if err == nil {
+			break
+		}
+		sleepCtx(ctx, time.Second)
+	}
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(ctx)
 		wch := n.cli.Watch(clientv3.WithRequireLeader(wctx), KeyCARotation, clientv3.WithPrefix())
