@@ -70,7 +70,8 @@ func postJoin(t *testing.T, hc *http.Client, api string, req joinRequest) (int, 
 	b, _ := json.Marshal(req)
 	r, err := hc.Post("https://"+api+"/v1/join", "application/json", strings.NewReader(string(b)))
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err) // (also called from goroutines)
+		return 0, err.Error(), joinResponse{}
 	}
 	defer r.Body.Close()
 	var out struct {
@@ -79,4 +80,55 @@ func postJoin(t *testing.T, hc *http.Client, api string, req joinRequest) (int, 
 	}
 	json.NewDecoder(r.Body).Decode(&out)
 	return r.StatusCode, out.Error, out.joinResponse
+}
+
+// TestJoinTokenConcurrentUse: joins racing with one single-use token admit
+// one node; the others get no certificate.
+func TestJoinTokenConcurrentUse(t *testing.T) {
+	if testConfig(t, "x").Insecure {
+		t.Skip("no certificates without TLS")
+	}
+	ctx := context.Background()
+	cfg := testConfig(t, "c1")
+	cfg.Voters = 1
+	n := startNode(t, cfg)
+	tok, _, err := n.CreateJoinToken(ctx, time.Minute, 1, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := caClient(t, cfg.DataDir, nil)
+	const racers = 6
+	type result struct {
+		code int
+		msg  string
+		cert bool
+	}
+	results := make(chan result, racers)
+	start := make(chan struct{})
+	for i := 0; i < racers; i++ {
+		name := "racer" + string(rune('a'+i))
+		_, csr, err := newNodeKey(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := joinRequest{Token: tok.String(), Name: name, NodeID: randomHex(8), Version: n.cfg.Version, Schema: SchemaVersion, APIAddr: "127.0.0.1:1", Roles: []Role{RoleStorage}, CSR: string(csr)}
+		go func() {
+			<-start
+			code, msg, resp := postJoin(t, hc, n.APIAddr(), req)
+			results <- result{code, msg, resp.Cert != ""}
+		}()
+	}
+	close(start)
+	admitted := 0
+	for i := 0; i < racers; i++ {
+		r := <-results
+		if r.code == 200 && r.cert {
+			admitted++
+		} else if r.cert {
+			t.Fatalf("refused join (%d %s) carries a certificate", r.code, r.msg)
+		}
+	}
+	if admitted != 1 {
+		t.Fatalf("%d of %d racing joins admitted with a single-use token, want 1", admitted, racers)
+	}
 }
