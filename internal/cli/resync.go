@@ -75,7 +75,11 @@ volume (no resync runs) and when --timeout passes first.`,
 				})
 				if err != nil {
 					if errors.Is(err, context.DeadlineExceeded) && timeout > 0 {
-						err = fmt.Errorf("volume %s: not in sync after %v (health %s)", name, timeout, v.Health)
+						health := "health " + v.Health
+						if v.Health == "" {
+							health = "no answer from the cluster yet"
+						}
+						err = fmt.Errorf("volume %s: not in sync after %v (%s)", name, timeout, health)
 					}
 					return err
 				}

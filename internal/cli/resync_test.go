@@ -76,9 +76,10 @@ resync vol (n2): 75% 24.0 MiB / 32.0 MiB
 		t.Fatalf("stopped: exit %d, stderr %q", r.code, r.stderr)
 	}
 
-	r = runCLI("volume", "resync-wait", "vol", "--interval", "5ms", "--timeout", "50ms", "--cluster",
+	// (long enough for a first answer on a loaded CI machine)
+	r = runCLI("volume", "resync-wait", "vol", "--interval", "5ms", "--timeout", "2s", "--cluster",
 		resyncAPI(t, volState("degraded", []string{"n1"}, n1, resync(1<<20))))
-	if r.code == 0 || !strings.Contains(r.stderr, "volume vol: not in sync after 50ms (health degraded)") {
+	if r.code == 0 || !strings.Contains(r.stderr, "volume vol: not in sync after 2s (health degraded)") {
 		t.Fatalf("timeout: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
