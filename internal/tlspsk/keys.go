@@ -18,6 +18,11 @@ func (k Keys) Lookup(identity string) ([]byte, bool) {
 	return key, ok
 }
 
+// minKeyLen is the shortest key a key file may hold: 128 bits. A shorter
+// one can be found by trying keys against the binder of one recorded
+// ClientHello (psktool makes 32 bytes).
+const minKeyLen = 16
+
 // maxIdentity is the longest identity TLS can carry (opaque identity<1..2^16-1>).
 const maxIdentity = 1<<16 - 1
 
@@ -67,6 +72,9 @@ func parseKeys(f io.Reader, path string) (Keys, error) {
 		key, err := hex.DecodeString(hx)
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: key for identity %q is not hex: %w", path, line, id, err)
+		}
+		if len(key) < minKeyLen {
+			return nil, fmt.Errorf("%s:%d: the key of identity %q has %d bytes: want at least %d (make keys with psktool -u NAME -p FILE: 32 random bytes)", path, line, id, len(key), minKeyLen)
 		}
 		if _, dup := keys[id]; dup {
 			return nil, fmt.Errorf("%s:%d: identity %q listed twice", path, line, id)

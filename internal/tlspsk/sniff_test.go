@@ -144,11 +144,12 @@ func TestLoadKeys(t *testing.T) {
 		os.WriteFile(p, []byte(s), 0o600)
 		return p
 	}
-	keys, err := LoadKeys(write("ok", "# comment\n\nalice:0102ff\nbob:c0ffee\r\nuser:with:colons:aa\n"))
+	k := "000102030405060708090a0b0c0d0e0f"
+	keys, err := LoadKeys(write("ok", "# comment\n\nalice:"+k[:30]+"ff\nbob:"+k+"\r\nuser:with:colons:"+k+"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := keys.Lookup("alice"); !bytes.Equal(k, []byte{1, 2, 0xff}) || len(keys) != 3 {
+	if k, _ := keys.Lookup("alice"); !bytes.Equal(k, []byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0xff}) || len(keys) != 3 {
 		t.Fatalf("keys %v", keys)
 	}
 	if _, ok := keys.Lookup("user:with:colons"); !ok {
@@ -159,7 +160,9 @@ func TestLoadKeys(t *testing.T) {
 		{"not-hex", "# x\nalice:zz\n", `bad-not-hex:2: key for identity "alice" is not hex`},
 		{"empty-key", "alice:\n", `empty key for identity "alice"`},
 		{"empty-identity", ":00\n", "empty identity"},
-		{"duplicate", "a:00\na:01\n", `bad-duplicate:2: identity "a" listed twice`},
+		{"duplicate", "a:" + k + "\na:" + k + "\n", `bad-duplicate:2: identity "a" listed twice`},
+		// a short key is guessed from one recorded handshake (or online)
+		{"short-key", "alice:0102ff\n", `bad-short-key:1: the key of identity "alice" has 3 bytes: want at least 16`},
 		{"empty-file", "\n# nothing\n", "no keys"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
