@@ -367,6 +367,17 @@ func (n *Node) FinishCARotation(ctx context.Context) (*CARotationStatus, error) 
 	if len(missing) > 0 {
 		return nil, errStatus(http.StatusConflict, "CA rotation %s cannot finish: node(s) %s do not run a certificate of the new CA yet (an offline node must be started, or removed, first)", rec.ID, strings.Join(missing, ", "))
 	}
+	if rec.SwitchRev == 0 {
+		// the DC switched but did not record when: the CA record was
+		// last written then
+		r, err := cli.Get(ctx, KeyCA)
+		if err != nil {
+			return nil, err
+		}
+		if len(r.Kvs) > 0 {
+			rec.SwitchRev = r.Kvs[0].ModRevision
+		}
+	}
 	now := time.Now().UTC()
 	rec.Phase, rec.FinishedAt, rec.FinishedBy = RotationFinished, &now, actor(ctx, n.ident.Name)
 	b, _ := json.Marshal(rec)
