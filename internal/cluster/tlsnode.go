@@ -551,9 +551,10 @@ type sniffConn struct {
 
 func (c *sniffConn) Read(p []byte) (int, error) {
 	c.once.Do(func() {
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		// under the caller's deadline (net/http's TLS handshake
+		// timeout): lifting it here let a client that sent one byte
+		// and stalled hold its connection forever
 		b, err := c.r.Peek(1)
-		c.SetReadDeadline(time.Time{})
 		if err == nil && b[0] != 0x16 { // not a TLS handshake record
 			c.log.Warn("refused a plaintext connection to the TLS-only "+c.what+" port: use https:// (the CLI does, with the cluster CA)", "from", c.RemoteAddr().String())
 		}
