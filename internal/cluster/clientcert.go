@@ -186,7 +186,10 @@ func (c *tlsCreds) exportServerConfig() *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return c.certificate()
 		},
-		ClientAuth: tls.RequestClientCert,
+		// no resumption: VerifyPeerCertificate (revocation) is not
+		// called on a resumed session (see ServerConfig)
+		SessionTicketsDisabled: true,
+		ClientAuth:             tls.RequestClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if len(raw) == 0 {
 				return nil

@@ -447,7 +447,12 @@ func (c *tlsCreds) ServerConfig(requireClient bool) *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return c.certificate()
 		},
-		ClientAuth: tls.RequestClientCert,
+		// no resumption: crypto/tls does not call VerifyPeerCertificate
+		// on a resumed session, so a ticket taken before a revocation (or
+		// before a CA rotation's --finish) would still let its
+		// certificate in
+		SessionTicketsDisabled: true,
+		ClientAuth:             tls.RequestClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if len(raw) == 0 {
 				if requireClient {
