@@ -122,11 +122,13 @@ type Agent struct {
 	creating map[string]time.Time
 	wg       sync.WaitGroup
 
-	// cuts are the exports that fenceLoop cut off while this node did not
-	// hold its lease, with when (guarded by cutMu, never by mu: fenceLoop
-	// must not wait for the node loop, which may be stuck in a mirror).
+	// cuts are the exports cut off before their workers stopped them, with
+	// when and why: by fenceLoop while this node did not hold its lease, or
+	// by newerEpochOpened when another primary took the volume over
+	// (guarded by cutMu, never by mu: fenceLoop must not wait for anything
+	// a worker may hold while stuck in a mirror).
 	cutMu sync.Mutex
-	cuts  map[string]time.Time
+	cuts  map[string]exportCut
 
 	// Resources other than volumes (resnode.go, resdc.go).
 	res         *cluster.Cache
@@ -176,7 +178,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
 		workers: map[string]*volWorker{}, starts: make(chan struct{}, parallelStarts),
 		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{},
-		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{}, cuts: map[string]time.Time{},
+		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{}, cuts: map[string]exportCut{},
 		runner: &ocf.Runner{Root: cfg.OCFRoot, Env: cfg.OCFEnv}, local: map[string]*localRes{}, resWake: make(chan struct{}, 1)}
 	if cfg.Pool != nil {
 		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
@@ -184,6 +186,7 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 		a.host = h
+		h.SetOnNewEpoch(a.newerEpochOpened)
 	}
 	return a, nil
 }
@@ -332,7 +335,7 @@ func (a *Agent) nodeLoop(ctx context.Context) {
 // the volumes' workers are doing (one may be waiting for a mirror that
 // waits for the cluster store, up to the mirror's StoreTimeout: the node
 // would go on serving, past its lease, while another node takes over). The
-// workers then stop the cut primaries (stopReason, wasCut).
+// workers then stop the cut primaries (stopReason, cutReason).
 func (a *Agent) fenceLoop(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -363,24 +366,61 @@ func (a *Agent) cutExports() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cut := a.esrv.CutExport(name)
-			a.cutMu.Lock()
-			if _, ok := a.cuts[name]; !ok {
-				a.cuts[name] = cut
-			}
-			a.cutMu.Unlock()
+			a.noteCut(name, a.esrv.CutExport(name), selfFence)
 			a.log.Warn("export cut off: this node does not hold its lease (self-fence)", "volume", name)
 		}()
 	}
 	wg.Wait()
 }
 
-// wasCut reports whether fenceLoop cut a volume's export off.
-func (a *Agent) wasCut(name string) bool {
+// exportCut is when and why an export was cut off ahead of its worker.
+type exportCut struct {
+	at  time.Time
+	why string
+}
+
+const selfFence = "this node lost its lease or quorum: it stops serving (self-fence)"
+
+// noteCut records the first cut of a volume's export (of this tenure).
+func (a *Agent) noteCut(name string, at time.Time, why string) {
+	a.cutMu.Lock()
+	if _, ok := a.cuts[name]; !ok {
+		a.cuts[name] = exportCut{at: at, why: why}
+	}
+	a.cutMu.Unlock()
+}
+
+// cutReason says why a volume's export was cut off ("" if it was not).
+func (a *Agent) cutReason(name string) string {
 	a.cutMu.Lock()
 	defer a.cutMu.Unlock()
-	_, ok := a.cuts[name]
-	return ok
+	return a.cuts[name].why
+}
+
+// newerEpochOpened is told by the replica host that a primary opened this
+// node's replica of a volume at a newer epoch (its earlier handles are
+// fenced already). If this node still serves an older epoch of it (a
+// move or failover elsewhere that its worker has not acted on yet: it may
+// be stuck publishing its export record while the store is slow), its
+// export is cut off now, before the new primary can serve: two primaries
+// never take requests at once, even for a moment. The worker then stops
+// it (stopReason).
+func (a *Agent) newerEpochOpened(name string, epoch uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock() // held: no new tenure of name can be installed meanwhile
+	p := a.prims[name]
+	if p == nil || p.epoch >= epoch {
+		return
+	}
+	why := fmt.Sprintf("a newer primary opened this node's replica at epoch %d", epoch)
+	a.noteCut(name, a.esrv.CutExport(name), why)
+	a.log.Warn("export cut off: "+why, "volume", name, "epoch", p.epoch)
+	if w := a.workers[name]; w != nil {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // countEpochsLocked counts the volumes' epoch changes seen in the store.
@@ -637,8 +677,8 @@ func (a *Agent) stopPrimary(name string, p *primary, why string, graceful bool) 
 	a.mu.Unlock()
 	cut := a.esrv.RemoveExport(name)
 	a.cutMu.Lock()
-	if t, ok := a.cuts[name]; ok {
-		cut = t // fenceLoop cut it off first
+	if c, ok := a.cuts[name]; ok {
+		cut = c.at // cut off first (fenceLoop, newerEpochOpened)
 		delete(a.cuts, name)
 	}
 	a.cutMu.Unlock()

@@ -3,11 +3,13 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/device"
 	"github.com/hacs/hacs/internal/mirror"
+	"github.com/hacs/hacs/internal/nbd"
 	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/store"
 )
@@ -315,4 +318,71 @@ func TestVolumesDoNotWaitForAnotherVolumesStoreUpdate(t *testing.T) {
 	if werr == nil || !errors.Is(werr, syscall.EIO) {
 		t.Fatalf("va's write: %v, want EIO (not acknowledged while the store could not drop the replica)", werr)
 	}
+}
+
+// TestNewerEpochCutsTheOldPrimary: when another primary opens this node's
+// replica of a volume at a newer epoch, this node's export of the older
+// epoch is cut off before that open returns (so before the new primary
+// can serve), even while the volume's worker is busy elsewhere; the worker
+// then stops the old primary and says why.
+func TestNewerEpochCutsTheOldPrimary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an in-process node")
+	}
+	n1, a1 := startTestAgent(t, "n1", nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := a1.createVolume(ctx, VolumeRequest{Name: "vx", Size: 8 << 20, Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "vx served on n1", func() bool { return exports(a1, "vx") })
+	epoch := a1.Primaries()["vx"].Epoch
+	// A client of the export, to see it cut off.
+	c, err := nbd.Dial(ctx, "tcp", a1.exportAddr, nbd.ClientOptions{Export: "vx"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The worker is kept busy (as one stuck publishing its export record
+	// while the store is slow): the cut must not wait for it.
+	a1.mu.Lock()
+	w := a1.workers["vx"]
+	a1.mu.Unlock()
+	if w == nil {
+		t.Fatal("vx has no worker")
+	}
+	w.act.Lock()
+	acquired := time.Now()
+	h, err := a1.host.Acquire("vx", epoch+1, mirror.ReplicaSize(8<<20))
+	if err != nil {
+		w.act.Unlock()
+		t.Fatal(err)
+	}
+	returned := time.Now()
+	still := exports(a1, "vx")
+	w.act.Unlock()
+	h.Close()
+	if still {
+		t.Fatalf("n1 still exports vx at epoch %d after a primary of epoch %d opened its replica", epoch, epoch+1)
+	}
+	if err := c.ReadAt(make([]byte, 4096), 0); err == nil {
+		t.Fatal("the old primary's client could still read after the cut")
+	}
+	var ev cluster.Event
+	waitFor(t, 10*time.Second, "vx's old primary stopped, with the reason", func() bool {
+		evs, _, err := cluster.ListEvents(ctx, n1.Client(), cluster.EventFilter{Kind: "volume-stopped", Resource: "volume/vx"})
+		if err != nil || len(evs) == 0 {
+			return false
+		}
+		ev = evs[len(evs)-1]
+		return true
+	})
+	if !strings.Contains(ev.Message, fmt.Sprintf("a newer primary opened this node's replica at epoch %d", epoch+1)) {
+		t.Fatalf("stop event: %q", ev.Message)
+	}
+	at, err := time.Parse(time.RFC3339Nano, ev.Fields["stopped_at"])
+	if err != nil || at.Before(acquired) || at.After(returned) {
+		t.Fatalf("stopped_at %v (%v): want the cut, between %v and %v", ev.Fields["stopped_at"], err, acquired, returned)
+	}
+	t.Logf("export cut %v after the open began; %s", at.Sub(acquired), ev.Message)
 }

@@ -166,8 +166,10 @@ func (a *Agent) converge(ctx context.Context, name string, v *volumeView, servin
 // and whether gracefully (flushed: the primary moves on purpose).
 func (a *Agent) stopReason(name string, p *primary, v *volumeView, serving bool) (string, bool) {
 	switch {
-	case !serving || a.wasCut(name):
-		return "this node lost its lease or quorum: it stops serving (self-fence)", false
+	case !serving:
+		return selfFence, false
+	case a.cutReason(name) != "":
+		return a.cutReason(name), false
 	case v == nil || v.spec == nil || v.state == nil:
 		return "volume destroyed", true
 	case p.m.Fenced():

@@ -65,7 +65,19 @@ type Host struct {
 	opener   Opener
 	mu       sync.Mutex
 	vols     map[string]*hostVol
+	// onNewEpoch, if set, is told of every open at an epoch newer than the
+	// volume's newest (SetOnNewEpoch).
+	onNewEpoch func(volume string, epoch uint64)
 }
+
+// SetOnNewEpoch has fn called each time a primary opens a replica at an
+// epoch newer than any seen for the volume, once the handles of earlier
+// epochs are fenced, and before Acquire returns (so before that primary
+// can serve). fn must not call back into the Host. The agent uses it to cut
+// off at once the export of its own older primary of that volume, which
+// would otherwise only learn at its next I/O that it was fenced. Set it
+// before the Host is used.
+func (h *Host) SetOnNewEpoch(fn func(volume string, epoch uint64)) { h.onNewEpoch = fn }
 
 type hostVol struct {
 	dev   device.Device
@@ -127,6 +139,12 @@ func (h *Host) Acquire(volume string, epoch uint64, size int64) (*Handle, error)
 	if epoch == 0 {
 		return nil, fmt.Errorf("volume %s: epoch 0 is not valid", volume)
 	}
+	newer := false
+	defer func() { // after h.mu is released
+		if newer && h.onNewEpoch != nil {
+			h.onNewEpoch(volume, epoch)
+		}
+	}()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	v := h.vols[volume]
@@ -145,6 +163,7 @@ func (h *Host) Acquire(volume string, epoch uint64, size int64) (*Handle, error)
 			return nil, fmt.Errorf("volume %s: persist epoch %d: %w", volume, epoch, err)
 		}
 		v.epoch = epoch
+		newer = true
 	}
 	// Every earlier handle is fenced, of an older epoch or of this one: a
 	// primary opens a replica again only after giving up on its previous
