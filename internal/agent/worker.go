@@ -32,6 +32,10 @@ type volWorker struct {
 	// serving whether this node held its lease then; guarded by Agent.mu.
 	want    *volumeView
 	serving bool
+	// cancel ends the step in progress early (publishing the export
+	// record, a start's announcement) when a newer view says this node
+	// must stop serving the volume; guarded by Agent.mu.
+	cancel context.CancelFunc
 	// act is held while the volume is acted upon: by the worker while it
 	// converges, and by API calls that stop and restart the primary
 	// (resizePrimary).
@@ -79,6 +83,11 @@ func (a *Agent) handLocked(ctx context.Context, name string, v *volumeView, serv
 		go a.runWorker(ctx, w)
 	}
 	w.want, w.serving = v, serving
+	if p := a.prims[name]; p != nil && w.cancel != nil {
+		if why, _ := a.stopReason(name, p, v, serving); why != "" {
+			w.cancel() // stop first; what it was doing is moot
+		}
+	}
 	select {
 	case w.wake <- struct{}{}:
 	default: // already awake: it reads want when it gets there
@@ -108,11 +117,15 @@ func (a *Agent) runWorker(ctx context.Context, w *volWorker) {
 		case <-w.wake:
 		}
 		w.act.Lock()
+		step, cancel := context.WithCancel(ctx)
 		a.mu.Lock()
 		v, serving := w.want, w.serving
+		w.cancel = cancel
 		a.mu.Unlock()
-		a.converge(ctx, w.name, v, serving)
+		a.converge(step, w.name, v, serving)
 		a.mu.Lock()
+		w.cancel = nil
+		cancel()
 		idle := a.prims[w.name] == nil && len(w.wake) == 0 && !a.mustStartLocked(w.want, w.serving)
 		if idle {
 			delete(a.workers, w.name)
@@ -186,6 +199,9 @@ func (a *Agent) stopReason(name string, p *primary, v *volumeView, serving bool)
 // once for its epoch.
 func (a *Agent) startOrCount(ctx context.Context, v *volumeView) {
 	if err := a.startPrimary(ctx, v); err != nil {
+		if ctx.Err() != nil {
+			return // a newer view (or the agent's end) cancelled the step: not a failure of the volume
+		}
 		a.emit("volume-start-failed", v.name, fmt.Sprintf("cannot serve at epoch %d: %v", v.state.Epoch, err))
 		a.mu.Lock()
 		a.failed[v.name] = v.state.Epoch
