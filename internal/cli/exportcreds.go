@@ -11,7 +11,6 @@ import (
 
 	"github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
-	"github.com/hacs/hacs/internal/nbd"
 )
 
 // exportCreds are what an NBD client of the cluster's volume exports
@@ -34,19 +33,7 @@ type exportCreds struct {
 // nil when there is no CA to check the servers with.
 func (f *apiFlags) exportCredentials(tf *tlsClientFlags) (*exportCreds, error) {
 	if tf != nil && tf.given() {
-		var files nbd.TLSFiles
-		if tf.dir != "" {
-			files = nbd.TLSFilesFromDir(tf.dir, true)
-		}
-		if tf.ca != "" {
-			files.CA = tf.ca
-		}
-		if tf.cert != "" {
-			files.Cert = tf.cert
-		}
-		if tf.key != "" {
-			files.Key = tf.key
-		}
+		files := tf.files()
 		if files.CA == "" {
 			return nil, errors.New("TLS: no CA certificate (--tls-ca or ca-cert.pem in --tls-certificates)")
 		}

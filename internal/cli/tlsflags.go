@@ -37,19 +37,28 @@ func (f *tlsServerFlags) register(fs *pflag.FlagSet, prefix, defaultMode, what s
 	fs.BoolVar(&f.verifyPeer, prefix+"tls-verify-peer", false, "require clients to present a certificate signed by the CA (mutual TLS)")
 }
 
-func (f *tlsServerFlags) files() nbd.TLSFiles {
+func (f *tlsServerFlags) files() nbd.TLSFiles { return tlsFiles(f.dir, f.ca, f.cert, f.key, false) }
+
+// files are the client's TLS files: those of --tls-certificates, each
+// replaced by its own flag when given.
+func (f *tlsClientFlags) files() nbd.TLSFiles { return tlsFiles(f.dir, f.ca, f.cert, f.key, true) }
+
+// tlsFiles are the files of an x509 directory (nbdkit's and qemu's layout,
+// the server's or the client's side), each replaced by ca, cert or key
+// when given.
+func tlsFiles(dir, ca, cert, key string, client bool) nbd.TLSFiles {
 	var files nbd.TLSFiles
-	if f.dir != "" {
-		files = nbd.TLSFilesFromDir(f.dir, false)
+	if dir != "" {
+		files = nbd.TLSFilesFromDir(dir, client)
 	}
-	if f.cert != "" {
-		files.Cert = f.cert
+	if cert != "" {
+		files.Cert = cert
 	}
-	if f.key != "" {
-		files.Key = f.key
+	if key != "" {
+		files.Key = key
 	}
-	if f.ca != "" {
-		files.CA = f.ca
+	if ca != "" {
+		files.CA = ca
 	}
 	return files
 }

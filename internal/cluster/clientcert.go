@@ -7,8 +7,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -249,19 +247,9 @@ func NewClientKey(name string) (keyPEM, csrPEM []byte, err error) {
 // client authentication only, no host names, the hacs://CLUSTER/client/NAME
 // URI. Only the key comes from the request.
 func (a *ca) signClient(csrPEM []byte, clusterID, name string, validity time.Duration) ([]byte, error) {
-	if a.key == nil {
-		return nil, errors.New("this node does not hold the cluster CA key")
-	}
-	b, _ := pem.Decode(csrPEM)
-	if b == nil || b.Type != "CERTIFICATE REQUEST" {
-		return nil, errors.New("no PEM certificate request")
-	}
-	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	csr, err := a.request(csrPEM)
 	if err != nil {
-		return nil, fmt.Errorf("certificate request: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("certificate request: bad signature: %w", err)
+		return nil, err
 	}
 	u, err := url.Parse(clientCertURI(clusterID, name))
 	if err != nil {

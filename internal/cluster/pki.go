@@ -203,10 +203,9 @@ func nodeCertURI(clusterID, nodeID string) string {
 	return "hacs://" + clusterID + "/node/" + nodeID
 }
 
-// sign issues a node certificate for the key of csrPEM. The name, id and
-// addresses come from the cluster (the admitted join request), not from the
-// request, which only proves possession of the key.
-func (a *ca) sign(csrPEM []byte, clusterID, nodeID, name string, hosts []string, validity time.Duration) ([]byte, error) {
+// request reads a certificate request for this CA to sign: well formed and
+// signed by the key it names (which proves its possession).
+func (a *ca) request(csrPEM []byte) (*x509.CertificateRequest, error) {
 	if a.key == nil {
 		return nil, errors.New("this node does not hold the cluster CA key")
 	}
@@ -220,6 +219,17 @@ func (a *ca) sign(csrPEM []byte, clusterID, nodeID, name string, hosts []string,
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("certificate request: bad signature: %w", err)
+	}
+	return csr, nil
+}
+
+// sign issues a node certificate for the key of csrPEM. The name, id and
+// addresses come from the cluster (the admitted join request), not from the
+// request, which only proves possession of the key.
+func (a *ca) sign(csrPEM []byte, clusterID, nodeID, name string, hosts []string, validity time.Duration) ([]byte, error) {
+	csr, err := a.request(csrPEM)
+	if err != nil {
+		return nil, err
 	}
 	now := time.Now()
 	u, err := url.Parse(nodeCertURI(clusterID, nodeID))
