@@ -123,7 +123,7 @@ func (f *Follower) watch() {
 			continue
 		}
 		f.log.Warn("primary silent while the cluster names another: leaving it", "silent", cur.Addr, "epoch", cur.Epoch, "new", nt.Addr, "new_epoch", nt.Epoch)
-		go c.Close() // pending requests fail over to the new primary
+		go c.Abort() // pending requests fail over to the new primary
 	}
 }
 
@@ -172,7 +172,7 @@ func (f *Follower) reconnect(gen uint64, cause error, deadline time.Time) error 
 		return nil // another request already moved on
 	}
 	if f.cur != nil {
-		f.cur.Close()
+		f.cur.Abort() // its unsent requests must never arrive later
 		f.cur = nil
 	}
 	f.log.Warn("primary unavailable, following the volume", "primary", f.target.Addr, "epoch", f.target.Epoch, "cause", cause)

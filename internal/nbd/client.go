@@ -55,6 +55,7 @@ type ExportInfo struct {
 // connection and completed as replies arrive, in any order.
 type Client struct {
 	nc   net.Conn
+	raw  net.Conn // the connection under TLS, if any (Abort)
 	br   *bufio.Reader
 	info ExportInfo
 	meta uint32 // context id of base:allocation
@@ -129,7 +130,7 @@ func NewClient(nc net.Conn, opts ClientOptions) (*Client, error) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	c := &Client{nc: nc, br: bufio.NewReaderSize(nc, 128<<10), pending: make(map[uint64]*call), done: make(chan struct{})}
+	c := &Client{nc: nc, raw: nc, br: bufio.NewReaderSize(nc, 128<<10), pending: make(map[uint64]*call), done: make(chan struct{})}
 	timeout := opts.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
@@ -747,6 +748,19 @@ func (c *Client) Extents(off, length int64) ([]device.Extent, error) {
 }
 
 // Close sends a disconnect request and closes the connection.
+// Abort drops the connection at once, without the disconnect request:
+// whatever the kernel still holds unsent (requests written while the
+// server was out of reach) is discarded with a reset instead of being
+// delivered later. A client that re-issues its pending requests on another
+// connection must abort the old one: a request delivered late by TCP on
+// the old connection would land after newer writes.
+func (c *Client) Abort() {
+	if tc, ok := c.raw.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.fail(device.ErrClosed)
+}
+
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.err != nil {
