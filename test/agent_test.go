@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	rm "github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/nbd"
 )
@@ -36,7 +38,7 @@ func newRMCluster(t *testing.T, n int, extra ...string) *rmCluster {
 		name := fmt.Sprintf("n%d", i)
 		var p [5]string
 		for k := range p {
-			p[k] = freeTCPAddr(t)
+			p[k] = testnet.FreeAddr(t)
 		}
 		c.ports[name] = p
 		c.start(name)

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -58,8 +60,8 @@ type agent struct {
 func newAgent(t testing.TB, name string, extra ...string) *agent {
 	return &agent{
 		t: t, name: name, dir: shortTempDir(t),
-		api: freeTCPAddr(t), peer: freeTCPAddr(t), client: freeTCPAddr(t),
-		replica: freeTCPAddr(t), export: freeTCPAddr(t),
+		api: testnet.FreeAddr(t), peer: testnet.FreeAddr(t), client: testnet.FreeAddr(t),
+		replica: testnet.FreeAddr(t), export: testnet.FreeAddr(t),
 		extra: extra,
 	}
 }
@@ -718,7 +720,7 @@ func TestClusterRefusals(t *testing.T) {
 	// --join without --token
 	expect("join without token", runCmdTimeout(t, 30*time.Second, hacsBin, "agent", "--data-dir", x.dir, "--join", n1.api), "--join and --token go together")
 	// nothing listens at --join
-	expect("nobody at --join", x.run(freeTCPAddr(t), tok), "cannot reach the hacs agent")
+	expect("nobody at --join", x.run(testnet.FreeAddr(t), tok), "cannot reach the hacs agent")
 	// ports in use
 	y := newAgent(t, "y")
 	y.peer = n1.peer
@@ -739,7 +741,7 @@ func TestClusterRefusals(t *testing.T) {
 	// the same data directory under another name
 	expect("data dir of another node", runCmdTimeout(t, 30*time.Second, hacsBin, append(o2.args("", ""), "--name", "other")...), "belongs to node o2")
 	// a data directory in use
-	expect("data dir in use", runCmdTimeout(t, 30*time.Second, hacsBin, "agent", "--data-dir", n1.dir, "--api", freeTCPAddr(t)), "in use by another hacs agent")
+	expect("data dir in use", runCmdTimeout(t, 30*time.Second, hacsBin, "agent", "--data-dir", n1.dir, "--api", testnet.FreeAddr(t)), "in use by another hacs agent")
 	// bad flags
 	expect("bad role", x.run("", "", "--roles", "storage,witness"), "cannot be combined")
 	expect("bad TTL", x.run("", "", "--lease-ttl", "1500ms"), "whole-second")

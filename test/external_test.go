@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 
@@ -34,8 +36,8 @@ func startTLSEtcd(t *testing.T) (endpoint, clientDir string) {
 	cfg := embed.NewConfig()
 	cfg.Dir = filepath.Join(dir, "data")
 	cfg.Name = "ext"
-	peer, _ := url.Parse("http://" + freeTCPAddr(t))
-	client, _ := url.Parse("https://" + freeTCPAddr(t))
+	peer, _ := url.Parse("http://" + testnet.FreeAddr(t))
+	client, _ := url.Parse("https://" + testnet.FreeAddr(t))
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	cfg.InitialCluster = "ext=" + peer.String()

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	"github.com/hacs/hacs/internal/nbd"
 )
 
@@ -395,7 +397,7 @@ func startServe(t testing.TB, o serveOpts) *server {
 	}
 	s := &server{export: o.name, file: o.file}
 	if o.tcp {
-		s.network, s.addr = "tcp", freeTCPAddr(t)
+		s.network, s.addr = "tcp", testnet.FreeAddr(t)
 	} else {
 		s.network, s.addr = "unix", filepath.Join(dir, "nbd.sock")
 	}
@@ -433,49 +435,6 @@ func startNbdkit(t testing.TB, plugin string, args ...string) *server {
 	s.waitAccepting(t, s.network, s.addr)
 	return s
 }
-
-// freeTCPAddr returns 127.0.0.1:PORT with a port that was free a moment ago,
-// for a daemon the test starts later. The port is drawn from 10000-20999,
-// below the kernel's ephemeral range (32768-60999 by default): a port from
-// that range, closed until the daemon binds it, can meanwhile become the
-// local port of any outgoing connection on the machine (CI saw an agent
-// fail with "address already in use" that way). It never hands out the same
-// port twice in one test binary.
-func freeTCPAddr(t testing.TB) string {
-	t.Helper()
-	for i := 0; i < 1000; i++ {
-		port := 10000 + rand.IntN(11000)
-		if port >= 17700 && port < 17800 {
-			continue // hacs demo's default ports
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		handedOutMu.Lock()
-		seen := handedOut[addr]
-		handedOutMu.Unlock()
-		if seen {
-			continue
-		}
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue // in use
-		}
-		ln.Close()
-		handedOutMu.Lock()
-		seen = handedOut[addr]
-		handedOut[addr] = true
-		handedOutMu.Unlock()
-		if !seen {
-			return addr
-		}
-	}
-	t.Fatal("no free TCP port in 10000-20999 that was not handed out already")
-	return ""
-}
-
-var (
-	handedOutMu sync.Mutex
-	handedOut   = map[string]bool{}
-)
 
 // ---------------------------------------------------------------------------
 // NBD tools

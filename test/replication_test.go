@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	"github.com/hacs/hacs/internal/mirror"
 	"github.com/hacs/hacs/internal/nbd"
 )
@@ -41,7 +43,7 @@ func (c *replCluster) sock(id string) string { return filepath.Join(c.dir, id+".
 func (c *replCluster) start(id string, primary bool) *proc {
 	args := []string{"replica", "node", "--dir", filepath.Join(c.dir, id), "--id", id, "--listen", "unix:" + c.sock(id)}
 	if primary {
-		c.http[id] = freeTCPAddr(c.t)
+		c.http[id] = testnet.FreeAddr(c.t)
 		args = append(args, "--primary", "vol", "--size", fmt.Sprint(replSize), "--state", filepath.Join(c.dir, "vol.state"),
 			"--export", "unix:"+filepath.Join(c.dir, "export-"+id+".sock"), "--http", c.http[id], "--timeout", "2s")
 		for _, p := range []string{"n1", "n2", "n3"} {

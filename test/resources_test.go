@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	rm "github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
 )
@@ -71,7 +73,7 @@ func newResCluster(t *testing.T, n int, extra ...string) *resCluster {
 		name := fmt.Sprintf("n%d", i)
 		var p [5]string
 		for k := range p {
-			p[k] = freeTCPAddr(t)
+			p[k] = testnet.FreeAddr(t)
 		}
 		c.ports[name] = p
 		c.varrun[name] = filepath.Join(c.dir, "varrun-"+name)

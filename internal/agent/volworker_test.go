@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"slices"
 	"strings"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hacs/hacs/internal/testnet"
 
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/device"
@@ -31,16 +32,6 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // startTestAgent starts an in-process node (joining join's cluster, if
 // given) and prepares its agent; hook, if set, is its mirrorHook. The
 // agent runs until the test ends.
@@ -48,7 +39,7 @@ func startTestAgent(t *testing.T, name string, join *cluster.Node, hook func(*mi
 	t.Helper()
 	cfg := cluster.Config{
 		DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
-		PeerListen: freeAddr(t), ClientListen: freeAddr(t),
+		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t),
 		LeaseTTL: 2 * time.Second, EtcdUnsafeNoFsync: true,
 		Logger: testLogger(t), Out: io.Discard,
 	}

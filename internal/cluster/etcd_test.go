@@ -1,24 +1,15 @@
 package cluster
 
 import (
-	"net"
 	"net/url"
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 )
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // startTestEtcd runs a single-member embedded etcd for the test and
 // returns a client of it.
@@ -27,8 +18,8 @@ func startTestEtcd(t testing.TB) (*embed.Etcd, *clientv3.Client) {
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
 	cfg.Name = "test"
-	peer, _ := url.Parse("http://" + freeAddr(t))
-	client, _ := url.Parse("http://" + freeAddr(t))
+	peer, _ := url.Parse("http://" + testnet.FreeAddr(t))
+	client, _ := url.Parse("http://" + testnet.FreeAddr(t))
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	cfg.InitialCluster = "test=" + peer.String()

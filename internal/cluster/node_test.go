@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	"github.com/hacs/hacs/internal/mirror"
 )
 
@@ -24,7 +26,7 @@ func testLogger(t testing.TB) *slog.Logger {
 func testConfig(t testing.TB, name string) Config {
 	return Config{
 		DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
-		PeerListen: freeAddr(t), ClientListen: freeAddr(t),
+		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t),
 		LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
 		Logger: testLogger(t), Out: io.Discard, EtcdLogLevel: os.Getenv("HACS_TEST_ETCD_LOG"), Insecure: os.Getenv("HACS_TEST_INSECURE") != "",
 	}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
@@ -86,8 +88,8 @@ func startTestEtcdTLS(t testing.TB) *testStoreCreds {
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
 	cfg.Name = "test"
-	peer, _ := url.Parse("http://" + freeAddr(t))
-	client, _ := url.Parse("https://" + freeAddr(t))
+	peer, _ := url.Parse("http://" + testnet.FreeAddr(t))
+	client, _ := url.Parse("https://" + testnet.FreeAddr(t))
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	cfg.InitialCluster = "test=" + peer.String()

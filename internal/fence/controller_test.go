@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,20 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testnet"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hacs/hacs/internal/cluster"
 )
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 func startNode(t testing.TB, name, join, token string) *cluster.Node {
 	t.Helper()
@@ -35,7 +26,7 @@ func startNode(t testing.TB, name, join, token string) *cluster.Node {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", name)
 	}
 	n, err := cluster.New(cluster.Config{DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
-		PeerListen: freeAddr(t), ClientListen: freeAddr(t), LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
+		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t), LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
 		Logger: log, Out: io.Discard, Join: join, Token: token})
 	if err != nil {
 		t.Fatal(err)

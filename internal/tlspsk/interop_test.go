@@ -16,10 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hacs/hacs/internal/testnet"
 )
 
 func needTool(t *testing.T, tool, pkg string) string {
@@ -278,17 +281,6 @@ func TestInteropGnuTLSClientWrongKey(t *testing.T) {
 	}
 }
 
-// freePort returns a port that was free a moment ago.
-func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
-
 // dialRetry connects to a server program that is starting.
 func dialRetry(t *testing.T, p *peerProc, port string) net.Conn {
 	t.Helper()
@@ -364,7 +356,7 @@ func TestInteropGnuTLSServer(t *testing.T) {
 		{"hrr", gnutlsPSK13Priority + ":-GROUP-ALL:+GROUP-SECP384R1", Config{Groups: []uint16{GroupX25519, GroupSecp384r1}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			port := freePort(t)
+			port := strconv.Itoa(testnet.FreePort(t))
 			p := startPeer(t, serv, "--echo", "--pskpasswd", keyFile, "--priority", tc.priority, "-p", port, "--nodb", "-a")
 			raw := dialRetry(t, p, port)
 			defer raw.Close()
@@ -405,7 +397,7 @@ func TestInteropGnuTLSClientSHA384Refused(t *testing.T) {
 func TestInteropGnuTLSServerWrongKey(t *testing.T) {
 	serv := needTool(t, "gnutls-serv", "gnutls-bin")
 	keyFile := writePSKFile(t, "alice", interopKey)
-	port := freePort(t)
+	port := strconv.Itoa(testnet.FreePort(t))
 	p := startPeer(t, serv, "--echo", "--pskpasswd", keyFile, "--priority", gnutlsPSKPriority, "-p", port, "--nodb", "-a")
 	for _, tc := range []struct {
 		name, user string
@@ -474,7 +466,7 @@ func TestInteropOpenSSLClient(t *testing.T) {
 
 func TestInteropOpenSSLServer(t *testing.T) {
 	ossl := needTool(t, "openssl", "openssl")
-	port := freePort(t)
+	port := strconv.Itoa(testnet.FreePort(t))
 	p := startPeer(t, ossl, "s_server", "-accept", "127.0.0.1:"+port, "-psk", hex.EncodeToString(interopKey),
 		"-psk_identity", "alice", "-nocert", "-tls1_3", "-rev", "-groups", "P-384:X25519")
 	rev := func(s string) string {

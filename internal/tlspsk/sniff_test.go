@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hacs/hacs/internal/testnet"
 )
 
 // captureHello returns the first flight a client writes.
@@ -195,7 +198,7 @@ func TestLoadKeysPsktool(t *testing.T) {
 		t.Fatalf("keys from psktool: %d identities", len(keys))
 	}
 	serv := needTool(t, "gnutls-serv", "gnutls-bin")
-	port := freePort(t)
+	port := strconv.Itoa(testnet.FreePort(t))
 	p := startPeer(t, serv, "--echo", "--pskpasswd", path, "--priority", gnutlsPSKPriority, "-p", port, "--nodb", "-a")
 	raw := dialRetry(t, p, port)
 	defer raw.Close()
