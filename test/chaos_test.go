@@ -233,4 +233,34 @@ func TestChaosCheckers(t *testing.T) {
 	if _, unpaired := servingIntervals(exact, nil, t0.Add(time.Minute)); len(unpaired) != 1 {
 		t.Fatalf("stop of another epoch not reported: %v", unpaired)
 	}
+
+	// The long run of seed 1795335527792214073 (third session): n1 stopped
+	// on SIGTERM at .532, before n2 served epoch 63 from .852, but its
+	// volume-stopped event never reached the store and its process ended
+	// only at 40.637: from the store's events alone, 3.0 s of overlap. The
+	// agent's log line of the stop closes the tenure where it ended.
+	sigterm := []cluster.Event{
+		{Time: tm("20.368"), Node: "n1", Kind: "volume-serving", Resource: "volume/cv0", Fields: map[string]string{"epoch": "62", "serving_from": tm("20.300").Format(time.RFC3339Nano)}},
+		{Time: tm("36.853"), Node: "n2", Kind: "volume-serving", Resource: "volume/cv0", Fields: map[string]string{"epoch": "63", "serving_from": tm("36.852482").Format(time.RFC3339Nano)}},
+	}
+	exits := map[string][]time.Time{"n1": {tm("40.637")}}
+	ts, _ = servingIntervals(sigterm, exits, tm("59"))
+	if v, d, _ := checkOverlaps(ts, nil, time.Second); len(v) != 1 || d < 3*time.Second {
+		t.Fatalf("overlap up to the process end not found: %v %v", v, d)
+	}
+	agentLog := "time=2026-11-22T04:50:36.531Z level=INFO msg=\"stopping the agent\"\n" +
+		"time=2026-11-22T04:50:36.532Z level=INFO msg=\"stopped serving: agent stopping\" event=volume-stopped volume=cv0 epoch=62 stopped_at=2026-11-22T04:50:36.531912Z\n" +
+		"time=2026-11-22T04:50:36.533Z level=INFO msg=\"stopped serving: agent stopping\" event=volume-stopped volume=cv1\n" // no epoch: an older agent's line, ignored
+	logged := stopsFromLog("n1", agentLog)
+	if len(logged) != 1 || logged[0].Message != "stopped serving: agent stopping" || logged[0].Fields["stopped_at"] != "2026-11-22T04:50:36.531912Z" {
+		t.Fatalf("stops read from the agent's log: %+v", logged)
+	}
+	merged := mergeLoggedStops(sigterm, logged)
+	if again := mergeLoggedStops(merged, logged); len(again) != 3 {
+		t.Fatalf("a stop both logged and in the store counted twice: %d events", len(again))
+	}
+	ts, unpaired = servingIntervals(merged, exits, tm("59"))
+	if v, _, _ := checkOverlaps(ts, nil, 0); len(v) != 0 || len(unpaired) != 0 || !ts[0].to.Equal(tm("36.531912")) {
+		t.Fatalf("a logged stop before the newer tenure still overlaps: %v %v %+v", v, unpaired, ts)
+	}
 }

@@ -1594,6 +1594,64 @@ func servingIntervals(events []cluster.Event, exits map[string][]time.Time, end 
 	return res, unpaired
 }
 
+var reLogAttr = regexp.MustCompile(`(\w+)=("(?:[^"\\]|\\.)*"|\S*)`)
+
+// stopsFromLog reads the volume-stopped events an agent logged (time, the
+// message, and the event's fields: epoch, stopped_at). An agent writes the
+// event to its log even when the store cannot take it, as when it stops on
+// SIGTERM: the log line is then the only record of when its export closed.
+// The line's time is when the event was stamped, after the cut.
+func stopsFromLog(node, text string) []cluster.Event {
+	var out []cluster.Event
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.Contains(line, "event=volume-stopped") {
+			continue
+		}
+		ev := cluster.Event{Node: node, Kind: "volume-stopped", Fields: map[string]string{}}
+		for _, m := range reLogAttr.FindAllStringSubmatch(line, -1) {
+			v := m[2]
+			if uq, err := strconv.Unquote(v); err == nil {
+				v = uq
+			}
+			switch m[1] {
+			case "time":
+				ev.Time, _ = time.Parse(time.RFC3339Nano, v)
+			case "msg":
+				ev.Message = v
+			case "volume":
+				ev.Resource = "volume/" + v
+			case "epoch", "stopped_at":
+				ev.Fields[m[1]] = v
+			}
+		}
+		if !ev.Time.IsZero() && ev.Resource != "" && ev.Fields["epoch"] != "" {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// mergeLoggedStops adds to events the logged stops the store lacks (the
+// same node, volume, epoch and stopped_at).
+func mergeLoggedStops(events, logged []cluster.Event) []cluster.Event {
+	key := func(ev cluster.Event) string {
+		return ev.Node + "\x00" + ev.Resource + "\x00" + ev.Fields["epoch"] + "\x00" + ev.Fields["stopped_at"]
+	}
+	have := map[string]bool{}
+	for _, ev := range events {
+		if ev.Kind == "volume-stopped" {
+			have[key(ev)] = true
+		}
+	}
+	for _, ev := range logged {
+		if !have[key(ev)] {
+			have[key(ev)] = true
+			events = append(events, ev)
+		}
+	}
+	return events
+}
+
 func exitedBetween(exits []time.Time, from, to time.Time) bool {
 	for _, t := range exits {
 		if t.After(from) && t.Before(to) {
@@ -1869,6 +1927,9 @@ func runChaos(t *testing.T, cfg chaosConfig) chaosSummary {
 		events = append(events, ev)
 	}
 	l.mu.Unlock()
+	for _, n := range l.nodes {
+		events = mergeLoggedStops(events, stopsFromLog(n.name, n.pastLogs.String()+n.p.out.String()))
+	}
 	ts, unpaired := servingIntervals(events, l.exits, time.Now())
 	for _, u := range unpaired {
 		l.note("event log: %s", u)

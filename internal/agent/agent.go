@@ -281,8 +281,15 @@ func (a *Agent) self() string { return a.node.Name() }
 
 func (a *Agent) emit(kind, volume, msg string) { a.emitFields(kind, volume, msg, nil) }
 
+// emitFields logs the event with its fields and writes it to the cluster's
+// event log. The log line matters when the store cannot take the event (an
+// agent stopping, a node cut off): it is then the only record of it.
 func (a *Agent) emitFields(kind, volume, msg string, fields map[string]string) {
-	a.log.Info(msg, "event", kind, "volume", volume)
+	attrs := []any{"event", kind, "volume", volume}
+	for _, k := range slices.Sorted(maps.Keys(fields)) {
+		attrs = append(attrs, k, fields[k])
+	}
+	a.log.Info(msg, attrs...)
 	a.node.Emit(kind, "volume/"+volume, msg, fields)
 }
 
