@@ -169,3 +169,20 @@ func TestUsePSK(t *testing.T) {
 		}
 	}
 }
+
+// startServerWith is startPSKServer returning the server, logging to logs.
+func startServerWith(t testing.TB, logs *syncBuf, cfg *tls.Config, keys tlspsk.Keys, exports ...Export) (*Server, string) {
+	t.Helper()
+	srv := NewServer(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	srv.HandshakeTimeout = 5 * time.Second
+	srv.TLSConfig, srv.PSKKeys, srv.TLSPolicy = cfg, keys, TLSAllowed
+	for _, e := range exports {
+		mustOK(t, srv.AddExport(e))
+	}
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	ln, err := net.Listen("unix", sock)
+	mustOK(t, err)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return srv, sock
+}

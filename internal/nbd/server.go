@@ -41,6 +41,14 @@ type Export struct {
 	// with a pre-shared key. It implies TLS required; others get
 	// NBD_REP_ERR_TLS_REQD in plaintext and NBD_REP_ERR_POLICY over TLS.
 	ClientAuth bool
+	// Authorize, if set, decides whether an authenticated client may open
+	// the export (per-export grants): it is given who the client proved
+	// to be (the zero Peer for a client that did not authenticate) and
+	// returns why not. The client gets NBD_REP_ERR_POLICY with that text
+	// (a disconnect for EXPORT_NAME), the export is left out of its
+	// NBD_OPT_LIST, and the server keeps serving everyone else.
+	// SetExportAuthorize replaces it while the export is served.
+	Authorize func(Peer) error
 
 	removed bool // by RemoveExport (guarded by the server's mu)
 }
@@ -382,9 +390,10 @@ type serverConn struct {
 	rw  net.Conn // what the protocol runs on: nc, or TLS over it
 	tls bool     // STARTTLS done
 	log *slog.Logger
-	// peer is the client's verified TLS certificate (nil: none yet);
-	// guarded by the server's mu
+	// peer is the client's verified TLS certificate (nil: none yet), psk
+	// the pre-shared key identity it used (""); guarded by the server's mu
 	peer *x509.Certificate
+	psk  string
 	done chan struct{}
 
 	// negotiated state
@@ -708,14 +717,25 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 }
 
 // selectExport starts serving e on this connection, unless RemoveExport
-// removed it since the client looked it up (the connection then ends): a
-// connection either is among those RemoveExport cuts off or never serves
+// removed it since the client looked it up, or its Authorize no longer
+// admits the client (the connection then ends): a connection either is
+// among those RemoveExport (SetExportAuthorize) cuts off or never serves
 // the export.
 func (c *serverConn) selectExport(e *Export) error {
-	c.srv.mu.Lock() // RemoveExport reads c.export
+	p := c.identity()
+	c.srv.mu.Lock() // RemoveExport and SetExportAuthorize read c.export
 	if e.removed {
 		c.srv.mu.Unlock()
 		return fmt.Errorf("export %q was removed while the client negotiated", e.Name)
+	}
+	if e.Authorize != nil {
+		// SetExportAuthorize may have changed it since the check: with
+		// the lock held, the connection either is among those it cuts
+		// or passes the new check
+		if err := e.Authorize(p); err != nil {
+			c.srv.mu.Unlock()
+			return fmt.Errorf("export %q: %w (changed while the client negotiated)", e.Name, err)
+		}
 	}
 	c.export = e
 	c.srv.mu.Unlock()
@@ -814,21 +834,43 @@ func (c *serverConn) exportTLSCheck(e *Export) error {
 	if e == nil {
 		return nil
 	}
-	policy, clientAuth := c.srv.access(e)
+	policy, clientAuth, authorize := c.srv.access(e)
 	if c.tls {
 		if clientAuth && !c.authenticated() {
 			return optErr(repErrPolicy, "export %q admits only authenticated clients: this TLS connection presented no client certificate (nor a pre-shared key)", e.Name)
 		}
-		return nil
+		return c.authorize(e.Name, authorize)
 	}
 	if policy != TLSRequired && !clientAuth {
-		return nil
+		return c.authorize(e.Name, authorize)
 	}
 	if c.srv.tlsMode() == TLSOff {
 		// NOTLS mode must not answer NBD_REP_ERR_TLS_REQD.
 		return optErr(repErrPolicy, "export %q requires TLS, which this server does not offer", e.Name)
 	}
 	return optErr(repErrTLSReqd, "export %q requires TLS: negotiate NBD_OPT_STARTTLS first", e.Name)
+}
+
+// authorize asks an export's Authorize (if any) about this client.
+func (c *serverConn) authorize(export string, authorize func(Peer) error) error {
+	if authorize == nil {
+		return nil
+	}
+	p := c.identity()
+	if err := authorize(p); err != nil {
+		return optErr(repErrPolicy, "%v", err)
+	}
+	return nil
+}
+
+// identity is who the client proved to be (the zero Peer if it did not).
+func (c *serverConn) identity() Peer {
+	if !c.authenticated() {
+		return Peer{}
+	}
+	c.srv.mu.Lock()
+	defer c.srv.mu.Unlock()
+	return Peer{Cert: c.peer, PSKIdentity: c.psk}
 }
 
 // authenticated reports whether the client proved who it is in the TLS
@@ -895,6 +937,9 @@ func (c *serverConn) startTLS() error {
 		return errTLSHandshakeLogged
 	}
 	c.log = c.log.With("peer", "psk:"+pc.Identity())
+	c.srv.mu.Lock()
+	c.psk = pc.Identity()
+	c.srv.mu.Unlock()
 	c.log.Info("nbd TLS established", "version", "TLS 1.3", "cipher", pc.CipherSuite(), "psk_identity", pc.Identity())
 	c.upgraded(pc)
 	return nil
