@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/hacs
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build test deps demo bench bench-cli fuzz clean
+.PHONY: all build test deps demo bench bench-cli bench-failover fuzz clean
 
 all: build
 
@@ -25,11 +25,17 @@ demo: build
 bench: build deps
 	bash scripts/bench.sh
 	bash scripts/bench-cli.sh
+	bash scripts/bench-failover.sh
 
 # hacs volume list / cluster status with 1000 volumes on a local 3-agent
 # cluster (VOLUMES, SIZE, RUNS: see the script).
 bench-cli: build
 	bash scripts/bench-cli.sh
+
+# Failover time as a client sees it: SIGKILL of the primary's agent under a
+# probe writing every 10 ms (RUNS, INTERVAL, SETTLE: see the script).
+bench-failover: build deps
+	bash scripts/bench-failover.sh
 
 # Short fuzzing session of every fuzz target (FUZZTIME per target).
 FUZZTIME ?= 30s
