@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -92,6 +93,9 @@ type Agent struct {
 	replicaAddr string
 	exportAddr  string
 	vols        *cluster.Cache
+	// primaryCount is how many volumes each node serves, as of the DC's
+	// last plan (raftLeaderCost).
+	primaryCount atomic.Pointer[map[string]int]
 
 	// mu guards the maps below. It is held only briefly: never across a
 	// call into a mirror, a wait of the export server or a cluster store
@@ -253,6 +257,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { defer a.wg.Done(); a.cfg.Fence.Run(ctx) }()
 	}
 	a.registerResourceAPI()
+	a.node.SetRaftLeaderCost(a.raftLeaderCost)
 	a.log.Info("resource manager running", "replica_addr", a.replicaAddr, "export_addr", a.exportAddr)
 
 	a.wg.Add(7)

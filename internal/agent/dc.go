@@ -45,6 +45,26 @@ func (a *Agent) dcLoop(ctx context.Context) {
 	}
 }
 
+// countPrimaries records how many volumes each node serves, for the
+// placement of the etcd raft leader (cluster.Node.SetRaftLeaderCost).
+func (a *Agent) countPrimaries(views map[string]*volumeView) {
+	n := map[string]int{}
+	for _, v := range views {
+		if v.state != nil && v.state.Primary != "" {
+			n[v.state.Primary]++
+		}
+	}
+	a.primaryCount.Store(&n)
+}
+
+// raftLeaderCost is the number of volumes node serves, as of the last plan.
+func (a *Agent) raftLeaderCost(node string) int {
+	if n := a.primaryCount.Load(); n != nil {
+		return (*n)[node]
+	}
+	return 0
+}
+
 // clusterState builds the planner's input.
 func (a *Agent) clusterState(views map[string]*volumeView) policy.State {
 	st := policy.State{Now: time.Now().UTC(), Settings: a.cfg.Settings}
@@ -94,6 +114,7 @@ func (a *Agent) clusterState(views map[string]*volumeView) policy.State {
 // (0 if nothing was written).
 func (a *Agent) planOnce(ctx context.Context, l cluster.Leadership, snap cluster.Snapshot) int64 {
 	views, _ := volumesFrom(snap)
+	a.countPrimaries(views)
 	actions := policy.Plan(a.clusterState(views))
 	var last int64
 	degraded := map[string]string{}

@@ -204,14 +204,13 @@ func (n *Node) dcDuties() {
 				n.log.Debug("trimmed the event log", "deleted", k)
 			}
 		}
-		if n.etcd != nil && !n.cfg.AllowDCRaftLeader && time.Since(lastMove) > 5*time.Second &&
-			n.etcd.Server.Lead() == uint64(n.etcd.Server.MemberID()) {
-			if target := n.raftLeaderTarget(); target != 0 {
+		if n.etcd != nil && !n.cfg.AllowDCRaftLeader && time.Since(lastMove) > 5*time.Second {
+			if lead, target, why := n.raftLeaderMove(); target != 0 {
 				lastMove = time.Now()
-				if err := n.etcd.Server.MoveLeader(ctx, uint64(n.etcd.Server.MemberID()), target); err != nil {
+				if err := n.etcd.Server.MoveLeader(ctx, lead, target); err != nil {
 					n.log.Debug("handing the raft leadership away", "err", err)
 				} else {
-					n.log.Info("handed the etcd raft leadership to another voter, so that a crash of the DC costs no raft election", "to", fmt.Sprintf("%x", target))
+					n.log.Info("moved the etcd raft leadership "+why, "to", fmt.Sprintf("%x", target))
 				}
 			}
 		}
@@ -240,23 +239,64 @@ func (n *Node) dcDuties() {
 	}
 }
 
-// raftLeaderTarget picks an online voter other than this node, preferring
-// a witness (it has nothing else to do).
-func (n *Node) raftLeaderTarget() uint64 {
+// SetRaftLeaderCost tells the DC what it costs to have the raft leader of
+// the embedded etcd on a node: the agent counts the volumes a node serves.
+// A crash of the raft leader costs a raft election, and the new leader
+// extends every lease by an election timeout, so a failover of what the
+// crashed node served takes more than a second longer; the DC moves the
+// leadership to a voter of cost 0 when the leader's cost is above 0.
+func (n *Node) SetRaftLeaderCost(cost func(node string) int) {
+	n.mu.Lock()
+	n.raftLeaderCost = cost
+	n.mu.Unlock()
+}
+
+// raftLeaderMove decides whether the DC moves the raft leadership, and
+// where: away from the DC itself (a crash of the DC would otherwise also
+// cost a raft election), or from a node that serves volumes to one that
+// serves none. The target is an online voter other than the DC, a witness
+// first (it has nothing else to do), then one of the lowest cost. It
+// returns the current leader, the target (0: no move) and why.
+func (n *Node) raftLeaderMove() (lead, target uint64, why string) {
+	lead = n.etcd.Server.Lead()
+	self := uint64(n.etcd.Server.MemberID())
+	if lead == 0 {
+		return 0, 0, ""
+	}
+	n.mu.Lock()
+	cost := n.raftLeaderCost
+	n.mu.Unlock()
+	if cost == nil {
+		cost = func(string) int { return 0 }
+	}
 	m := n.Members()
+	leadCost := 0
 	var best uint64
+	bestCost, bestWitness := 0, false
 	for _, ni := range m.Nodes {
+		if ni.MemberID == lead {
+			leadCost = cost(ni.Name)
+		}
 		if ni.Name == n.ident.Name || !ni.Online || !ni.Voter || ni.MemberID == 0 {
 			continue
 		}
 		if !n.etcd.Server.IsMemberExist(types.ID(ni.MemberID)) {
 			continue
 		}
-		if best == 0 || ni.HasRole(RoleWitness) {
-			best = ni.MemberID
+		c, w := cost(ni.Name), ni.HasRole(RoleWitness)
+		if best == 0 || (w && !bestWitness) || (w == bestWitness && c < bestCost) {
+			best, bestCost, bestWitness = ni.MemberID, c, w
 		}
 	}
-	return best
+	switch {
+	case best == 0 || best == lead:
+		return lead, 0, ""
+	case lead == self:
+		return lead, best, "off the DC, so that a crash of the DC costs no raft election"
+	case leadCost > 0 && bestCost == 0:
+		return lead, best, "to a node that serves no volume, so that a crash of a primary's node costs no raft election"
+	}
+	return lead, 0, ""
 }
 
 // SetStandby puts a node in standby (it takes no new work and hands its

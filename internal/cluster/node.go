@@ -91,6 +91,8 @@ type Node struct {
 	info          ClusterInfo
 	changes       chan struct{}
 	registeredRev int64
+	// raftLeaderCost: see SetRaftLeaderCost
+	raftLeaderCost func(node string) int
 
 	serving       bool
 	servingCtx    context.Context
