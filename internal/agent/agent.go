@@ -60,6 +60,10 @@ type Config struct {
 	// volume with tls allowed or off opts out: it serves anyone who
 	// reaches the port.
 	ExportClientAuth bool
+	// NBDLimits bound the connections that have not negotiated yet on the
+	// export and replica ports (each), and the connections of one volume
+	// export (MaxConnsPerExport, export port only). Zero: the defaults.
+	NBDLimits nbd.Limits
 	// ReplicaTimeout drops a replica that does not answer in time
 	// (default 5s).
 	ReplicaTimeout time.Duration
@@ -208,6 +212,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			// replication links: mutual TLS with node certificates only
 			a.rsrv.TLSConfig, a.rsrv.TLSPolicy = tc, nbd.TLSRequired
 		}
+		a.rsrv.Limits = a.cfg.NBDLimits
+		a.rsrv.MaxConnsPerExport = 0 // a primary's links are not clients
 		go a.rsrv.Serve(ln)
 		defer a.rsrv.Close()
 	}
@@ -217,6 +223,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.exportAddr = eln.Addr().String()
 	a.esrv = nbd.NewServer(a.log)
+	a.esrv.Limits = a.cfg.NBDLimits
 	if a.exportTLS() {
 		a.esrv.TLSConfig, a.esrv.PSKKeys, a.esrv.TLSPolicy = a.cfg.ExportTLS, a.cfg.ExportPSK, nbd.TLSAllowed
 		if a.cfg.ExportTLSPolicy == nbd.TLSRequired {

@@ -29,6 +29,7 @@ func newServeCmd() *cobra.Command {
 		readOnly bool
 		poolDir  string
 		tlsf     tlsServerFlags
+		limf     nbdLimitFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve FILE | serve --pool DIR VOLUME",
@@ -66,6 +67,10 @@ protocol's TLS-required error. See docs/NBD-TLS.md.`,
 			if err != nil {
 				return err
 			}
+			limits, err := limf.limits()
+			if err != nil {
+				return err
+			}
 			var size int64
 			if sizeStr != "" {
 				var err error
@@ -89,6 +94,7 @@ protocol's TLS-required error. See docs/NBD-TLS.md.`,
 			}
 			srv := nbd.NewServer(slog.Default())
 			srv.TLSConfig, srv.PSKKeys, srv.TLSPolicy = tlsCfg, pskKeys, tlsPolicy
+			srv.Limits = limits
 			if err := srv.AddExport(nbd.Export{Name: name, Description: desc, Device: dev, ReadOnly: readOnly}); err != nil {
 				return err
 			}
@@ -123,6 +129,7 @@ protocol's TLS-required error. See docs/NBD-TLS.md.`,
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes")
 	cmd.Flags().StringVar(&poolDir, "pool", "", "export VOLUME of the storage pool in this directory instead of a file")
 	tlsf.register(cmd.Flags(), "", "", "NBD")
+	limf.register(cmd.Flags(), "", "NBD", "max-connections", "clients that may be connected to the export at once (0: no limit; as qemu-nbd --shared)")
 	return cmd
 }
 

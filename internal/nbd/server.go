@@ -58,8 +58,9 @@ type Export struct {
 type Server struct {
 	// Logger receives connection and protocol events (default: slog.Default).
 	Logger *slog.Logger
-	// HandshakeTimeout bounds option negotiation (default 30s).
-	HandshakeTimeout time.Duration
+	// Limits bound the connections that have not negotiated yet (and the
+	// connections per export): HandshakeTimeout, MaxNegotiating, ...
+	Limits
 	// MaxInflightBytes bounds the payload memory one connection may hold in
 	// requests being served (default 64 MiB; at least MaxPayload).
 	MaxInflightBytes int64
@@ -88,6 +89,10 @@ type Server struct {
 	def       string // export served for the empty name
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
+	neg       negotiation    // connections in negotiation
+	perExport map[string]int // connections serving each export
+	refused   rateLog        // refusals for a limit
+	cut       rateLog        // connections cut at the negotiation deadline
 	closed    bool
 	wg        sync.WaitGroup
 }
@@ -102,6 +107,9 @@ func NewServer(logger *slog.Logger) *Server {
 		exports:   make(map[string]*Export),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*serverConn]struct{}),
+		perExport: make(map[string]int),
+		refused:   rateLog{interval: refusedLogEvery},
+		cut:       rateLog{interval: refusedLogEvery},
 	}
 }
 
@@ -320,20 +328,33 @@ func (s *Server) checkTLS() error {
 	return nil
 }
 
-// ServeConn serves one client connection in the background.
+// ServeConn serves one client connection in the background. A connection
+// beyond the limits on connections in negotiation (see Limits) is closed at
+// once.
 func (s *Server) ServeConn(nc net.Conn) {
-	c := &serverConn{srv: s, nc: nc, rw: nc, done: make(chan struct{}), log: s.Logger.With("remote", nc.RemoteAddr().String())}
 	if err := s.checkTLS(); err != nil {
 		s.Logger.Error("nbd connection refused", "remote", nc.RemoteAddr().String(), "err", err)
 		nc.Close()
 		return
 	}
+	ip := sourceIP(nc)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		nc.Close()
 		return
 	}
+	ok, why := s.admitNegotiation(ip)
+	if !ok {
+		s.mu.Unlock()
+		if tc, isTCP := nc.(*net.TCPConn); isTCP {
+			tc.SetLinger(0) // no TIME_WAIT left behind by a flood
+		}
+		nc.Close()
+		s.refused.warn(s.Logger, "nbd connection refused: too many connections in negotiation", "remote", nc.RemoteAddr().String(), "reason", why)
+		return
+	}
+	c := &serverConn{srv: s, nc: nc, rw: nc, ip: ip, negotiating: true, done: make(chan struct{}), log: s.Logger.With("remote", nc.RemoteAddr().String())}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -341,8 +362,14 @@ func (s *Server) ServeConn(nc net.Conn) {
 		defer s.wg.Done()
 		defer close(c.done)
 		c.serve()
+		s.endNegotiation(c)
 		s.mu.Lock()
 		delete(s.conns, c)
+		if c.counted != "" {
+			if s.perExport[c.counted]--; s.perExport[c.counted] <= 0 {
+				delete(s.perExport, c.counted)
+			}
+		}
 		s.mu.Unlock()
 	}()
 }
@@ -387,9 +414,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 type serverConn struct {
 	srv *Server
 	nc  net.Conn // the client's connection (closed to end it)
-	rw  net.Conn // what the protocol runs on: nc, or TLS over it
-	tls bool     // STARTTLS done
-	log *slog.Logger
+	ip  string   // its source IP address ("": not IP)
+	// negotiating: the connection holds a negotiation slot; counted: the
+	// export name it is counted for in perExport (guarded by the
+	// server's mu)
+	negotiating bool
+	counted     string
+	rw          net.Conn // what the protocol runs on: nc, or TLS over it
+	tls         bool     // STARTTLS done
+	log         *slog.Logger
 	// peer is the client's verified TLS certificate (nil: none yet), psk
 	// the pre-shared key identity it used (""); guarded by the server's mu
 	peer *x509.Certificate
@@ -422,18 +455,22 @@ func (c *serverConn) serve() {
 	if tc, ok := c.nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	c.br = bufio.NewReaderSize(c.nc, 128<<10)
-	timeout := c.srv.HandshakeTimeout
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
-	c.nc.SetDeadline(time.Now().Add(timeout))
+	// A small buffer until the client negotiated: an idle connection
+	// costs little.
+	c.br = bufio.NewReaderSize(c.nc, negotiationBufSize)
+	// One deadline for the whole negotiation, TLS handshake included: a
+	// client dribbling bytes does not extend it.
+	c.nc.SetDeadline(time.Now().Add(c.srv.handshakeTimeout()))
 	ok, err := c.handshake()
+	c.srv.endNegotiation(c)
 	if !ok && c.export != nil {
 		c.export.release()
 	}
 	if err != nil {
-		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && err != errTLSHandshakeLogged && err != errTLSRequiredHangup {
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			c.srv.cut.warn(c.log, "nbd connection cut: negotiation not done within the handshake timeout", "timeout", c.srv.handshakeTimeout().String(), "err", err, "tls", c.tls)
+		case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && err != errTLSHandshakeLogged && err != errTLSRequiredHangup:
 			c.log.Warn("nbd handshake ended", "err", err, "tls", c.tls)
 		}
 		return
@@ -442,6 +479,7 @@ func (c *serverConn) serve() {
 		return
 	}
 	c.nc.SetDeadline(time.Time{})
+	c.growReader()
 	c.send.w = c.rw
 	if c.tls {
 		// Gather each batch into few TLS records (one Write is one record
@@ -662,6 +700,15 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	}
 	if opt == optInfo {
 		defer e.release()
+	} else {
+		c.srv.mu.Lock()
+		full := c.srv.exportFull(e.Name)
+		c.srv.mu.Unlock()
+		if full != nil {
+			e.release()
+			c.srv.refused.warn(c.log, "nbd option refused: "+full.msg, "option", optName(opt), "export", e.Name)
+			return false, full
+		}
 	}
 	wantName, wantDesc := false, false
 	for i := 0; i < nreq; i++ {
@@ -737,7 +784,18 @@ func (c *serverConn) selectExport(e *Export) error {
 			return fmt.Errorf("export %q: %w (changed while the client negotiated)", e.Name, err)
 		}
 	}
+	if err := c.srv.exportFull(e.Name); err != nil {
+		c.srv.mu.Unlock()
+		c.srv.refused.warn(c.log, "nbd connection refused: "+err.msg, "export", e.Name)
+		// not an option error: the option's answer may already be sent
+		return errors.New(err.msg)
+	}
 	c.export = e
+	c.counted = e.Name
+	if c.srv.perExport == nil {
+		c.srv.perExport = make(map[string]int)
+	}
+	c.srv.perExport[e.Name]++
 	c.srv.mu.Unlock()
 	c.flags = c.transmissionFlags(e)
 	return nil
@@ -910,12 +968,10 @@ func (c *serverConn) startTLS() error {
 	}
 	raw, hello, err := tlspsk.Sniff(c.nc)
 	if err != nil {
-		c.log.Warn("nbd TLS handshake failed", "err", fmt.Errorf("reading the client's TLS hello: %w", err))
 		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
 			c.nc.Write(tlsAlertRecord(alertDecodeError))
 		}
-		c.lingeringClose()
-		return errTLSHandshakeLogged
+		return c.tlsFailed(fmt.Errorf("reading the client's TLS hello: %w", err))
 	}
 	if !usePSK(hello, srv.PSKKeys, srv.TLSConfig != nil) {
 		if srv.TLSConfig == nil {
@@ -932,9 +988,7 @@ func (c *serverConn) startTLS() error {
 	}
 	pc := tlspsk.Server(c.nc, raw, &tlspsk.Config{Keys: srv.PSKKeys})
 	if err := pc.Handshake(); err != nil {
-		c.log.Warn("nbd TLS handshake failed", "err", err, "psk_identity", strings.Join(hello.Identities, ","))
-		c.lingeringClose()
-		return errTLSHandshakeLogged
+		return c.tlsFailed(err, "psk_identity", strings.Join(hello.Identities, ","))
 	}
 	c.log = c.log.With("peer", "psk:"+pc.Identity())
 	c.srv.mu.Lock()
@@ -945,13 +999,23 @@ func (c *serverConn) startTLS() error {
 	return nil
 }
 
+// tlsFailed ends a failed TLS handshake: logged, then closed lingering so
+// that the client reads the alert. One cut by the negotiation deadline
+// ends at once (serve logs it).
+func (c *serverConn) tlsFailed(err error, args ...any) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.log.Warn("nbd TLS handshake failed", append([]any{"err", err}, args...)...)
+	c.lingeringClose()
+	return errTLSHandshakeLogged
+}
+
 // startX509 runs a crypto/tls server handshake on nc.
 func (c *serverConn) startX509(nc net.Conn) error {
 	tc := tls.Server(nc, c.srv.TLSConfig)
 	if err := tc.Handshake(); err != nil {
-		c.log.Warn("nbd TLS handshake failed", "err", err)
-		c.lingeringClose()
-		return errTLSHandshakeLogged
+		return c.tlsFailed(err)
 	}
 	st := tc.ConnectionState()
 	peer := ""
@@ -969,7 +1033,7 @@ func (c *serverConn) startX509(nc net.Conn) error {
 // upgraded makes the protocol run over tc from now on.
 func (c *serverConn) upgraded(tc net.Conn) {
 	c.rw, c.tls = tc, true
-	c.br = bufio.NewReaderSize(tc, 128<<10)
+	c.br = bufio.NewReaderSize(tc, negotiationBufSize)
 	c.structured, c.metaSet, c.metaExport = false, false, ""
 }
 

@@ -1,0 +1,195 @@
+package nbd
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Defaults of Limits.
+const (
+	// DefaultHandshakeTimeout bounds a connection's whole negotiation: the
+	// TLS handshake and every option, from accept to transmission.
+	DefaultHandshakeTimeout = 30 * time.Second
+	// DefaultMaxNegotiating is the server-wide default of
+	// Limits.MaxNegotiating.
+	DefaultMaxNegotiating = 512
+	// DefaultMaxNegotiatingPerIP is the default of
+	// Limits.MaxNegotiatingPerIP.
+	DefaultMaxNegotiatingPerIP = 64
+	// refusedLogEvery is how often at most a refusal for a limit is logged
+	// (the others are counted in the next line).
+	refusedLogEvery = 5 * time.Second
+	// negotiationBufSize is the read buffer of a connection that has not
+	// negotiated yet; transmission gets transmitBufSize.
+	negotiationBufSize = 4 << 10
+	transmitBufSize    = 128 << 10
+)
+
+// Limits bound what clients that have not finished negotiating (and so
+// have not authenticated yet) can hold on a server: a flood of idle or
+// slow connections is refused or cut, and the clients already in
+// transmission are not affected. The zero value means the defaults.
+type Limits struct {
+	// HandshakeTimeout bounds the whole negotiation of a connection,
+	// from accept to the start of transmission: the TLS handshake and
+	// every option read and answered, however slowly the client sends
+	// them (default DefaultHandshakeTimeout).
+	HandshakeTimeout time.Duration
+	// MaxNegotiating bounds how many connections may be in negotiation at
+	// once on the server (default DefaultMaxNegotiating; negative: no
+	// limit). A connection beyond it is closed at once.
+	MaxNegotiating int
+	// MaxNegotiatingPerIP bounds how many of them may come from one IP
+	// address (default DefaultMaxNegotiatingPerIP; negative: no limit).
+	// It does not apply to Unix sockets.
+	MaxNegotiatingPerIP int
+	// MaxConnsPerExport bounds how many connections may serve one export
+	// at once (0: no limit). A client beyond it is refused when it selects
+	// the export (NBD_REP_ERR_POLICY to NBD_OPT_GO; a hang-up for
+	// NBD_OPT_EXPORT_NAME).
+	MaxConnsPerExport int
+}
+
+func (l Limits) handshakeTimeout() time.Duration {
+	if l.HandshakeTimeout <= 0 {
+		return DefaultHandshakeTimeout
+	}
+	return l.HandshakeTimeout
+}
+
+// limit turns a configured limit into a bound (0: none).
+func limit(v, def int) int {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
+}
+
+// Validate refuses limits that make no sense.
+func (l Limits) Validate() error {
+	if l.HandshakeTimeout < 0 {
+		return fmt.Errorf("nbd: negative handshake timeout %s", l.HandshakeTimeout)
+	}
+	if l.MaxConnsPerExport < 0 {
+		return fmt.Errorf("nbd: negative limit of connections per export %d", l.MaxConnsPerExport)
+	}
+	return nil
+}
+
+// negotiation counts the connections in negotiation (guarded by the
+// server's mu).
+type negotiation struct {
+	total int
+	perIP map[string]int
+}
+
+// sourceIP is the IP address a connection comes from ("" for Unix
+// sockets and other non-IP transports).
+func sourceIP(nc net.Conn) string {
+	switch a := nc.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		return a.IP.String()
+	case *net.UDPAddr:
+		return a.IP.String()
+	}
+	return ""
+}
+
+// admitNegotiation takes a negotiation slot for a new connection from ip,
+// or says which limit refuses it. Called with s.mu held.
+func (s *Server) admitNegotiation(ip string) (ok bool, why string) {
+	if max := limit(s.MaxNegotiating, DefaultMaxNegotiating); max > 0 && s.neg.total >= max {
+		return false, fmt.Sprintf("%d connections are in negotiation on this server, the limit (MaxNegotiating)", s.neg.total)
+	}
+	if ip != "" {
+		if max := limit(s.MaxNegotiatingPerIP, DefaultMaxNegotiatingPerIP); max > 0 && s.neg.perIP[ip] >= max {
+			return false, fmt.Sprintf("%d connections from %s are in negotiation, the limit per IP address (MaxNegotiatingPerIP)", s.neg.perIP[ip], ip)
+		}
+		if s.neg.perIP == nil {
+			s.neg.perIP = make(map[string]int)
+		}
+		s.neg.perIP[ip]++
+	}
+	s.neg.total++
+	return true, ""
+}
+
+// endNegotiation frees c's negotiation slot (once).
+func (s *Server) endNegotiation(c *serverConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !c.negotiating {
+		return
+	}
+	c.negotiating = false
+	s.neg.total--
+	if c.ip != "" {
+		if s.neg.perIP[c.ip]--; s.neg.perIP[c.ip] <= 0 {
+			delete(s.neg.perIP, c.ip)
+		}
+	}
+}
+
+// Negotiating reports how many connections are in negotiation now.
+func (s *Server) Negotiating() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.neg.total
+}
+
+// rateLog logs one line per interval at most; the lines it held back are
+// counted in the next one, so that a flood does not flood the log.
+type rateLog struct {
+	mu       sync.Mutex
+	last     time.Time
+	held     int
+	interval time.Duration
+}
+
+func (r *rateLog) warn(log *slog.Logger, msg string, args ...any) {
+	r.mu.Lock()
+	now := time.Now()
+	if !r.last.IsZero() && now.Sub(r.last) < r.interval {
+		r.held++
+		r.mu.Unlock()
+		return
+	}
+	held := r.held
+	r.last, r.held = now, 0
+	r.mu.Unlock()
+	if held > 0 {
+		args = append(args, "more_refused_not_logged", held, "since", r.interval.String())
+	}
+	log.Warn(msg, args...)
+}
+
+func (s *Server) handshakeTimeout() time.Duration { return s.Limits.handshakeTimeout() }
+
+// exportFull refuses one more connection to the export named name when it
+// has MaxConnsPerExport already. Called with s.mu held.
+func (s *Server) exportFull(name string) *optError {
+	if s.MaxConnsPerExport > 0 && s.perExport[name] >= s.MaxConnsPerExport {
+		return optErr(repErrPolicy, "export %q has %d connections, the limit per export (MaxConnsPerExport)", name, s.perExport[name])
+	}
+	return nil
+}
+
+// growReader gives a connection that starts transmission its full read
+// buffer, keeping what the client already sent.
+func (c *serverConn) growReader() {
+	var r io.Reader = c.rw
+	if n := c.br.Buffered(); n > 0 {
+		pre, _ := c.br.Peek(n)
+		r = &replayConn{Conn: c.rw, pre: bytes.Clone(pre)}
+	}
+	c.br = bufio.NewReaderSize(r, transmitBufSize)
+}
