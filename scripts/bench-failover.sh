@@ -38,6 +38,8 @@
 #                       nodes online, before the next kill
 #   BASE_PORT=<free>    first of the 30 loopback ports of the cluster
 #   FAILOVER_TIMEOUT=60 seconds a failover may take before the run fails
+#   LEASE_TTL=          the agents' lease TTL (hacs demo --lease-ttl, whole
+#                       seconds; empty: the default, 2s)
 #   HEALTH_TIMEOUT=180  seconds for the volume to be healthy again
 #   OUT=<mktemp -d>     results (results.tsv, summary.txt), probe log, events
 #   WORKDIR=<mktemp -d> the cluster's data (removed at exit unless KEEP=1)
@@ -55,6 +57,7 @@ FAILOVER_TIMEOUT=${FAILOVER_TIMEOUT:-60}
 HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-180}
 START_TIMEOUT=${START_TIMEOUT:-180}
 HACS=${HACS:-$ROOT/bin/hacs}
+LEASE_TTL=${LEASE_TTL:-}
 KEEP=${KEEP:-0}
 VOLUME=failprobe
 OUT=${OUT:-$(mktemp -d /tmp/hacs-failover.XXXXXX)}
@@ -175,7 +178,7 @@ wait_healthy() {
 
 {
   echo "date: $(date -Is)"
-  echo "command: RUNS=$RUNS INTERVAL=$INTERVAL VOLSIZE=$VOLSIZE SETTLE=$SETTLE bash scripts/bench-failover.sh"
+  echo "command: ${LEASE_TTL:+LEASE_TTL=$LEASE_TTL }RUNS=$RUNS INTERVAL=$INTERVAL VOLSIZE=$VOLSIZE SETTLE=$SETTLE bash scripts/bench-failover.sh"
   echo "git: $(git describe --always --dirty 2>/dev/null || echo unknown)"
   echo "nproc: $(nproc)"
   echo "kernel: $(uname -srm)"
@@ -191,7 +194,7 @@ go build -o "$PROBE" ./test/benchtool/failprobe
 
 log "starting a 3-agent cluster (hacs demo --detach)"
 cluster_started=1
-timeout "$START_TIMEOUT" "$HACS" demo --nodes 3 --dir "$CDIR" --detach --base-port "$BASE_PORT" >"$OUT/demo.log" 2>&1 ||
+timeout "$START_TIMEOUT" "$HACS" demo --nodes 3 --dir "$CDIR" --detach --base-port "$BASE_PORT" ${LEASE_TTL:+--lease-ttl "$LEASE_TTL"} >"$OUT/demo.log" 2>&1 ||
   die "hacs demo failed (see $OUT/demo.log)"
 HACS_CLUSTER=$(sed -n 's/^ *export HACS_CLUSTER=//p' "$OUT/demo.log" | head -1)
 [ -n "$HACS_CLUSTER" ] || die "no HACS_CLUSTER in the demo's output (see $OUT/demo.log)"

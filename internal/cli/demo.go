@@ -30,6 +30,7 @@ func newDemoCmd() *cobra.Command {
 		basePort int
 		sizeStr  string
 		insecure bool
+		leaseTTL time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "demo [--nodes N] [--dir DIR] [--detach | --stop]",
@@ -88,6 +89,9 @@ DIR/<node>/agent.log.`,
 					"--replica-listen", port(i, 3), "--export-listen", port(i, 4)}
 				if insecure {
 					args = append(args, "--insecure")
+				}
+				if leaseTTL != 0 {
+					args = append(args, "--lease-ttl", leaseTTL.String())
 				}
 				if i == 1 && nodes > 2 {
 					// its join token admits the other demo nodes
@@ -196,6 +200,7 @@ Try:
 	cmd.Flags().IntVar(&basePort, "base-port", 17700, "first of the loopback ports used (10 per node)")
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "run the agents without TLS and API tokens (to compare; see docs/SECURITY.md)")
 	cmd.Flags().StringVar(&sizeStr, "size", "1G", "size of the demo volume")
+	cmd.Flags().DurationVar(&leaseTTL, "lease-ttl", 0, "every agent's liveness lease TTL (hacs agent --lease-ttl; default: the agent's, 2s)")
 	return cmd
 }
 

@@ -204,7 +204,7 @@ func (n *Node) dcDuties() {
 				n.log.Debug("trimmed the event log", "deleted", k)
 			}
 		}
-		if n.etcd != nil && !n.cfg.AllowDCRaftLeader && time.Since(lastMove) > 5*time.Second {
+		if n.etcd != nil && !n.cfg.AllowDCRaftLeader && time.Since(lastMove) > 2*time.Second {
 			if lead, target, why := n.raftLeaderMove(); target != 0 {
 				lastMove = time.Now()
 				if err := n.etcd.Server.MoveLeader(ctx, lead, target); err != nil {

@@ -70,7 +70,7 @@ func TestRaftLeaderMovesOffServingNodes(t *testing.T) {
 	mu.Lock()
 	serving[other] = 2
 	mu.Unlock()
-	deadline := time.Now().Add(7 * time.Second) // more than the DC's 5 s between moves
+	deadline := time.Now().Add(5 * time.Second) // more than the DC's 2 s between moves
 	for time.Now().Before(deadline) {
 		if l := leaderName(); l != other {
 			t.Fatalf("raft leader moved to %s although every voter but the DC serves volumes", l)
