@@ -121,6 +121,35 @@ func TestSecurityLinksAndCLI(t *testing.T) {
 	} else {
 		t.Logf("replayed join token: %s", strings.TrimSpace(r.stderr))
 	}
+
+	// an unused join token is listed (never its secret) and revoked by an
+	// admin; a node joining with it is refused saying so
+	r = runEnv(t, []string{"HACS_CONFIG_DIR=" + empty, ca, adm}, "cluster", "token", "create", "--ttl", "10m", "--uses", "2", "--cluster", api)
+	if r.code != 0 {
+		t.Fatalf("join token create: %v", r)
+	}
+	jt2 := strings.TrimSpace(r.stdout)
+	r = runEnv(t, []string{"HACS_CONFIG_DIR=" + empty, ca, viewer}, "cluster", "token", "list", "--cluster", api)
+	if r.code == 0 || !strings.Contains(r.stderr, "needs admin") {
+		t.Fatalf("join tokens listed with a read-only token: %v", r)
+	}
+	r = runEnv(t, []string{"HACS_CONFIG_DIR=" + empty, ca, adm}, "cluster", "token", "list", "--cluster", api)
+	secret := jt2[strings.LastIndex(jt2, ".")+1:]
+	if r.code != 0 || strings.Contains(r.stdout, secret) || !strings.Contains(r.stdout, "USES LEFT") {
+		t.Fatalf("join token list: %v", r)
+	}
+	t.Logf("hacs cluster token list:\n%s", r.stdout)
+	if r := runEnv(t, []string{"HACS_CONFIG_DIR=" + empty, ca, viewer}, "cluster", "token", "revoke", jt2, "--cluster", api); r.code == 0 || !strings.Contains(r.stderr, "needs admin") {
+		t.Fatalf("join token revoked with a read-only token: %v", r)
+	}
+	if r := runEnv(t, []string{"HACS_CONFIG_DIR=" + empty, ca, adm}, "cluster", "token", "revoke", jt2, "--cluster", api); r.code != 0 || !strings.Contains(r.stdout, "revoked (it had 2 join(s) left") {
+		t.Fatalf("join token revoke: %v", r)
+	}
+	if r := y.run(api, jt2); r.code == 0 || !strings.Contains(r.stderr, "was revoked at") {
+		t.Fatalf("join with a revoked token: %v", r)
+	} else {
+		t.Logf("join with a revoked token: %s", strings.TrimSpace(r.stderr))
+	}
 }
 
 func filepathTLS(dir string) [2]string {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"slices"
@@ -831,8 +832,89 @@ func isTerminal(w io.Writer) bool {
 
 func clusterTokenCmd(f *apiFlags) *cobra.Command {
 	cmd := clusterTokenPrintCmd(f)
-	cmd.AddCommand(clusterTokenCreateCmd(f))
+	cmd.AddCommand(clusterTokenCreateCmd(f), clusterTokenListCmd(f), clusterTokenRevokeCmd(f))
 	return cmd
+}
+
+// clusterTokenListCmd lists the join tokens, never their secrets.
+func clusterTokenListCmd(f *apiFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the join tokens: id, state, created, expires, joins left, who made them (never the secret)",
+		Long: `List the cluster's join tokens, oldest first: valid ones, used up, expired
+and revoked. The id names a token (hacs cluster token revoke ID); the token
+itself, its secret, is shown only once, when it is made. Needs an admin
+token (or the local socket with --data-dir).`,
+		Example: "  hacs cluster token list",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var toks []cluster.JoinTokenInfo
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			if err := f.client().do(ctx, "GET", "/v1/join-tokens", nil, &toks); err != nil {
+				return err
+			}
+			return f.print(cmd, toks, func(w io.Writer) {
+				fmt.Fprintln(w, "ID\tSTATE\tCREATED\tEXPIRES\tUSES LEFT\tCREATED BY\tUSED BY")
+				for _, t := range toks {
+					state := t.State
+					if t.RevokedAt != nil {
+						state = "revoked by " + t.RevokedBy
+					}
+					used := strings.Join(t.UsedBy, ",")
+					if used == "" {
+						used = "-"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", t.ID, state, t.CreatedAt.Format(time.RFC3339), t.Expires.Format(time.RFC3339), t.UsesLeft, t.CreatedBy, used)
+				}
+			})
+		},
+	}
+}
+
+// clusterTokenRevokeCmd revokes a join token before its expiry.
+func clusterTokenRevokeCmd(f *apiFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a join token now: it admits no node any more",
+		Long: `Revoke a join token before it expires or is used up: a node joining with
+it from now on is refused ("join token ID was revoked ..."); nodes that
+already joined with it stay. ID is the id that hacs cluster token list
+shows, or its first characters (at least 4, naming one token), or the token
+itself. The revocation is recorded as an event (join-token-revoked) with
+who made it. Needs an admin token (or the local socket with --data-dir).`,
+		Example: `  hacs cluster token list
+  hacs cluster token revoke 3f9a0c`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			if strings.HasPrefix(id, "hacs1.") {
+				tok, err := cluster.ParseToken(id)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				id = tok.JoinTokenID()
+			}
+			var out struct {
+				Token   cluster.JoinTokenInfo `json:"token"`
+				Already bool                  `json:"already_revoked"`
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			if err := f.client().do(ctx, "DELETE", "/v1/join-tokens/"+url.PathEscape(id), nil, &out); err != nil {
+				return err
+			}
+			if f.asJSON {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			if out.Already {
+				fmt.Fprintf(cmd.OutOrStdout(), "join token %s was already revoked (at %s by %s)\n", out.Token.ID, out.Token.RevokedAt.Format(time.RFC3339), out.Token.RevokedBy)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "join token %s revoked (it had %d join(s) left, valid until %s)\n", out.Token.ID, out.Token.UsesLeft, out.Token.Expires.Format(time.RFC3339))
+			return nil
+		},
+	}
 }
 
 // clusterTokenCreateCmd makes a short-lived, single-use join token.

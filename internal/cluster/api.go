@@ -102,6 +102,8 @@ func (n *Node) routes() {
 	n.mux.HandleFunc("GET /v1/pki/rotate", n.handleRotateCA)
 	n.mux.HandleFunc("POST /v1/pki/rotate", withActor(n.handleRotateCA))
 	n.mux.HandleFunc("POST /v1/join-tokens", withActor(n.handleJoinTokenCreate))
+	n.mux.HandleFunc("GET /v1/join-tokens", n.handleJoinTokenList)
+	n.mux.HandleFunc("DELETE /v1/join-tokens/{id}", withActor(n.handleJoinTokenRevoke))
 }
 
 // WriteJSON writes v as an indented JSON answer with the status code: the

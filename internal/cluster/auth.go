@@ -129,7 +129,7 @@ func requiredRole(method, path string) AuthRole {
 		strings.HasPrefix(path, "/v1/fence/") && method != http.MethodGet,
 		method == http.MethodDelete && strings.HasPrefix(path, "/v1/nodes/"),
 		strings.HasPrefix(path, "/v1/nodes/") && strings.HasSuffix(path, "/roles") && method != http.MethodGet,
-		path == "/v1/token", path == "/v1/join-tokens",
+		path == "/v1/token", path == "/v1/join-tokens", strings.HasPrefix(path, "/v1/join-tokens/"),
 		// a volume's export policy: off or allowed opens it to anyone
 		// who reaches the export port
 		strings.HasPrefix(path, "/v1/volumes/") && strings.HasSuffix(path, "/tls") && method != http.MethodGet,

@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -49,6 +50,10 @@ type JoinToken struct {
 	UsedKeys  map[string]string `json:"used_keys,omitempty"`
 	CreatedAt time.Time         `json:"created_at"`
 	CreatedBy string            `json:"created_by"`
+	// RevokedAt, if set, is when an admin revoked the token (RevokedBy):
+	// it admits no node any more.
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	RevokedBy string     `json:"revoked_by,omitempty"`
 }
 
 // joinKey is the hex SHA-256 of a join secret: what the store keeps, and
@@ -146,6 +151,10 @@ func (n *Node) checkJoinSecret(ctx context.Context, cli *clientv3.Client, secret
 	if err := json.Unmarshal(r.Kvs[0].Value, &rec); err != nil || subtle.ConstantTimeCompare([]byte(rec.Key), []byte(joinKey(secret))) != 1 {
 		return nil, wrong
 	}
+	if rec.RevokedAt != nil {
+		// before the repeated-join check: a revoked token admits no one
+		return nil, errStatus(http.StatusForbidden, "join token %s was revoked at %s by %s: it admits no node; ask an admin of the cluster for a new one (`hacs cluster token create` on a member)", rec.ID, rec.RevokedAt.Format(time.RFC3339), rec.RevokedBy)
+	}
 	if slices.Contains(rec.UsedBy, nodeID) && rec.UsedKeys[nodeID] == keyHash && (keyHash != "" || n.creds == nil) {
 		// the same node repeating an interrupted join: it proves it with
 		// the key it joined with (its id alone is no secret: every
@@ -229,3 +238,189 @@ func (n *Node) handleJoinTokenCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"token": tok.String(), "id": rec.ID, "expires": rec.Expires, "uses": rec.Uses})
 }
+
+// EventJoinTokenRevoked records a join token revoked before its expiry.
+const EventJoinTokenRevoked = "join-token-revoked"
+
+// Join token states (JoinTokenInfo.State).
+const (
+	JoinTokenValid   = "valid"
+	JoinTokenUsed    = "used"
+	JoinTokenExpired = "expired"
+	JoinTokenRevoked = "revoked"
+)
+
+// JoinTokenInfo is what an admin sees of a join token (GET
+// /v1/join-tokens): never its secret, nor the secret's hash (the key of
+// the CA's MAC a joining node checks).
+type JoinTokenInfo struct {
+	ID        string     `json:"id"`
+	State     string     `json:"state"` // valid, used (up), expired or revoked
+	CreatedAt time.Time  `json:"created_at"`
+	CreatedBy string     `json:"created_by"`
+	Expires   time.Time  `json:"expires"`
+	UsesLeft  int        `json:"uses_left"`
+	UsedBy    []string   `json:"used_by,omitempty"` // the nodes it admitted: names (ids of nodes no longer members)
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	RevokedBy string     `json:"revoked_by,omitempty"`
+}
+
+// info is the record without its secrets, with its state at now.
+func (t JoinToken) info(now time.Time) JoinTokenInfo {
+	st := JoinTokenValid
+	switch {
+	case t.RevokedAt != nil:
+		st = JoinTokenRevoked
+	case t.Uses <= 0:
+		st = JoinTokenUsed
+	case now.After(t.Expires):
+		st = JoinTokenExpired
+	}
+	return JoinTokenInfo{ID: t.ID, State: st, CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy, Expires: t.Expires,
+		UsesLeft: max(t.Uses, 0), UsedBy: slices.Clone(t.UsedBy), RevokedAt: t.RevokedAt, RevokedBy: t.RevokedBy}
+}
+
+// joinTokenRecords reads every join token record with its key and
+// revision, oldest first.
+func joinTokenRecords(ctx context.Context, cli *clientv3.Client) ([]JoinToken, []int64, error) {
+	r, err := cli.Get(ctx, PrefixJoinTokens, clientv3.WithPrefix())
+	if err != nil {
+		return nil, nil, errStatus(http.StatusServiceUnavailable, "reading the join tokens: %v", err)
+	}
+	type kv struct {
+		rec JoinToken
+		rev int64
+	}
+	var all []kv
+	for _, e := range r.Kvs {
+		var rec JoinToken
+		if json.Unmarshal(e.Value, &rec) != nil || rec.ID == "" {
+			continue
+		}
+		all = append(all, kv{rec, e.ModRevision})
+	}
+	slices.SortFunc(all, func(a, b kv) int { return a.rec.CreatedAt.Compare(b.rec.CreatedAt) })
+	recs, revs := make([]JoinToken, len(all)), make([]int64, len(all))
+	for i, e := range all {
+		recs[i], revs[i] = e.rec, e.rev
+	}
+	return recs, revs, nil
+}
+
+// JoinTokens lists the cluster's join tokens (valid, used, expired and
+// revoked), oldest first, without their secrets.
+func (n *Node) JoinTokens(ctx context.Context) ([]JoinTokenInfo, error) {
+	cli := n.Client()
+	if cli == nil {
+		return nil, ErrNotServing
+	}
+	recs, _, err := joinTokenRecords(ctx, cli)
+	if err != nil {
+		return nil, err
+	}
+	names := map[string]string{}
+	for _, m := range n.Members().Nodes {
+		names[m.ID] = m.Name
+	}
+	now := time.Now()
+	out := make([]JoinTokenInfo, 0, len(recs))
+	for _, r := range recs {
+		ti := r.info(now)
+		for i, id := range ti.UsedBy {
+			if name := names[id]; name != "" {
+				ti.UsedBy[i] = name
+			}
+		}
+		out = append(out, ti)
+	}
+	return out, nil
+}
+
+// RevokeJoinToken revokes the join token whose id is id, or starts with id
+// (at least 4 characters, matching one token only): from now on it admits
+// no node, not even one repeating an interrupted join. already reports a
+// token that was revoked before (nothing changes then).
+func (n *Node) RevokeJoinToken(ctx context.Context, id, by string) (info JoinTokenInfo, already bool, err error) {
+	cli := n.Client()
+	if cli == nil {
+		return JoinTokenInfo{}, false, ErrNotServing
+	}
+	id = strings.ToLower(strings.TrimSpace(id))
+	if len(id) < 4 {
+		return JoinTokenInfo{}, false, errStatus(http.StatusBadRequest, "join token id %q: give the id (or at least its first 4 characters) that `hacs cluster token list` shows", id)
+	}
+	for attempt := 0; attempt < 5; attempt++ {
+		recs, revs, err := joinTokenRecords(ctx, cli)
+		if err != nil {
+			return JoinTokenInfo{}, false, err
+		}
+		var match []int
+		for i, r := range recs {
+			if r.ID == id {
+				match = []int{i}
+				break
+			}
+			if strings.HasPrefix(r.ID, id) {
+				match = append(match, i)
+			}
+		}
+		switch len(match) {
+		case 0:
+			return JoinTokenInfo{}, false, errStatus(http.StatusNotFound, "no join token %s (see `hacs cluster token list`)", id)
+		case 1:
+		default:
+			ids := make([]string, len(match))
+			for i, m := range match {
+				ids[i] = recs[m].ID
+			}
+			return JoinTokenInfo{}, false, errStatus(http.StatusConflict, "%q matches %d join tokens (%s): give more of the id", id, len(match), strings.Join(ids, ", "))
+		}
+		rec, rev := recs[match[0]], revs[match[0]]
+		if rec.RevokedAt != nil {
+			return rec.info(time.Now()), true, nil
+		}
+		now := time.Now().UTC()
+		rec.RevokedAt, rec.RevokedBy = &now, by
+		b, _ := json.Marshal(rec)
+		key := PrefixJoinTokens + rec.ID
+		// against a join using the token at the same moment: one of the
+		// two transactions wins, the other sees the new record
+		tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpPut(key, string(b))).Commit()
+		if err != nil {
+			return JoinTokenInfo{}, false, errStatus(http.StatusServiceUnavailable, "revoking join token %s: %v", rec.ID, err)
+		}
+		if !tr.Succeeded {
+			continue
+		}
+		info := rec.info(now)
+		n.emit(Event{Kind: EventJoinTokenRevoked, Message: fmt.Sprintf("join token %s revoked by %s (created by %s, %d join(s) left, valid until %s)", rec.ID, by, rec.CreatedBy, info.UsesLeft, rec.Expires.Format(time.RFC3339)), Fields: map[string]string{"token": rec.ID, "by": by}})
+		return info, false, nil
+	}
+	return JoinTokenInfo{}, false, errStatus(http.StatusServiceUnavailable, "join token %s kept changing while being revoked; try again", id)
+}
+
+func (n *Node) handleJoinTokenList(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	out, err := n.JoinTokens(ctx)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (n *Node) handleJoinTokenRevoke(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	info, already, err := n.RevokeJoinToken(ctx, r.PathValue("id"), actor(r.Context(), "unknown"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"token": info, "already_revoked": already})
+}
+
+// JoinTokenID is the id under which the cluster stores the join token t
+// (what `hacs cluster token list` shows; not a secret).
+func (t Token) JoinTokenID() string { return joinTokenID(t.Secret) }

@@ -22,6 +22,8 @@ func TestRequiredRole(t *testing.T) {
 		{"GET", "/v1/auth/client-certs", AuthAdmin},
 		{"POST", "/v1/auth/tokens", AuthAdmin},
 		{"POST", "/v1/join-tokens", AuthAdmin},
+		{"GET", "/v1/join-tokens", AuthAdmin},
+		{"DELETE", "/v1/join-tokens/0123abcd", AuthAdmin},
 		{"GET", "/v1/token", AuthAdmin},
 		{"POST", "/v1/pki/rotate", AuthAdmin},
 		{"GET", "/v1/pki/rotate", AuthReadOnly},
