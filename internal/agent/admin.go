@@ -969,8 +969,9 @@ func (a *Agent) handleClone(w http.ResponseWriter, r *http.Request) {
 	if src.state != nil && slices.Contains(done, src.state.Primary) {
 		primary = src.state.Primary
 	}
+	// a clone holds the same data: the same clients may open it
 	spec := Spec{Name: req.Name, Size: size, Replicas: src.spec.Replicas, Spread: src.spec.Spread,
-		Policy: src.spec.Policy, Created: time.Now().UTC(), By: a.actor(ctx)}
+		Policy: src.spec.Policy, Grants: slices.Clone(src.spec.Grants), Created: time.Now().UTC(), By: a.actor(ctx)}
 	st := mirror.State{Epoch: 1, Primary: primary, InSync: done}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

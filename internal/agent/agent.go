@@ -157,6 +157,8 @@ type primary struct {
 	epoch uint64
 	size  int64
 	from  time.Time // when its export began taking requests
+	// grants is the grantsKey of the grants its export enforces (a.mu)
+	grants string
 }
 
 // New prepares an agent on a started node.
@@ -630,7 +632,7 @@ func (a *Agent) install(v *volumeView, m *mirror.Mirror) (time.Time, error) {
 		return time.Time{}, err
 	}
 	a.mu.Lock()
-	a.prims[name] = &primary{m: m, epoch: m.Epoch(), size: v.spec.Size, from: from}
+	a.prims[name] = &primary{m: m, epoch: m.Epoch(), size: v.spec.Size, from: from, grants: grantsKey(v.spec.Grants)}
 	delete(a.failed, name)
 	a.mu.Unlock()
 	return from, nil
@@ -646,12 +648,19 @@ func (a *Agent) exportOf(name string, spec Spec, dev device.Device) nbd.Export {
 	if a.cfg.ExportClientAuth && (spec.TLS == nbd.TLSDefault || spec.TLS == nbd.TLSRequired) {
 		e.TLS, e.ClientAuth = nbd.TLSRequired, true
 	}
+	if spec.Grants != nil {
+		// only the granted clients (and the nodes): authenticated TLS,
+		// whatever else the spec says
+		e.TLS, e.ClientAuth = nbd.TLSRequired, true
+		e.Authorize = grantCheck(a.node.ClusterID(), name, spec.Grants)
+	}
 	return e
 }
 
-// syncAccess applies a changed TLS policy of a served volume to its
-// export (hacs volume tls).
-func (a *Agent) syncAccess(v *volumeView) {
+// syncAccess applies a changed TLS policy (hacs volume tls) or changed
+// grants (hacs volume grant/ungrant) of a volume served as p to its
+// export; a client no longer granted loses its open connections.
+func (a *Agent) syncAccess(v *volumeView, p *primary) {
 	want := a.exportOf(v.name, *v.spec, nil)
 	changed, err := a.esrv.SetExportAccess(v.name, want.TLS, want.ClientAuth)
 	if err != nil {
@@ -660,6 +669,26 @@ func (a *Agent) syncAccess(v *volumeView) {
 	}
 	if changed {
 		a.emit("volume-tls-changed", v.name, fmt.Sprintf("export policy now tls %s, client authentication %v (for new connections)", want.TLS, want.ClientAuth))
+	}
+	key := grantsKey(v.spec.Grants)
+	a.mu.Lock()
+	same := p.grants == key
+	a.mu.Unlock()
+	if same {
+		return
+	}
+	cut, err := a.esrv.SetExportAuthorize(v.name, want.Authorize, "the client is no longer granted volume "+v.name)
+	if err != nil {
+		a.log.Warn("changing the export's grants", "volume", v.name, "err", err)
+		return
+	}
+	a.mu.Lock()
+	p.grants = key
+	a.mu.Unlock()
+	a.log.Info("export grants applied", "volume", v.name, "grants", GrantsString(v.spec.Grants), "cut", cut)
+	if cut > 0 {
+		a.emitFields(EventVolumeClientsCut, v.name, fmt.Sprintf("cut %d open connection(s) of clients no longer granted (grants now: %s)", cut, GrantsString(v.spec.Grants)),
+			map[string]string{"cut": strconv.Itoa(cut)})
 	}
 }
 

@@ -30,6 +30,9 @@ type VolumeRequest struct {
 	Policy   policy.Constraints `json:"constraints,omitzero"`
 	// TLS: "off", "allowed" or "required" (see Spec.TLS).
 	TLS nbd.TLSPolicy `json:"tls,omitempty"`
+	// Grants, if not nil, are the only export clients that may open the
+	// volume (see Spec.Grants).
+	Grants []string `json:"grants,omitzero"`
 }
 
 // VolumeInfo is a volume as the API shows it.
@@ -66,6 +69,7 @@ func (a *Agent) registerAPI() {
 	mux.HandleFunc("POST /v1/volumes/{name}/active", act(a.handleSpec(func(s *Spec, _ []byte) error { s.Stopped = false; return nil })))
 	mux.HandleFunc("POST /v1/volumes/{name}/prefer", act(a.handleSpec(a.setPrefer)))
 	mux.HandleFunc("POST /v1/volumes/{name}/tls", act(a.handleSpec(setTLS)))
+	mux.HandleFunc("POST /v1/volumes/{name}/grants", act(a.handleGrants))
 	mux.HandleFunc("POST /v1/volumes/{name}/unfail", act(a.handleUnfail))
 	mux.HandleFunc("POST /v1/volumes/{name}/verify", act(a.handleVerify))
 	mux.HandleFunc("POST /v1/volumes/{name}/resize", act(a.handleResize))
@@ -123,8 +127,17 @@ func (a *Agent) createVolume(ctx context.Context, req VolumeRequest) error {
 			return errf(http.StatusBadRequest, "volume %s: preferred node %q is not a member of the cluster", req.Name, p)
 		}
 	}
+	var grants []string
+	if req.Grants != nil {
+		var err error
+		if grants, err = a.checkGrants(ctx, req.Name, req.TLS, req.Grants); err != nil {
+			return err
+		}
+		slices.Sort(grants)
+		grants = slices.Compact(grants) // not nil: an empty list grants none
+	}
 	spec := Spec{Name: req.Name, Size: req.Size, Replicas: req.Replicas, Spread: req.Spread, Stopped: req.Stopped,
-		Policy: req.Policy, TLS: req.TLS, Created: time.Now().UTC(), By: a.actor(ctx)}
+		Policy: req.Policy, TLS: req.TLS, Grants: grants, Created: time.Now().UTC(), By: a.actor(ctx)}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	tr, err := a.node.Client().Txn(cctx).
@@ -137,7 +150,11 @@ func (a *Agent) createVolume(ctx context.Context, req VolumeRequest) error {
 	if !tr.Succeeded {
 		return errf(http.StatusConflict, "volume %s exists already", req.Name)
 	}
-	a.emitBy(ctx, "volume-created", req.Name, fmt.Sprintf("created: %d bytes, %d replicas", req.Size, req.Replicas))
+	msg := fmt.Sprintf("created: %d bytes, %d replicas", req.Size, req.Replicas)
+	if grants != nil {
+		msg += "; granted to " + GrantsString(grants)
+	}
+	a.emitBy(ctx, "volume-created", req.Name, msg)
 	return nil
 }
 
@@ -356,6 +373,9 @@ func setTLS(s *Spec, body []byte) error {
 	}
 	if req.TLS == nil {
 		return errf(http.StatusBadRequest, `want {"tls": "off|allowed|required"}`)
+	}
+	if s.Grants != nil && (*req.TLS == nbd.TLSAllowed || *req.TLS == nbd.TLSOff) {
+		return errf(http.StatusConflict, "volume %s admits only the clients it grants (%s), which needs authenticated TLS: tls %s would let anyone in; lift the grants first (`hacs volume grant %s --all`)", s.Name, GrantsString(s.Grants), *req.TLS, s.Name)
 	}
 	s.TLS = *req.TLS
 	return nil

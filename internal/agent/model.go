@@ -42,9 +42,14 @@ type Spec struct {
 	// TLS is the volume's NBD export policy: required refuses plaintext
 	// clients (NBD_REP_ERR_TLS_REQD); off and allowed (and unset) let both
 	// in on a node with a TLS certificate for exports.
-	TLS     nbd.TLSPolicy `json:"tls,omitempty"`
-	Created time.Time     `json:"created"`
-	By      string        `json:"created_by,omitempty"`
+	TLS nbd.TLSPolicy `json:"tls,omitempty"`
+	// Grants are the export clients that may open the volume (grants.go):
+	// client certificate names and "psk:IDENTITY"s. Absent (nil): every
+	// authenticated client of the cluster; empty: none (the cluster's
+	// nodes only). Nodes always pass.
+	Grants  []string  `json:"grants,omitzero"`
+	Created time.Time `json:"created"`
+	By      string    `json:"created_by,omitempty"`
 }
 
 // Placement lists the nodes holding a replica (written by the DC).

@@ -169,7 +169,7 @@ func (a *Agent) converge(ctx context.Context, name string, v *volumeView, servin
 		return
 	}
 	a.syncReplicas(v, p)
-	a.syncAccess(v)
+	a.syncAccess(v, p)
 	if v.export == nil || v.export.Node != a.self() || v.export.Epoch != p.epoch || v.export.Addr != a.exportAddr {
 		a.putExport(ctx, name, p.epoch)
 	}

@@ -72,19 +72,20 @@ comma-separated list, tried in turn.`,
 		volSpecCmd(f, "active", "Serve volumes again"),
 		volSpecCmd(f, "unfail", "Clear volumes' failure counts"),
 		volRestartCmd(f),
-		volPreferCmd(f), volTLSCmd(f), volVerifyCmd(f), volResyncWaitCmd(f), volResizeCmd(f), volSnapshotCmd(f), volCloneCmd(f), volAttachCmd(f))
+		volPreferCmd(f), volTLSCmd(f), volGrantCmd(f, "grant"), volGrantCmd(f, "ungrant"), volVerifyCmd(f), volResyncWaitCmd(f), volResizeCmd(f), volSnapshotCmd(f), volCloneCmd(f), volAttachCmd(f))
 	return cmd
 }
 
 func volCreateCmd(f *volumeFlags) *cobra.Command {
-	var size, nodes, spread, tlsMode string
+	var size, nodes, spread, tlsMode, grant string
 	var replicas, threshold int
 	var standby bool
 	cmd := &cobra.Command{
 		Use:   "create NAMES --size SIZE [--replicas N] [--nodes NODES]",
 		Short: "Create volumes",
 		Example: `  hacs volume create vm1 --size 10G
-  hacs volume create vm1-3 --size 20G --replicas 3 --nodes node2,node1`,
+  hacs volume create vm1-3 --size 20G --replicas 3 --nodes node2,node1
+  hacs volume create vm4 --size 10G --grant vmhost1,psk:backup`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := parseSize(size)
@@ -102,6 +103,15 @@ func volCreateCmd(f *volumeFlags) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--tls: %w", err)
 			}
+			var grants []string
+			if grant != "" {
+				if grants, err = splitClients([]string{grant}); err != nil {
+					return fmt.Errorf("--grant: %w", err)
+				}
+				if len(grants) == 0 {
+					return usagef("--grant %q names no client", grant)
+				}
+			}
 			var prefer []string
 			if nodes != "" {
 				if prefer, err = expandNames(nodes, nil); err != nil {
@@ -110,7 +120,7 @@ func volCreateCmd(f *volumeFlags) *cobra.Command {
 			}
 			return eachName(cmd, names, func(name string) error {
 				req := agent.VolumeRequest{Name: name, Size: n, Replicas: replicas, Spread: spread, Stopped: standby,
-					Policy: policy.Constraints{Prefer: prefer, MigrationThreshold: threshold}, TLS: tlsPolicy}
+					Policy: policy.Constraints{Prefer: prefer, MigrationThreshold: threshold}, TLS: tlsPolicy, Grants: grants}
 				if err := f.client().do(cmd.Context(), "POST", "/v1/volumes", req, nil); err != nil {
 					return err
 				}
@@ -126,6 +136,7 @@ func volCreateCmd(f *volumeFlags) *cobra.Command {
 	cmd.Flags().IntVar(&threshold, "migration-threshold", 0, "move away from a node after this many failures there (0: never)")
 	cmd.Flags().BoolVar(&standby, "standby", false, "create without serving it")
 	cmd.Flags().StringVar(&tlsMode, "tls", "", "who may open the volume: required (the default in a cluster with TLS: TLS clients with a certificate of the cluster or a pre-shared key), allowed or off (also plaintext clients and TLS clients without a certificate: anyone who reaches the export port; see hacs volume tls)")
+	cmd.Flags().StringVar(&grant, "grant", "", "the only export clients that may open the volume, besides the cluster's nodes: client certificate names and psk:IDENTITY, comma-separated (default: every authenticated client; see hacs volume grant)")
 	cmd.MarkFlagRequired("size")
 	return cmd
 }
@@ -143,7 +154,7 @@ func volListCmd(f *volumeFlags) *cobra.Command {
 				return err
 			}
 			return f.print(cmd, volumeRows(vols), func(w io.Writer) {
-				fmt.Fprintln(w, "NAME\tSIZE\tREPLICAS\tPRIMARY\tEPOCH\tIN-SYNC\tHEALTH\tEXPORT")
+				fmt.Fprintln(w, "NAME\tSIZE\tREPLICAS\tPRIMARY\tEPOCH\tIN-SYNC\tHEALTH\tEXPORT\tGRANTS")
 				for _, v := range vols {
 					primary, epoch, insync, export := "-", "-", "-", "-"
 					if v.State != nil {
@@ -152,11 +163,23 @@ func volListCmd(f *volumeFlags) *cobra.Command {
 					if v.Export != nil {
 						export = exportURI(v.Export)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", v.Spec.Name, human(v.Spec.Size), v.Spec.Replicas, primary, epoch, insync, v.Health, export)
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Spec.Name, human(v.Spec.Size), v.Spec.Replicas, primary, epoch, insync, v.Health, export, grantsCell(v.Spec.Grants))
 				}
 			})
 		},
 	}
+}
+
+// grantsCell is a volume's grants in a table: ALL (every authenticated
+// client), - (none: nodes only) or the granted clients.
+func grantsCell(grants []string) string {
+	switch {
+	case grants == nil:
+		return "ALL"
+	case len(grants) == 0:
+		return "-"
+	}
+	return strings.Join(grants, ",")
 }
 
 func orDash(s string) string {
@@ -169,7 +192,8 @@ func orDash(s string) string {
 func volInfoCmd(f *volumeFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:     "info NAME",
-		Short:   "Show a volume: placement, primary, replica states, resync progress, why degraded",
+		Aliases: []string{"show"},
+		Short:   "Show a volume: placement, primary, replica states, resync progress, why degraded, who may open it",
 		Example: "  hacs volume info vm1\n  hacs volume info vm1 --json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -188,6 +212,11 @@ func printVolumeInfo(w io.Writer, v agent.VolumeInfo) {
 		fmt.Fprintf(w, "prefers\t%s\n", strings.Join(v.Spec.Policy.Prefer, ","))
 	}
 	fmt.Fprintf(w, "placement\t%s\n", orDash(strings.Join(v.Placement, ",")))
+	granted := agent.GrantsString(v.Spec.Grants)
+	if v.Spec.Grants == nil && (v.Spec.TLS == nbd.TLSAllowed || v.Spec.TLS == nbd.TLSOff) {
+		granted = fmt.Sprintf("anyone who reaches the export port (tls %s)", v.Spec.TLS)
+	}
+	fmt.Fprintf(w, "granted to\t%s\n", granted)
 	if v.State != nil {
 		fmt.Fprintf(w, "primary\t%s (epoch %d)\nin sync\t%s\n", orDash(v.State.Primary), v.State.Epoch, orDash(strings.Join(v.State.InSync, ",")))
 	}

@@ -133,6 +133,8 @@ func requiredRole(method, path string) AuthRole {
 		// a volume's export policy: off or allowed opens it to anyone
 		// who reaches the export port
 		strings.HasPrefix(path, "/v1/volumes/") && strings.HasSuffix(path, "/tls") && method != http.MethodGet,
+		// who may open a volume (grants)
+		strings.HasPrefix(path, "/v1/volumes/") && strings.HasSuffix(path, "/grants") && method != http.MethodGet,
 		path == "/v1/pki/renew" || path == "/v1/pki/rotate" && method != http.MethodGet:
 		return AuthAdmin
 	case method == http.MethodGet || method == http.MethodHead:

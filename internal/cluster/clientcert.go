@@ -289,8 +289,8 @@ func (n *Node) IssueClientCert(ctx context.Context, name string, csrPEM []byte, 
 	if n.creds == nil {
 		return nil, nil, rec, errStatus(http.StatusBadRequest, "this cluster runs without TLS (--insecure): it has no certificate authority")
 	}
-	if !tokenNameRE.MatchString(name) {
-		return nil, nil, rec, errStatus(http.StatusBadRequest, "invalid client certificate name %q: use 1 to 63 lower-case letters, digits, '.', '_' or '-'", name)
+	if err := ValidClientCertName(name); err != nil {
+		return nil, nil, rec, errStatus(http.StatusBadRequest, "%v", err)
 	}
 	if validity <= 0 {
 		validity = DefaultClientCertValidity
@@ -337,6 +337,29 @@ func (n *Node) IssueClientCert(ctx context.Context, name string, csrPEM []byte, 
 	n.emit(Event{Kind: EventClientCertCreated, Message: fmt.Sprintf("export client certificate %s (serial %s, valid until %s) created by %s", name, rec.Serial, rec.NotAfter.Format(time.RFC3339), by),
 		Fields: map[string]string{"client": name, "serial": rec.Serial, "by": by}})
 	return certPEM, a.certPEM, rec, nil
+}
+
+// ValidClientCertName checks the name of an export client certificate.
+func ValidClientCertName(name string) error {
+	if !tokenNameRE.MatchString(name) {
+		return fmt.Errorf("invalid client certificate name %q: use 1 to 63 lower-case letters, digits, '.', '_' or '-'", name)
+	}
+	return nil
+}
+
+// ClientCertRecorded reports whether the cluster ever issued an export
+// client certificate named name (revoked or expired ones count: a new
+// certificate may be issued under the name).
+func (n *Node) ClientCertRecorded(ctx context.Context, name string) (bool, error) {
+	cli := n.Client()
+	if cli == nil {
+		return false, errStatus(http.StatusServiceUnavailable, "%v", ErrNotServing)
+	}
+	resp, err := cli.Get(ctx, PrefixClientCerts+name+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return false, errStatus(http.StatusServiceUnavailable, "reading the export client certificates: %v", err)
+	}
+	return resp.Count > 0, nil
 }
 
 // clientCerts lists the recorded export client certificates, by name then

@@ -17,6 +17,9 @@ func TestRequiredRole(t *testing.T) {
 		// tls off|allowed opens a volume to anyone who reaches the export
 		// port: more than a client certificate, which needs admin
 		{"POST", "/v1/volumes/vm1/tls", AuthAdmin},
+		// which export clients may open a volume
+		{"POST", "/v1/volumes/vm1/grants", AuthAdmin},
+		{"GET", "/v1/volumes/vm1/grants", AuthReadOnly},
 		{"POST", "/v1/auth/client-certs", AuthAdmin},
 		{"DELETE", "/v1/auth/client-certs/h1", AuthAdmin},
 		{"GET", "/v1/auth/client-certs", AuthAdmin},
