@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -152,4 +153,55 @@ func TestPeerString(t *testing.T) {
 			t.Errorf("%+v: %q %v, want %q %v", tc.p, got, tc.p.Authenticated(), tc.want, tc.auth)
 		}
 	}
+}
+
+// TestAuthorizeOptions: every option that names an export asks its
+// Authorize — LIST leaves the export out, INFO, GO and SET_META_CONTEXT get
+// NBD_REP_ERR_POLICY with the reason, EXPORT_NAME (which cannot carry an
+// error) is disconnected — on a plaintext connection to an export that
+// does not need TLS (the zero Peer: Authorize decides alone).
+func TestAuthorizeOptions(t *testing.T) {
+	closed := memExport("closed", 1<<20)
+	closed.Authorize = grantOnly("someone")
+	_, sock := startServer(t, memExport("open", 1<<20), closed)
+
+	r := dialRaw(t, sock)
+	r.greet(clientFixedNewstyle)
+	r.opt(optList, nil)
+	var names []string
+	for {
+		typ, data := r.optReply(optList)
+		if typ == repAck {
+			break
+		}
+		names = append(names, string(data[4:4+binary.BigEndian.Uint32(data)]))
+	}
+	if !slices.Equal(names, []string{"open"}) {
+		t.Fatalf("LIST: %v, want only the open export", names)
+	}
+	for _, opt := range []uint32{optInfo, optGo} {
+		r.opt(opt, goData("closed"))
+		typ, msg := r.optReply(opt)
+		if typ != repErrPolicy || !strings.Contains(string(msg), "unauthenticated client refused") {
+			t.Fatalf("%s: reply %#x %q, want NBD_REP_ERR_POLICY with the reason", optName(opt), typ, msg)
+		}
+	}
+	r.opt(optStructuredReply, nil)
+	if typ := r.finalReply(optStructuredReply); typ != repAck {
+		t.Fatalf("structured replies: %#x", typ)
+	}
+	r.opt(optSetMetaContext, metaData("closed", MetaBaseAllocation))
+	if typ, _ := r.optReply(optSetMetaContext); typ != repErrPolicy {
+		t.Fatalf("SET_META_CONTEXT: reply %#x, want NBD_REP_ERR_POLICY", typ)
+	}
+	// the connection still serves the open export
+	r.opt(optGo, goData("open"))
+	if typ := r.finalReply(optGo); typ != repAck {
+		t.Fatalf("GO open after the refusals: %#x", typ)
+	}
+
+	r2 := dialRaw(t, sock)
+	r2.greet(clientFixedNewstyle | clientNoZeroes)
+	r2.opt(optExportName, []byte("closed"))
+	r2.expectClosed()
 }
