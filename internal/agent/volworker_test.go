@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hacs/hacs/internal/testnet"
+	"github.com/hacs/hacs/internal/testnode"
 
 	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/device"
@@ -24,13 +23,6 @@ import (
 	"github.com/hacs/hacs/internal/policy"
 	"github.com/hacs/hacs/internal/store"
 )
-
-func testLogger(t testing.TB) *slog.Logger {
-	if testing.Verbose() && os.Getenv("HACS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("test", t.Name())
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 // startTestAgent starts an in-process node (joining join's cluster, if
 // given) and prepares its agent; hook, if set, is its mirrorHook. The
@@ -41,7 +33,7 @@ func startTestAgent(t *testing.T, name string, join *cluster.Node, hook func(*mi
 		DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
 		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t),
 		LeaseTTL: 2 * time.Second, EtcdUnsafeNoFsync: true,
-		Logger: testLogger(t), Out: io.Discard,
+		Logger: testnode.Logger(t), Out: io.Discard,
 	}
 	if join != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -56,27 +48,13 @@ func startTestAgent(t *testing.T, name string, join *cluster.Node, hook func(*mi
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		n.Stop(ctx)
-	})
-	select {
-	case <-n.Ready():
-	case <-n.Done():
-		t.Fatalf("node %s failed: %v", name, n.Err())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("node %s not ready after 60 s", name)
-	}
+	testnode.Start(t, name, n)
 	pool, err := store.OpenOrCreatePool(t.TempDir(), store.PoolOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, err := New(Config{Node: n, Pool: pool, StateDir: t.TempDir(), ReplicaListen: "127.0.0.1:0", ExportListen: "127.0.0.1:0",
-		Tick: 500 * time.Millisecond, Logger: testLogger(t)})
+		Tick: 500 * time.Millisecond, Logger: testnode.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,20 +94,14 @@ func clientCertFrom(t *testing.T, a *ca, cid, name string, nb, na time.Time) tls
 // checking its server), and are refused once revoked while others keep
 // working.
 func TestClientCerts(t *testing.T) {
-	cfg := testConfig(t, "c1")
-	cfg.Voters = 1
-	n := startNode(t, cfg)
+	n, cfg := startSoloNode(t, "c1")
 	if n.creds == nil {
 		t.Skip("HACS_TEST_INSECURE: no PKI")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	api := "https://" + n.APIAddr()
-	b, err := os.ReadFile(filepath.Join(cfg.DataDir, AdminTokenFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	adminTok := strings.TrimSpace(string(b))
+	adminTok := adminToken(t, cfg.DataDir)
 	hc := caClient(t, cfg.DataDir, nil)
 	caPEM, _ := os.ReadFile(TLSFiles(cfg.DataDir).CACert)
 

@@ -14,13 +14,9 @@ import (
 // the token and knows that node's id (it is in every certificate the node
 // presents) gets no certificate for that node.
 func TestJoinTokenReplayForJoinedNode(t *testing.T) {
-	if testConfig(t, "x").Insecure {
-		t.Skip("no certificates without TLS")
-	}
+	skipWithoutTLS(t)
 	ctx := context.Background()
-	cfg := testConfig(t, "r1")
-	cfg.Voters = 1
-	n := startNode(t, cfg)
+	n, cfg := startSoloNode(t, "r1")
 	tok, _, err := n.CreateJoinToken(ctx, 2*time.Second, 1, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +28,7 @@ func TestJoinTokenReplayForJoinedNode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return postJoin(t, hc, n.APIAddr(), joinRequest{Token: tok.String(), Name: name, NodeID: nodeID, Version: n.cfg.Version, Schema: SchemaVersion, APIAddr: "127.0.0.1:1", Roles: []Role{RoleStorage}, CSR: string(csr)})
+		return postJoin(t, hc, n.APIAddr(), storageJoin(n, tok.String(), name, nodeID, csr))
 	}
 	// the legitimate node joins, and may repeat an interrupted join with its key
 	victimID := randomHex(8)
@@ -40,7 +36,7 @@ func TestJoinTokenReplayForJoinedNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := joinRequest{Token: tok.String(), Name: "victim", NodeID: victimID, Version: n.cfg.Version, Schema: SchemaVersion, APIAddr: "127.0.0.1:1", Roles: []Role{RoleStorage}, CSR: string(csr)}
+	req := storageJoin(n, tok.String(), "victim", victimID, csr)
 	if code, msg, resp := postJoin(t, hc, n.APIAddr(), req); code != 200 || resp.Cert == "" {
 		t.Fatalf("first join: %d %s", code, msg)
 	}
@@ -65,6 +61,12 @@ func TestJoinTokenReplayForJoinedNode(t *testing.T) {
 	}
 }
 
+// storageJoin is the join request, with the token tok, of a storage node
+// name with the id nodeID and the certificate request csr to n's cluster.
+func storageJoin(n *Node, tok, name, nodeID string, csr []byte) joinRequest {
+	return joinRequest{Token: tok, Name: name, NodeID: nodeID, Version: n.cfg.Version, Schema: SchemaVersion, APIAddr: "127.0.0.1:1", Roles: []Role{RoleStorage}, CSR: string(csr)}
+}
+
 func postJoin(t *testing.T, hc *http.Client, api string, req joinRequest) (int, string, joinResponse) {
 	t.Helper()
 	b, _ := json.Marshal(req)
@@ -85,13 +87,9 @@ func postJoin(t *testing.T, hc *http.Client, api string, req joinRequest) (int, 
 // TestJoinTokenConcurrentUse: joins racing with one single-use token admit
 // one node; the others get no certificate.
 func TestJoinTokenConcurrentUse(t *testing.T) {
-	if testConfig(t, "x").Insecure {
-		t.Skip("no certificates without TLS")
-	}
+	skipWithoutTLS(t)
 	ctx := context.Background()
-	cfg := testConfig(t, "c1")
-	cfg.Voters = 1
-	n := startNode(t, cfg)
+	n, cfg := startSoloNode(t, "c1")
 	tok, _, err := n.CreateJoinToken(ctx, time.Minute, 1, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +109,7 @@ func TestJoinTokenConcurrentUse(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		req := joinRequest{Token: tok.String(), Name: name, NodeID: randomHex(8), Version: n.cfg.Version, Schema: SchemaVersion, APIAddr: "127.0.0.1:1", Roles: []Role{RoleStorage}, CSR: string(csr)}
+		req := storageJoin(n, tok.String(), name, randomHex(8), csr)
 		go func() {
 			<-start
 			code, msg, resp := postJoin(t, hc, n.APIAddr(), req)

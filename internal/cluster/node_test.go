@@ -6,29 +6,24 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hacs/hacs/internal/testnet"
+	"github.com/hacs/hacs/internal/testnode"
 
 	"github.com/hacs/hacs/internal/mirror"
 )
-
-func testLogger(t testing.TB) *slog.Logger {
-	if testing.Verbose() && os.Getenv("HACS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("test", t.Name())
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 func testConfig(t testing.TB, name string) Config {
 	return Config{
 		DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
 		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t),
 		LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
-		Logger: testLogger(t), Out: io.Discard, EtcdLogLevel: os.Getenv("HACS_TEST_ETCD_LOG"), Insecure: os.Getenv("HACS_TEST_INSECURE") != "",
+		Logger: testnode.Logger(t), Out: io.Discard, EtcdLogLevel: os.Getenv("HACS_TEST_ETCD_LOG"), Insecure: os.Getenv("HACS_TEST_INSECURE") != "",
 	}
 }
 
@@ -38,18 +33,37 @@ func startNode(t testing.TB, cfg Config) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Start(context.Background()); err != nil {
+	testnode.Start(t, cfg.Name, n)
+	return n
+}
+
+// startSoloNode starts a cluster of one voter, the node name, and returns
+// the node and its configuration.
+func startSoloNode(t testing.TB, name string) (*Node, Config) {
+	t.Helper()
+	cfg := testConfig(t, name)
+	cfg.Voters = 1
+	return startNode(t, cfg), cfg
+}
+
+// skipWithoutTLS skips a test of certificates when the tests run without
+// TLS (HACS_TEST_INSECURE).
+func skipWithoutTLS(t testing.TB) {
+	t.Helper()
+	if testConfig(t, "x").Insecure {
+		t.Skip("no certificates without TLS")
+	}
+}
+
+// adminToken is the administrator's token the cluster's creation wrote in
+// dataDir.
+func adminToken(t testing.TB, dataDir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dataDir, AdminTokenFile))
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { n.Stop(context.Background()) })
-	select {
-	case <-n.Ready():
-	case <-n.Done():
-		t.Fatalf("node %s failed: %v", cfg.Name, n.Err())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("node %s not ready after 60 s (phase %s)", cfg.Name, n.Phase())
-	}
-	return n
+	return strings.TrimSpace(string(b))
 }
 
 func TestClusterNodeSingle(t *testing.T) {

@@ -19,13 +19,9 @@ import (
 // VerifyPeerCertificate (where revocation is checked) on a resumed session,
 // so a ticket the node kept from before its removal must not resume.
 func TestRevokedCertNoResumption(t *testing.T) {
-	if testConfig(t, "x").Insecure {
-		t.Skip("no certificates without TLS")
-	}
+	skipWithoutTLS(t)
 	ctx := context.Background()
-	cfg := testConfig(t, "v1")
-	cfg.Voters = 1
-	n := startNode(t, cfg)
+	n, cfg := startSoloNode(t, "v1")
 	tok, _, err := n.CreateJoinToken(ctx, time.Minute, 1, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +31,7 @@ func TestRevokedCertNoResumption(t *testing.T) {
 		t.Fatal(err)
 	}
 	hc := caClient(t, cfg.DataDir, nil)
-	code, msg, resp := postJoin(t, hc, n.APIAddr(), joinRequest{Token: tok.String(), Name: "gone", NodeID: randomHex(8), Version: n.cfg.Version, Schema: SchemaVersion, APIAddr: "127.0.0.1:1", Roles: []Role{RoleStorage}, CSR: string(csr)})
+	code, msg, resp := postJoin(t, hc, n.APIAddr(), storageJoin(n, tok.String(), "gone", randomHex(8), csr))
 	if code != 200 {
 		t.Fatalf("join: %d %s", code, msg)
 	}
@@ -85,13 +81,9 @@ func TestRevokedCertNoResumption(t *testing.T) {
 // checks no revocation after the handshake: it relies on the TLS
 // configuration's verification, which crypto/tls skips on resumption).
 func TestRevokedClientCertNoResumptionNBD(t *testing.T) {
-	if testConfig(t, "x").Insecure {
-		t.Skip("no certificates without TLS")
-	}
+	skipWithoutTLS(t)
 	ctx := context.Background()
-	cfg := testConfig(t, "e1")
-	cfg.Voters = 1
-	n := startNode(t, cfg)
+	n, _ := startSoloNode(t, "e1")
 	keyPEM, csr, err := NewClientKey("h1")
 	if err != nil {
 		t.Fatal(err)

@@ -53,9 +53,7 @@ func TestRolesChangeApply(t *testing.T) {
 // without --roles and reset by one with --roles; the join token is served
 // on the local socket only.
 func TestNodeRolesAndToken(t *testing.T) {
-	cfg := testConfig(t, "solo")
-	cfg.Voters = 1
-	n := startNode(t, cfg)
+	n, cfg := startSoloNode(t, "solo")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	api := n.Scheme() + "://" + n.APIAddr()

@@ -104,17 +104,11 @@ func etcdReachable(t *testing.T, endpoint, dataDir string, cert tls.Certificate)
 // TestSecurityRefusals: what a secure cluster refuses, with which message,
 // while it keeps serving the others.
 func TestSecurityRefusals(t *testing.T) {
-	cfg := testConfig(t, "s1")
-	cfg.Voters = 1
-	n := startNode(t, cfg)
+	n, cfg := startSoloNode(t, "s1")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	api := "https://" + n.APIAddr()
-	admin, err := os.ReadFile(filepath.Join(cfg.DataDir, AdminTokenFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	adminTok := strings.TrimSpace(string(admin))
+	adminTok := adminToken(t, cfg.DataDir)
 	hc := caClient(t, cfg.DataDir, nil)
 
 	// key files are owner-only

@@ -5,17 +5,13 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hacs/hacs/internal/testnet"
-
 	"go.etcd.io/etcd/client/pkg/v3/transport"
-	"go.etcd.io/etcd/server/v3/embed"
 )
 
 // testStoreCreds are the files of an external etcd's own PKI (not the
@@ -85,33 +81,7 @@ func writeTestFile(t testing.TB, path string, b []byte) {
 func startTestEtcdTLS(t testing.TB) *testStoreCreds {
 	t.Helper()
 	c := makeStoreCreds(t)
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.Name = "test"
-	peer, _ := url.Parse("http://" + testnet.FreeAddr(t))
-	client, _ := url.Parse("https://" + testnet.FreeAddr(t))
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
-	cfg.InitialCluster = "test=" + peer.String()
-	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.serverCert, KeyFile: c.serverKey, TrustedCAFile: c.ca, ClientCertAuth: true}
-	cfg.UnsafeNoFsync = true
-	cfg.TickMs, cfg.ElectionMs = 50, 500
-	lg, err := etcdLogger("error")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("embedded etcd not ready after 30 s")
-	}
-	c.endpoint = client.String()
+	_, c.endpoint = runTestEtcd(t, &transport.TLSInfo{CertFile: c.serverCert, KeyFile: c.serverKey, TrustedCAFile: c.ca, ClientCertAuth: true})
 	return c
 }
 
@@ -215,12 +185,9 @@ func TestClusterNodeExternalTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
-	adminTok, err := os.ReadFile(filepath.Join(c1.DataDir, AdminTokenFile))
-	if err != nil {
-		t.Fatal(err)
-	}
+	adminTok := adminToken(t, c1.DataDir)
 	for _, n := range []*Node{n1, n2} {
-		for _, tok := range []string{"", apiTokenPrefix + "nobody.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", strings.TrimSpace(string(adminTok))} {
+		for _, tok := range []string{"", apiTokenPrefix + "nobody.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", adminTok} {
 			req, _ := http.NewRequest("GET", "https://"+n.APIAddr()+"/v1/nodes", nil)
 			if tok != "" {
 				req.Header.Set("Authorization", "Bearer "+tok)
@@ -231,7 +198,7 @@ func TestClusterNodeExternalTLS(t *testing.T) {
 			}
 			resp.Body.Close()
 			want := http.StatusUnauthorized
-			if tok == strings.TrimSpace(string(adminTok)) {
+			if tok == adminTok {
 				want = http.StatusOK
 			}
 			if resp.StatusCode != want {

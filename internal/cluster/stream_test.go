@@ -38,9 +38,7 @@ func readSSE(t *testing.T, sc *bufio.Scanner, n int) []sseEvent {
 type sseEvent struct{ id, typ, data string }
 
 func TestEventStream(t *testing.T) {
-	cfg := testConfig(t, "solo")
-	cfg.Voters = 1
-	n := startNode(t, cfg)
+	n, _ := startSoloNode(t, "solo")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, m := range []string{"old1", "old2"} {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hacs/hacs/internal/testnet"
+	"github.com/hacs/hacs/internal/testnode"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -21,27 +22,13 @@ import (
 
 func startNode(t testing.TB, name, join, token string) *cluster.Node {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() && os.Getenv("HACS_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", name)
-	}
 	n, err := cluster.New(cluster.Config{DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
 		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t), LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
-		Logger: log, Out: io.Discard, Join: join, Token: token})
+		Logger: testnode.Logger(t), Out: io.Discard, Join: join, Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Stop(context.Background()) })
-	select {
-	case <-n.Ready():
-	case <-n.Done():
-		t.Fatalf("node %s failed: %v", name, n.Err())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("node %s not ready after 60 s", name)
-	}
+	testnode.Start(t, name, n)
 	return n
 }
 
