@@ -18,19 +18,35 @@ func startServer(t testing.TB, exports ...Export) (*Server, string) {
 	t.Helper()
 	srv := NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv.HandshakeTimeout = 5 * time.Second
+	return srv, serveUnix(t, srv, exports...)
+}
+
+// startLoggedServer is startServer with the server's debug log in the
+// returned buffer; configure, if set, sets the server up before it serves.
+func startLoggedServer(t testing.TB, configure func(*Server), exports ...Export) (*Server, string, *syncBuf) {
+	t.Helper()
+	logs := &syncBuf{}
+	srv := NewServer(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	srv.HandshakeTimeout = 5 * time.Second
+	if configure != nil {
+		configure(srv)
+	}
+	return srv, serveUnix(t, srv, exports...), logs
+}
+
+// serveUnix adds the exports to srv and serves them on a Unix socket until
+// the test ends; it returns the socket's path.
+func serveUnix(t testing.TB, srv *Server, exports ...Export) string {
+	t.Helper()
 	for _, e := range exports {
-		if err := srv.AddExport(e); err != nil {
-			t.Fatal(err)
-		}
+		mustOK(t, srv.AddExport(e))
 	}
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mustOK(t, err)
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return srv, sock
+	return sock
 }
 
 func dialT(t testing.TB, sock string, opts ClientOptions) *Client {

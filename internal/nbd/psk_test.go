@@ -3,8 +3,6 @@ package nbd
 import (
 	"crypto/tls"
 	"log/slog"
-	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,18 +20,7 @@ var (
 // and, when cfg is set, certificates too.
 func startPSKServer(t testing.TB, cfg *tls.Config, keys tlspsk.Keys, policy TLSPolicy, exports ...Export) (string, *syncBuf) {
 	t.Helper()
-	logs := &syncBuf{}
-	srv := NewServer(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	srv.HandshakeTimeout = 5 * time.Second
-	srv.TLSConfig, srv.PSKKeys, srv.TLSPolicy = cfg, keys, policy
-	for _, e := range exports {
-		mustOK(t, srv.AddExport(e))
-	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	ln, err := net.Listen("unix", sock)
-	mustOK(t, err)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	_, sock, logs := startLoggedServer(t, func(srv *Server) { srv.TLSConfig, srv.PSKKeys, srv.TLSPolicy = cfg, keys, policy }, exports...)
 	return sock, logs
 }
 
@@ -82,22 +69,7 @@ func TestPSKDispatch(t *testing.T) {
 			if tc.wantLog != "" {
 				defer waitLog(t, logs, tc.wantLog)
 			}
-			if tc.wantErr != "" {
-				if err == nil {
-					c.Close()
-					t.Fatalf("connected, want error containing %q", tc.wantErr)
-				}
-				if !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %q, want it to contain %q", err, tc.wantErr)
-				}
-				return
-			}
-			mustOK(t, err)
-			defer c.Close()
-			if !c.Info().TLS || !c.Info().Structured || !c.Info().BlockStatus {
-				t.Fatalf("info %+v: want TLS, structured replies and block status", c.Info())
-			}
-			roundTrip(t, c)
+			checkConnected(t, c, err, tc.wantErr)
 		})
 	}
 }
@@ -176,13 +148,5 @@ func startServerWith(t testing.TB, logs *syncBuf, cfg *tls.Config, keys tlspsk.K
 	srv := NewServer(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	srv.HandshakeTimeout = 5 * time.Second
 	srv.TLSConfig, srv.PSKKeys, srv.TLSPolicy = cfg, keys, TLSAllowed
-	for _, e := range exports {
-		mustOK(t, srv.AddExport(e))
-	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	ln, err := net.Listen("unix", sock)
-	mustOK(t, err)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return srv, sock
+	return srv, serveUnix(t, srv, exports...)
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -90,25 +89,36 @@ func (s *syncBuf) String() string {
 // startTLSServer serves the exports with TLS on a Unix socket.
 func startTLSServer(t testing.TB, cfg *tls.Config, policy TLSPolicy, exports ...Export) (*Server, string, *syncBuf) {
 	t.Helper()
-	logs := &syncBuf{}
-	srv := NewServer(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	srv.HandshakeTimeout = 5 * time.Second
-	srv.TLSConfig, srv.TLSPolicy = cfg, policy
-	for _, e := range exports {
-		mustOK(t, srv.AddExport(e))
-	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	ln, err := net.Listen("unix", sock)
-	mustOK(t, err)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return srv, sock, logs
+	return startLoggedServer(t, func(srv *Server) { srv.TLSConfig, srv.TLSPolicy = cfg, policy }, exports...)
 }
 
 func dialErr(sock string, opts ClientOptions) (*Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return Dial(ctx, "unix", sock, opts)
+}
+
+// checkConnected checks what dialErr returned: an error containing
+// wantErr or, where wantErr is "", a client over TLS with structured
+// replies and block status that writes a block and reads it back.
+func checkConnected(t testing.TB, c *Client, err error, wantErr string) {
+	t.Helper()
+	if wantErr != "" {
+		if err == nil {
+			c.Close()
+			t.Fatalf("connected, want error containing %q", wantErr)
+		}
+		if !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("error %q, want it to contain %q", err, wantErr)
+		}
+		return
+	}
+	mustOK(t, err)
+	defer c.Close()
+	if !c.Info().TLS || !c.Info().Structured || !c.Info().BlockStatus {
+		t.Fatalf("info %+v: want TLS, structured replies and block status", c.Info())
+	}
+	roundTrip(t, c)
 }
 
 // roundTrip writes and reads back a block through c.
@@ -147,22 +157,7 @@ func TestTLSClientServer(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, sock, _ := startTLSServer(t, tc.server, tc.policy, memExport("vol", 1<<20))
 			c, err := dialErr(sock, ClientOptions{Export: "vol", TLS: tc.client})
-			if tc.wantErr != "" {
-				if err == nil {
-					c.Close()
-					t.Fatalf("connected, want error containing %q", tc.wantErr)
-				}
-				if !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %q, want it to contain %q", err, tc.wantErr)
-				}
-				return
-			}
-			mustOK(t, err)
-			defer c.Close()
-			if !c.Info().TLS || !c.Info().Structured || !c.Info().BlockStatus {
-				t.Fatalf("info %+v: want TLS, structured replies and block status", c.Info())
-			}
-			roundTrip(t, c)
+			checkConnected(t, c, err, tc.wantErr)
 		})
 	}
 }
