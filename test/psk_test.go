@@ -303,24 +303,8 @@ func TestPSKVolumeExports(t *testing.T) {
 		t.Fatalf("nbdinfo with a wrong key: %v", r)
 	}
 
-	sock := filepath.Join(shortTempDir(t), "sec.sock")
-	att := startProc(t, true, hacsBin, "volume", "attach", "sec", "--listen", "unix:"+sock, "--tls-psk", k.keys, "--tls-username", "bob", "--cluster", api)
-	att.waitAccepting(t, "unix", sock)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cl, err := nbd.Dial(ctx, "unix", sock, nbd.ClientOptions{Export: "sec"})
-	mustOK(t, err)
-	defer cl.Close()
-	data := bytes.Repeat([]byte("psk-vol!"), 512)
-	mustOK(t, cl.WriteAt(data, 8192, true))
-	direct, err := dialPSK(t, "tcp", addr, "sec", k.keys, "alice")
-	mustOK(t, err)
-	defer direct.Close()
-	got := make([]byte, len(data))
-	mustOK(t, direct.ReadAt(got, 8192))
-	if !bytes.Equal(got, data) {
-		t.Fatal("data written through attach differs when read with a pre-shared key from the primary")
-	}
+	checkAttachedWrite(t, api, "sec", []string{"--tls-psk", k.keys, "--tls-username", "bob"}, bytes.Repeat([]byte("psk-vol!"), 512),
+		func() (*nbd.Client, error) { return dialPSK(t, "tcp", addr, "sec", k.keys, "alice") }, "with a pre-shared key")
 	if r := runCmd(t, hacsBin, "volume", "attach", "sec", "--listen", "unix:"+filepath.Join(shortTempDir(t), "x.sock"), "--tls-psk", k.keys, "--cluster", api); r.code == 0 || !strings.Contains(r.stderr, "--tls-username") {
 		t.Fatalf("attach with two identities and no --tls-username: %v", r)
 	}

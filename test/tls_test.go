@@ -360,22 +360,31 @@ func TestTLSVolumeExports(t *testing.T) {
 	if r := runCmd(t, hacsBin, "volume", "attach", "sec", "--listen", "unix:"+filepath.Join(shortTempDir(t), "x.sock"), "--cluster", api); r.code == 0 || !strings.Contains(r.stderr, "not one of this cluster's") {
 		t.Fatalf("attach without TLS options: %v", r)
 	}
-	sock := filepath.Join(shortTempDir(t), "sec.sock")
-	att := startProc(t, true, hacsBin, "volume", "attach", "sec", "--listen", "unix:"+sock, "--tls-certificates", d.clientNoCert, "--cluster", api)
+	checkAttachedWrite(t, api, "sec", []string{"--tls-certificates", d.clientNoCert}, bytes.Repeat([]byte("secret!!"), 512),
+		func() (*nbd.Client, error) { return dialTLS(t, &server{network: "tcp", addr: addr}, "sec", d.clientNoCert) }, "over TLS")
+}
+
+// checkAttachedWrite attaches the volume vol of the cluster at api
+// locally (hacs volume attach on a Unix socket, with the TLS options
+// opts), writes data through it, and reads it back from the primary's
+// export with a client from direct, connected how.
+func checkAttachedWrite(t testing.TB, api, vol string, opts []string, data []byte, direct func() (*nbd.Client, error), how string) {
+	t.Helper()
+	sock := filepath.Join(shortTempDir(t), vol+".sock")
+	att := startProc(t, true, hacsBin, append(append([]string{"volume", "attach", vol, "--listen", "unix:" + sock}, opts...), "--cluster", api)...)
 	att.waitAccepting(t, "unix", sock)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := nbd.Dial(ctx, "unix", sock, nbd.ClientOptions{Export: "sec"})
+	cl, err := nbd.Dial(ctx, "unix", sock, nbd.ClientOptions{Export: vol})
 	mustOK(t, err)
 	defer cl.Close()
-	data := bytes.Repeat([]byte("secret!!"), 512)
 	mustOK(t, cl.WriteAt(data, 8192, true))
-	direct, err := dialTLS(t, &server{network: "tcp", addr: addr}, "sec", d.clientNoCert)
+	dc, err := direct()
 	mustOK(t, err)
-	defer direct.Close()
+	defer dc.Close()
 	got := make([]byte, len(data))
-	mustOK(t, direct.ReadAt(got, 8192))
+	mustOK(t, dc.ReadAt(got, 8192))
 	if !bytes.Equal(got, data) {
-		t.Fatal("data written through attach differs when read over TLS from the primary")
+		t.Fatalf("data written through attach differs when read %s from the primary", how)
 	}
 }
