@@ -100,11 +100,7 @@ func volumesFrom(snap cluster.Snapshot) (map[string]*volumeView, []error) {
 		return v
 	}
 	for key, kv := range snap.KVs {
-		rest, ok := strings.CutPrefix(key, cluster.PrefixVolumes)
-		if !ok {
-			continue
-		}
-		name, part, ok := strings.Cut(rest, "/")
+		name, part, ok := cluster.SplitKey(key, cluster.PrefixVolumes)
 		if !ok {
 			continue
 		}

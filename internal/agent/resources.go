@@ -157,11 +157,7 @@ func resourcesFrom(snap cluster.Snapshot) (*resModel, []error) {
 			m.cons[id] = c
 			continue
 		}
-		rest, ok := strings.CutPrefix(key, resPrefix)
-		if !ok {
-			continue
-		}
-		name, part, ok := strings.Cut(rest, "/")
+		name, part, ok := cluster.SplitKey(key, resPrefix)
 		if !ok {
 			continue
 		}

@@ -43,13 +43,19 @@ func RemovedKey(nodeID string) string { return PrefixRemoved + nodeID }
 // VolumeStateKey holds a volume's mirror.State (epoch, primary, in-sync set).
 func VolumeStateKey(volume string) string { return PrefixVolumes + volume + "/state" }
 
-// splitNodeKey splits /hacs/nodes/<name>/<part>.
-func splitNodeKey(key string) (name, part string, ok bool) {
-	rest, found := strings.CutPrefix(key, PrefixNodes)
+// SplitKey splits <prefix><name>/<part> (part may have more '/'); ok is
+// false for a key not under prefix or without a '/' after the name.
+func SplitKey(key, prefix string) (name, part string, ok bool) {
+	rest, found := strings.CutPrefix(key, prefix)
 	if !found {
 		return "", "", false
 	}
-	name, part, ok = strings.Cut(rest, "/")
+	return strings.Cut(rest, "/")
+}
+
+// splitNodeKey splits /hacs/nodes/<name>/<part>.
+func splitNodeKey(key string) (name, part string, ok bool) {
+	name, part, ok = SplitKey(key, PrefixNodes)
 	return name, part, ok && name != "" && part != ""
 }
 
