@@ -36,7 +36,8 @@
 #   VOLSIZE=1G          size of the probed volume
 #   SETTLE=3            seconds to wait after the volume is healthy and all
 #                       nodes online, before the next kill
-#   BASE_PORT=<free>    first of the 30 loopback ports of the cluster
+#   BASE_PORT=<free>    first of the 30 loopback ports of the cluster (drawn
+#                       from 22000-31999 when not given)
 #   FAILOVER_TIMEOUT=60 seconds a failover may take before the run fails
 #   LEASE_TTL=          the agents' lease TTL (hacs demo --lease-ttl, whole
 #                       seconds; empty: the default, 2s)
@@ -130,7 +131,11 @@ trap 'exit 143' TERM
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if [ -z "${BASE_PORT:-}" ]; then
   for ((try = 0; try < 50; try++)); do
-    BASE_PORT=$((20000 + 100 * (RANDOM % 300)))
+    # 22000-31999: below the kernel's ephemeral range (32768-), so that no
+    # outgoing connection takes a port of an agent restarted on it, and
+    # clear of the tests' (10000-20999) and bench-cli's (27700-) ports
+    BASE_PORT=$((22000 + 100 * (RANDOM % 100)))
+    [ "$BASE_PORT" = 27700 ] && continue
     ok=1
     for ((k = 10; k < 40; k++)); do port_free $((BASE_PORT + k)) || { ok=0; break; }; done
     [ "$ok" = 1 ] && break
