@@ -183,6 +183,30 @@ func (s *Server) exportFull(name string) *optError {
 	return nil
 }
 
+// reserveExportLocked counts c among the connections of the export named
+// name (once), unless MaxConnsPerExport of them are there already. Called
+// with s.mu held.
+func (c *serverConn) reserveExportLocked(name string) *optError {
+	s := c.srv
+	if c.counted == name {
+		return nil
+	}
+	if err := s.exportFull(name); err != nil {
+		return err
+	}
+	if s.perExport == nil {
+		s.perExport = make(map[string]int)
+	}
+	if c.counted != "" {
+		if s.perExport[c.counted]--; s.perExport[c.counted] <= 0 {
+			delete(s.perExport, c.counted)
+		}
+	}
+	s.perExport[name]++
+	c.counted = name
+	return nil
+}
+
 // growReader gives a connection that starts transmission its full read
 // buffer, keeping what the client already sent.
 func (c *serverConn) growReader() {

@@ -701,8 +701,10 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	if opt == optInfo {
 		defer e.release()
 	} else {
+		// GO: the connection takes its place among the export's now,
+		// before the answers that let the client start
 		c.srv.mu.Lock()
-		full := c.srv.exportFull(e.Name)
+		full := c.reserveExportLocked(e.Name)
 		c.srv.mu.Unlock()
 		if full != nil {
 			e.release()
@@ -784,18 +786,12 @@ func (c *serverConn) selectExport(e *Export) error {
 			return fmt.Errorf("export %q: %w (changed while the client negotiated)", e.Name, err)
 		}
 	}
-	if err := c.srv.exportFull(e.Name); err != nil {
+	if err := c.reserveExportLocked(e.Name); err != nil {
 		c.srv.mu.Unlock()
 		c.srv.refused.warn(c.log, "nbd connection refused: "+err.msg, "export", e.Name)
-		// not an option error: the option's answer may already be sent
-		return errors.New(err.msg)
+		return errors.New(err.msg) // EXPORT_NAME: a hang-up
 	}
 	c.export = e
-	c.counted = e.Name
-	if c.srv.perExport == nil {
-		c.srv.perExport = make(map[string]int)
-	}
-	c.srv.perExport[e.Name]++
 	c.srv.mu.Unlock()
 	c.flags = c.transmissionFlags(e)
 	return nil
