@@ -216,6 +216,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.rsrv.Limits = a.cfg.NBDLimits
 		a.rsrv.MaxConnsPerExport = 0 // a primary's links are not clients
+		// The replica port's peers are the few nodes of the cluster (mutual
+		// TLS), each opening a link per volume: a node whose primaries all
+		// reconnect at once (after a network blip) must not be refused for
+		// coming from one address. The server-wide bound still holds.
+		a.rsrv.MaxNegotiatingPerIP = -1
 		go a.rsrv.Serve(ln)
 		defer a.rsrv.Close()
 	}

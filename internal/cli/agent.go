@@ -86,7 +86,7 @@ serving before it can expire for the others.`,
 	f.StringVar(&rm.replicaListen, "replica-listen", "0.0.0.0:7703", "replica server address (primaries reach this node's replicas there)")
 	f.StringVar(&rm.exportListen, "export-listen", "0.0.0.0:10809", "NBD address of the volumes this node serves as primary")
 	rm.exportTLS.register(f, "export-", "", "volume exports' NBD")
-	rm.nbdLimits.register(f, "nbd-", "NBD ports (volume exports and replication, each)", "export-max-connections", "clients that may be connected to one volume's export at once (0: no limit)")
+	rm.nbdLimits.register(f, "nbd-", "NBD ports (volume exports and replication, each; the per-IP bound: exports only)", "export-max-connections", "clients that may be connected to one volume's export at once (0: no limit)")
 	f.DurationVar(&rm.replicaTimeout, "replica-timeout", 5*time.Second, "a replica that does not answer within this time leaves the in-sync set")
 	f.StringVar(&rm.alertExec, "alert-exec", "", "when this node is the DC: run this executable for each cluster event worth an alert (node lost, failover, replica degraded, resync finished, fencing), with the event in HACS_EVENT_* variables and as JSON on stdin; give every agent the same")
 	f.StringVar(&rm.alertURL, "alert-url", "", "when this node is the DC: POST each cluster event worth an alert as JSON to this URL (a webhook); give every agent the same")
