@@ -31,6 +31,7 @@ func newAgentCmd() *cobra.Command {
 		labels              []string
 		etcdHeartbeat       time.Duration
 		etcdElectionTimeout time.Duration
+		apiLim              apiLimitFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "agent --data-dir DIR [--join HOST:PORT --token TOKEN]",
@@ -75,6 +76,9 @@ serving before it can expire for the others.`,
 				}
 			}
 			cfg.EtcdHeartbeat, cfg.EtcdElectionTimeout = etcdHeartbeat, etcdElectionTimeout
+			if cfg.APILimits, err = apiLim.limits(); err != nil {
+				return err
+			}
 			cfg.Version = Version
 			cfg.Out = cmd.OutOrStdout()
 			cfg.Logger = slog.Default()
@@ -106,6 +110,7 @@ serving before it can expire for the others.`,
 	f.StringVar(&cfg.EtcdTLS.Cert, "etcd-cert", "", "client certificate (PEM) the external etcd accepts, as etcdctl --cert (remembered in the data directory)")
 	f.StringVar(&cfg.EtcdTLS.Key, "etcd-key", "", "key of --etcd-cert (PEM), as etcdctl --key (remembered in the data directory)")
 	f.StringVar(&cfg.APIAddr, "api", "", "API listen address, HTTPS (default "+cluster.DefaultAPIAddr+"; also served as plain HTTP on the owner-only socket DATA_DIR/api.sock)")
+	apiLim.register(f)
 	f.StringVar(&cfg.PeerListen, "peer-listen", "", "embedded etcd peer (raft) listen address (default "+cluster.DefaultPeerListen+")")
 	f.StringVar(&cfg.ClientListen, "client-listen", "", "embedded etcd client listen address (default "+cluster.DefaultClientListen+")")
 	f.StringVar(&cfg.Advertise, "advertise", "", "host or IP the other nodes reach this node at, when listening on a wildcard address")

@@ -65,16 +65,30 @@ func (n *Node) listenAPI() error {
 }
 
 func (n *Node) startAPI() error {
+	// connections that have not authenticated yet are bounded in number
+	// and time (APILimits); the authenticated ones are not
+	g := newAPIGate(n, n.cfg.APILimits)
+	n.apiGate = g
 	n.httpSrv = &http.Server{
-		Handler:           n.authHandler(n.mux),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: n.authHandler(n.mux),
+		// also the TLS handshake's deadline (net/http); the gate's
+		// deadline covers both, from accept
+		ReadHeaderTimeout: g.timeout,
+		IdleTimeout:       apiIdleTimeout,
+		MaxHeaderBytes:    apiMaxHeaderBytes,
+		ConnContext:       g.connContext,
+		ConnState:         g.connState,
 		ErrorLog:          nil,
 	}
+	n.apiLn = g.listener(n.apiLn)
 	if n.creds != nil {
 		// HTTPS only on TCP; the 0600 Unix socket stays plain HTTP
 		n.apiLn = tls.NewListener(sniffListener{Listener: n.apiLn, log: n.log, what: "API"}, n.creds.ServerConfig(false))
 		n.httpSrv.ErrorLog = tlsErrorLog(n.log)
-		n.httpSrv.ConnState = n.apiConnState
+		n.httpSrv.ConnState = func(c net.Conn, st http.ConnState) {
+			n.apiConnState(c, st)
+			g.connState(c, st)
+		}
 	}
 	go n.httpSrv.Serve(n.apiLn)
 	go n.httpSrv.Serve(n.sockLn)

@@ -104,6 +104,10 @@ type Config struct {
 	// JoinTimeout bounds the join handshake retries (default 60s).
 	JoinTimeout time.Duration
 
+	// APILimits bound the TCP API's connections that have not
+	// authenticated yet (zero: the defaults).
+	APILimits APILimits
+
 	// Version is the agent version recorded in the node's records.
 	Version string
 	// Logger (default slog.Default()).
@@ -176,6 +180,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = DefaultJoinTimeout
+	}
+	if err := c.APILimits.validate(); err != nil {
+		return err
 	}
 	if c.JoinTokenTTL == 0 {
 		c.JoinTokenTTL = DefaultJoinTokenTTL

@@ -67,6 +67,7 @@ type Node struct {
 
 	apiLn, sockLn net.Listener
 	httpSrv       *http.Server
+	apiGate       *apiGate // limits on connections not authenticated yet
 
 	lifeCtx    context.Context
 	lifeCancel context.CancelFunc

@@ -5,10 +5,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
-	"sync"
 	"time"
+
+	"github.com/hacs/hacs/internal/connlimit"
 )
 
 // Defaults of Limits.
@@ -22,9 +21,6 @@ const (
 	// DefaultMaxNegotiatingPerIP is the default of
 	// Limits.MaxNegotiatingPerIP.
 	DefaultMaxNegotiatingPerIP = 64
-	// refusedLogEvery is how often at most a refusal for a limit is logged
-	// (the others are counted in the next line).
-	refusedLogEvery = 5 * time.Second
 	// negotiationBufSize is the read buffer of a connection that has not
 	// negotiated yet; transmission gets transmitBufSize.
 	negotiationBufSize = 4 << 10
@@ -63,17 +59,6 @@ func (l Limits) handshakeTimeout() time.Duration {
 	return l.HandshakeTimeout
 }
 
-// limit turns a configured limit into a bound (0: none).
-func limit(v, def int) int {
-	switch {
-	case v == 0:
-		return def
-	case v < 0:
-		return 0
-	}
-	return v
-}
-
 // Validate refuses limits that make no sense.
 func (l Limits) Validate() error {
 	if l.HandshakeTimeout < 0 {
@@ -85,42 +70,17 @@ func (l Limits) Validate() error {
 	return nil
 }
 
-// negotiation counts the connections in negotiation (guarded by the
-// server's mu).
-type negotiation struct {
-	total int
-	perIP map[string]int
-}
-
-// sourceIP is the IP address a connection comes from ("" for Unix
-// sockets and other non-IP transports).
-func sourceIP(nc net.Conn) string {
-	switch a := nc.RemoteAddr().(type) {
-	case *net.TCPAddr:
-		return a.IP.String()
-	case *net.UDPAddr:
-		return a.IP.String()
-	}
-	return ""
-}
-
 // admitNegotiation takes a negotiation slot for a new connection from ip,
-// or says which limit refuses it. Called with s.mu held.
+// or says which limit refuses it.
 func (s *Server) admitNegotiation(ip string) (ok bool, why string) {
-	if max := limit(s.MaxNegotiating, DefaultMaxNegotiating); max > 0 && s.neg.total >= max {
-		return false, fmt.Sprintf("%d connections are in negotiation on this server, the limit (MaxNegotiating)", s.neg.total)
+	r := s.neg.Take(ip, connlimit.Bound(s.MaxNegotiating, DefaultMaxNegotiating), connlimit.Bound(s.MaxNegotiatingPerIP, DefaultMaxNegotiatingPerIP))
+	switch {
+	case r == nil:
+		return true, ""
+	case r.PerIP:
+		return false, fmt.Sprintf("%d connections from %s are in negotiation, the limit per IP address (MaxNegotiatingPerIP)", r.Count, ip)
 	}
-	if ip != "" {
-		if max := limit(s.MaxNegotiatingPerIP, DefaultMaxNegotiatingPerIP); max > 0 && s.neg.perIP[ip] >= max {
-			return false, fmt.Sprintf("%d connections from %s are in negotiation, the limit per IP address (MaxNegotiatingPerIP)", s.neg.perIP[ip], ip)
-		}
-		if s.neg.perIP == nil {
-			s.neg.perIP = make(map[string]int)
-		}
-		s.neg.perIP[ip]++
-	}
-	s.neg.total++
-	return true, ""
+	return false, fmt.Sprintf("%d connections are in negotiation on this server, the limit (MaxNegotiating)", r.Count)
 }
 
 // endNegotiation frees c's negotiation slot (once).
@@ -131,46 +91,11 @@ func (s *Server) endNegotiation(c *serverConn) {
 		return
 	}
 	c.negotiating = false
-	s.neg.total--
-	if c.ip != "" {
-		if s.neg.perIP[c.ip]--; s.neg.perIP[c.ip] <= 0 {
-			delete(s.neg.perIP, c.ip)
-		}
-	}
+	s.neg.Give(c.ip)
 }
 
 // Negotiating reports how many connections are in negotiation now.
-func (s *Server) Negotiating() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.neg.total
-}
-
-// rateLog logs one line per interval at most; the lines it held back are
-// counted in the next one, so that a flood does not flood the log.
-type rateLog struct {
-	mu       sync.Mutex
-	last     time.Time
-	held     int
-	interval time.Duration
-}
-
-func (r *rateLog) warn(log *slog.Logger, msg string, args ...any) {
-	r.mu.Lock()
-	now := time.Now()
-	if !r.last.IsZero() && now.Sub(r.last) < r.interval {
-		r.held++
-		r.mu.Unlock()
-		return
-	}
-	held := r.held
-	r.last, r.held = now, 0
-	r.mu.Unlock()
-	if held > 0 {
-		args = append(args, "more_refused_not_logged", held, "since", r.interval.String())
-	}
-	log.Warn(msg, args...)
-}
+func (s *Server) Negotiating() int { return s.neg.Total() }
 
 func (s *Server) handshakeTimeout() time.Duration { return s.Limits.handshakeTimeout() }
 

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hacs/hacs/internal/connlimit"
 	"github.com/hacs/hacs/internal/device"
 	"github.com/hacs/hacs/internal/tlspsk"
 )
@@ -89,10 +90,10 @@ type Server struct {
 	def       string // export served for the empty name
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
-	neg       negotiation    // connections in negotiation
-	perExport map[string]int // connections serving each export
-	refused   rateLog        // refusals for a limit
-	cut       rateLog        // connections cut at the negotiation deadline
+	neg       connlimit.Counter // connections in negotiation
+	perExport map[string]int    // connections serving each export
+	refused   connlimit.RateLog // refusals for a limit
+	cut       connlimit.RateLog // connections cut at the negotiation deadline
 	closed    bool
 	wg        sync.WaitGroup
 }
@@ -108,8 +109,6 @@ func NewServer(logger *slog.Logger) *Server {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*serverConn]struct{}),
 		perExport: make(map[string]int),
-		refused:   rateLog{interval: refusedLogEvery},
-		cut:       rateLog{interval: refusedLogEvery},
 	}
 }
 
@@ -337,7 +336,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 		nc.Close()
 		return
 	}
-	ip := sourceIP(nc)
+	ip := connlimit.SourceIP(nc)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -347,11 +346,8 @@ func (s *Server) ServeConn(nc net.Conn) {
 	ok, why := s.admitNegotiation(ip)
 	if !ok {
 		s.mu.Unlock()
-		if tc, isTCP := nc.(*net.TCPConn); isTCP {
-			tc.SetLinger(0) // no TIME_WAIT left behind by a flood
-		}
-		nc.Close()
-		s.refused.warn(s.Logger, "nbd connection refused: too many connections in negotiation", "remote", nc.RemoteAddr().String(), "reason", why)
+		connlimit.Refuse(nc)
+		s.refused.Warn(s.Logger, "nbd connection refused: too many connections in negotiation", "remote", nc.RemoteAddr().String(), "reason", why)
 		return
 	}
 	c := &serverConn{srv: s, nc: nc, rw: nc, ip: ip, negotiating: true, done: make(chan struct{}), log: s.Logger.With("remote", nc.RemoteAddr().String())}
@@ -469,7 +465,7 @@ func (c *serverConn) serve() {
 	if err != nil {
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			c.srv.cut.warn(c.log, "nbd connection cut: negotiation not done within the handshake timeout", "timeout", c.srv.handshakeTimeout().String(), "err", err, "tls", c.tls)
+			c.srv.cut.Warn(c.log, "nbd connection cut: negotiation not done within the handshake timeout", "timeout", c.srv.handshakeTimeout().String(), "err", err, "tls", c.tls)
 		case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && err != errTLSHandshakeLogged && err != errTLSRequiredHangup:
 			c.log.Warn("nbd handshake ended", "err", err, "tls", c.tls)
 		}
@@ -708,7 +704,7 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 		c.srv.mu.Unlock()
 		if full != nil {
 			e.release()
-			c.srv.refused.warn(c.log, "nbd option refused: "+full.msg, "option", optName(opt), "export", e.Name)
+			c.srv.refused.Warn(c.log, "nbd option refused: "+full.msg, "option", optName(opt), "export", e.Name)
 			return false, full
 		}
 	}
@@ -788,7 +784,7 @@ func (c *serverConn) selectExport(e *Export) error {
 	}
 	if err := c.reserveExportLocked(e.Name); err != nil {
 		c.srv.mu.Unlock()
-		c.srv.refused.warn(c.log, "nbd connection refused: "+err.msg, "export", e.Name)
+		c.srv.refused.Warn(c.log, "nbd connection refused: "+err.msg, "export", e.Name)
 		return errors.New(err.msg) // EXPORT_NAME: a hang-up
 	}
 	c.export = e
