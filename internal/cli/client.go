@@ -377,11 +377,11 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 			continue
 		}
 		if resp.StatusCode == http.StatusServiceUnavailable && len(c.endpoints) > 1 {
-			errs = append(errs, ep+": "+apiMessage(b))
+			errs = append(errs, ep+": "+cluster.APIErrorMessage(b))
 			continue // that agent cannot serve (no quorum): ask another
 		}
 		if resp.StatusCode/100 != 2 {
-			return &apiStatusError{Code: resp.StatusCode, Msg: apiMessage(b)}
+			return &apiStatusError{Code: resp.StatusCode, Msg: cluster.APIErrorMessage(b)}
 		}
 		if out != nil {
 			if err := json.Unmarshal(b, out); err != nil {
@@ -407,16 +407,6 @@ func (e *unreachableError) Error() string {
 }
 
 func (e *unreachableError) reason() string { return strings.Join(e.errs, "; ") }
-
-func apiMessage(b []byte) string {
-	var e struct {
-		Error string `json:"error"`
-	}
-	if json.Unmarshal(b, &e) == nil && e.Error != "" {
-		return e.Error
-	}
-	return strings.TrimSpace(string(b))
-}
 
 var rangeRE = regexp.MustCompile(`^(.*?)(\d+)-(\d+)$`)
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -127,6 +128,18 @@ func WriteJSON(w http.ResponseWriter, code int, v any) { writeJSON(w, code, v) }
 // WriteError answers {"error": ...} with the status an error carries
 // (HTTPError), 503 when this node cannot serve, else 500.
 func WriteError(w http.ResponseWriter, err error) { writeError(w, err) }
+
+// APIErrorMessage is the message of an error answer b: its "error" field
+// (see WriteError), or else the body itself, trimmed.
+func APIErrorMessage(b []byte) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		return e.Error
+	}
+	return strings.TrimSpace(string(b))
+}
 
 // HTTPError is an error that carries the HTTP status to answer with.
 func HTTPError(code int, format string, args ...any) error { return errStatus(code, format, args...) }

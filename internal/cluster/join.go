@@ -181,7 +181,7 @@ func (n *Node) requestJoin(ctx context.Context, req joinRequest, hc *http.Client
 			}
 			return &jr, nil
 		}
-		msg := apiErrorMessage(b)
+		msg := APIErrorMessage(b)
 		if resp.StatusCode == http.StatusServiceUnavailable {
 			if time.Now().After(deadline) {
 				return nil, fmt.Errorf("the cluster did not admit this node within %v: %s", n.cfg.JoinTimeout, msg)
@@ -205,16 +205,6 @@ func (n *Node) requestJoin(ctx context.Context, req joinRequest, hc *http.Client
 type joinRefused struct{ error }
 
 func (e *joinRefused) Unwrap() error { return e.error }
-
-func apiErrorMessage(b []byte) string {
-	var e struct {
-		Error string `json:"error"`
-	}
-	if json.Unmarshal(b, &e) == nil && e.Error != "" {
-		return e.Error
-	}
-	return strings.TrimSpace(string(b))
-}
 
 // admitJoin is the member's side of the handshake.
 func (n *Node) admitJoin(ctx context.Context, req joinRequest) (*joinResponse, error) {

@@ -28,3 +28,16 @@ func TestSplitKey(t *testing.T) {
 		}
 	}
 }
+
+func TestAPIErrorMessage(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{`{"error": "volume vm1 not found"}`, "volume vm1 not found"},
+		{`{"error": ""}`, `{"error": ""}`},
+		{"  404 page not found\n", "404 page not found"},
+		{"", ""},
+	} {
+		if got := APIErrorMessage([]byte(tc.body)); got != tc.want {
+			t.Errorf("APIErrorMessage(%q) = %q, want %q", tc.body, got, tc.want)
+		}
+	}
+}

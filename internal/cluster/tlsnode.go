@@ -237,7 +237,7 @@ func (n *Node) fetchJoinCA(ctx context.Context, tok Token) ([]byte, error) {
 			continue
 		}
 		if resp.StatusCode != http.StatusOK {
-			return nil, &joinRefused{fmt.Errorf("the agent at %s (--join) did not give its cluster CA: %s", n.cfg.Join, apiErrorMessage(b))}
+			return nil, &joinRefused{fmt.Errorf("the agent at %s (--join) did not give its cluster CA: %s", n.cfg.Join, APIErrorMessage(b))}
 		}
 		var jc joinCA
 		if err := json.Unmarshal(b, &jc); err != nil {
