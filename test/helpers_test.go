@@ -16,11 +16,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testlog"
 	"github.com/hacs/hacs/internal/testnet"
 
 	"github.com/hacs/hacs/internal/nbd"
@@ -200,31 +200,13 @@ func shellQuote(args []string) string {
 // ---------------------------------------------------------------------------
 // Background processes
 
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a child process running in the background for the length of a
 // test. It is stopped by its PID in t.Cleanup.
 type proc struct {
 	name    string
 	cmdline string
 	cmd     *exec.Cmd
-	out     syncBuffer // stdout and stderr
+	out     testlog.Buffer // stdout and stderr
 	done    chan struct{}
 	err     error // from Wait, valid once done is closed
 }

@@ -361,7 +361,9 @@ func TestTLSVolumeExports(t *testing.T) {
 		t.Fatalf("attach without TLS options: %v", r)
 	}
 	checkAttachedWrite(t, api, "sec", []string{"--tls-certificates", d.clientNoCert}, bytes.Repeat([]byte("secret!!"), 512),
-		func() (*nbd.Client, error) { return dialTLS(t, &server{network: "tcp", addr: addr}, "sec", d.clientNoCert) }, "over TLS")
+		func() (*nbd.Client, error) {
+			return dialTLS(t, &server{network: "tcp", addr: addr}, "sec", d.clientNoCert)
+		}, "over TLS")
 }
 
 // checkAttachedWrite attaches the volume vol of the cluster at api

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testlog"
 	"github.com/hacs/hacs/internal/testnet"
 	"github.com/hacs/hacs/internal/testnode"
 
@@ -33,7 +34,7 @@ func startTestAgent(t *testing.T, name string, join *cluster.Node, hook func(*mi
 		DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
 		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t),
 		LeaseTTL: 2 * time.Second, EtcdUnsafeNoFsync: true,
-		Logger: testnode.Logger(t), Out: io.Discard,
+		Logger: testlog.Logger(t), Out: io.Discard,
 	}
 	if join != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -54,7 +55,7 @@ func startTestAgent(t *testing.T, name string, join *cluster.Node, hook func(*mi
 		t.Fatal(err)
 	}
 	a, err := New(Config{Node: n, Pool: pool, StateDir: t.TempDir(), ReplicaListen: "127.0.0.1:0", ExportListen: "127.0.0.1:0",
-		Tick: 500 * time.Millisecond, Logger: testnode.Logger(t)})
+		Tick: 500 * time.Millisecond, Logger: testlog.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,28 +4,12 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hacs/hacs/internal/testlog"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func TestRenderBar(t *testing.T) {
 	for _, tc := range []struct {
@@ -62,7 +46,7 @@ func TestProgressBar(t *testing.T) {
 		t.Fatalf("done %q", buf.String())
 	}
 
-	var out lockedBuffer
+	var out testlog.Buffer
 	var n atomic.Int64
 	stop := pollProgress(context.Background(), newProgress(&out, "verify v", true), 5*time.Millisecond, func(context.Context) (int64, int64, bool) {
 		return min(n.Add(10), 100), 100, true

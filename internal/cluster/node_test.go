@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testlog"
 	"github.com/hacs/hacs/internal/testnet"
 	"github.com/hacs/hacs/internal/testnode"
 
@@ -23,7 +24,7 @@ func testConfig(t testing.TB, name string) Config {
 		DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
 		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t),
 		LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
-		Logger: testnode.Logger(t), Out: io.Discard, EtcdLogLevel: os.Getenv("HACS_TEST_ETCD_LOG"), Insecure: os.Getenv("HACS_TEST_INSECURE") != "",
+		Logger: testlog.Logger(t), Out: io.Discard, EtcdLogLevel: os.Getenv("HACS_TEST_ETCD_LOG"), Insecure: os.Getenv("HACS_TEST_INSECURE") != "",
 	}
 }
 
@@ -262,7 +263,7 @@ func TestClusterNodeExternal(t *testing.T) {
 	ep := e.Config().AdvertiseClientUrls[0].String()
 	c1 := testConfig(t, "x1")
 	c1.EtcdEndpoints = []string{ep}
-	var logBuf lockedBuffer
+	var logBuf testlog.Buffer
 	c1.Logger = slog.New(slog.NewTextHandler(&logBuf, nil))
 	n1 := startNode(t, c1)
 	if !strings.Contains(logBuf.String(), "the link to the external etcd is NOT encrypted") {
@@ -301,22 +302,4 @@ func TestClusterNodeExternal(t *testing.T) {
 	if n2b.ID() != id {
 		t.Fatalf("restarted external node has id %s, was %s", n2b.ID(), id)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for a logger and a reader.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

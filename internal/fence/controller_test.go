@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hacs/hacs/internal/testlog"
 	"github.com/hacs/hacs/internal/testnet"
 	"github.com/hacs/hacs/internal/testnode"
 
@@ -24,7 +25,7 @@ func startNode(t testing.TB, name, join, token string) *cluster.Node {
 	t.Helper()
 	n, err := cluster.New(cluster.Config{DataDir: t.TempDir(), Name: name, APIAddr: "127.0.0.1:0",
 		PeerListen: testnet.FreeAddr(t), ClientListen: testnet.FreeAddr(t), LeaseTTL: time.Second, EtcdUnsafeNoFsync: true,
-		Logger: testnode.Logger(t), Out: io.Discard, Join: join, Token: token})
+		Logger: testlog.Logger(t), Out: io.Discard, Join: join, Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}

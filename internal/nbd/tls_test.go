@@ -10,11 +10,11 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hacs/hacs/internal/nbd/tlstest"
+	"github.com/hacs/hacs/internal/testlog"
 )
 
 // testPKI is a CA with a server and a client certificate, and the
@@ -69,22 +69,7 @@ func withCert(cfg *tls.Config, cert tls.Certificate) *tls.Config {
 }
 
 // syncBuf is a log sink tests can read while the server writes.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuf = testlog.Buffer
 
 // startTLSServer serves the exports with TLS on a Unix socket.
 func startTLSServer(t testing.TB, cfg *tls.Config, policy TLSPolicy, exports ...Export) (*Server, string, *syncBuf) {

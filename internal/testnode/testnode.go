@@ -1,28 +1,16 @@
-// Package testnode starts in-process cluster nodes for tests and gives
-// them a logger. It does not import internal/cluster (it takes any node
-// with the methods below), so that package's own tests can use it too.
+// Package testnode starts in-process cluster nodes for tests. It does not
+// import internal/cluster (it takes any node with the methods below), so
+// that package's own tests can use it too.
 package testnode
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"os"
 	"testing"
 	"time"
 )
 
 // ReadyWithin is how long Start waits for a node to become ready.
 const ReadyWithin = 60 * time.Second
-
-// Logger is a test's logger: silent, unless the test runs with -v and
-// HACS_TEST_LOG is set, then to stderr with the test's name.
-func Logger(t testing.TB) *slog.Logger {
-	if testing.Verbose() && os.Getenv("HACS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("test", t.Name())
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 // Node is what Start needs of a node (*cluster.Node); P is its phase
 // type, shown when the node is not ready in time.
