@@ -17,19 +17,33 @@ var update = flag.Bool("update", false, "rewrite the expected actions of the cor
 
 // corpusCase is one saved cluster state with the actions expected from it,
 // in the spirit of Pacemaker's scheduler regression tests.
-type corpusCase struct {
-	Description string   `json:"description"`
-	State       State    `json:"state"`
-	Expected    []Action `json:"expected"`
+type corpusCase[S, A any] struct {
+	Description string `json:"description"`
+	State       S      `json:"state"`
+	Expected    []A    `json:"expected"`
 }
 
 func TestCorpus(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.json")
+	runCorpus(t, "corpus", "testdata/*.json", 40, false, Plan)
+}
+
+// TestResourceCorpus: saved cluster states with resources and the
+// resource actions expected from them.
+func TestResourceCorpus(t *testing.T) {
+	runCorpus(t, "resource corpus", "testdata/resources/*.json", 20, true, PlanResources)
+}
+
+// runCorpus plans each case of the files matching glob (at least min of
+// them; strict: refusing unknown fields) and checks the actions against
+// the expected ones, and that planning again gives the same; with -update
+// it rewrites the expected actions instead.
+func runCorpus[S, A any](t *testing.T, what, glob string, min int, strict bool, plan func(S) []A) {
+	files, err := filepath.Glob(glob)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(files) < 40 {
-		t.Fatalf("corpus has %d cases, want at least 40", len(files))
+	if len(files) < min {
+		t.Fatalf("%s has %d cases, want at least %d", what, len(files), min)
 	}
 	sort.Strings(files)
 	for _, f := range files {
@@ -38,11 +52,18 @@ func TestCorpus(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var c corpusCase
-			if err := json.Unmarshal(b, &c); err != nil {
+			var c corpusCase[S, A]
+			if strict {
+				dec := json.NewDecoder(bytes.NewReader(b))
+				dec.DisallowUnknownFields()
+				err = dec.Decode(&c)
+			} else {
+				err = json.Unmarshal(b, &c)
+			}
+			if err != nil {
 				t.Fatalf("%s: %v", f, err)
 			}
-			got := Plan(c.State)
+			got := plan(c.State)
 			if *update {
 				c.Expected = got
 				out, _ := json.MarshalIndent(c, "", "  ")
@@ -58,58 +79,7 @@ func TestCorpus(t *testing.T) {
 				t.Fatalf("%s\ngot:\n%s\nwant:\n%s", c.Description, g, e)
 			}
 			// Determinism: the same state plans the same way again.
-			if again := Plan(c.State); !reflect.DeepEqual(again, got) {
-				t.Fatal("planner is not deterministic")
-			}
-		})
-	}
-}
-
-// resCase is one saved cluster state with resources and the resource
-// actions expected from it.
-type resCase struct {
-	Description string      `json:"description"`
-	State       ResState    `json:"state"`
-	Expected    []ResAction `json:"expected"`
-}
-
-func TestResourceCorpus(t *testing.T) {
-	files, err := filepath.Glob("testdata/resources/*.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) < 20 {
-		t.Fatalf("resource corpus has %d cases, want at least 20", len(files))
-	}
-	sort.Strings(files)
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var c resCase
-			dec := json.NewDecoder(bytes.NewReader(b))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&c); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			got := PlanResources(c.State)
-			if *update {
-				c.Expected = got
-				out, _ := json.MarshalIndent(c, "", "  ")
-				os.WriteFile(f, append(out, '\n'), 0o644)
-				return
-			}
-			if len(got) == 0 && len(c.Expected) == 0 {
-				return
-			}
-			if !reflect.DeepEqual(got, c.Expected) {
-				g, _ := json.MarshalIndent(got, "", "  ")
-				e, _ := json.MarshalIndent(c.Expected, "", "  ")
-				t.Fatalf("%s\ngot:\n%s\nwant:\n%s", c.Description, g, e)
-			}
-			if again := PlanResources(c.State); !reflect.DeepEqual(again, got) {
+			if again := plan(c.State); !reflect.DeepEqual(again, got) {
 				t.Fatal("planner is not deterministic")
 			}
 		})

@@ -25,15 +25,7 @@ func fioJSON(rw string, iops, bwBytes float64, p99ns int64, ios int64) string {
 
 func TestSummary(t *testing.T) {
 	dir := t.TempDir()
-	write := func(rel, content string) {
-		p := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(rel, content string) { writeFile(t, filepath.Join(dir, rel), content) }
 	// hacs: IOPS 100, 300, 200 -> median 200; nbdkit: 100 each.
 	for i, iops := range []float64{100, 300, 200} {
 		write(fmt.Sprintf("unix/randread4k/hacs.%d.json", i+1), fioJSON("read", iops, iops*4096, 2000_000, int64(iops*5)))
@@ -86,15 +78,7 @@ func TestMedian(t *testing.T) {
 
 func TestCompareAndLatency(t *testing.T) {
 	dir := t.TempDir()
-	write := func(rel, content string) {
-		p := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(rel, content string) { writeFile(t, filepath.Join(dir, rel), content) }
 	withLat := func(doc string, latNS float64) string {
 		return strings.Replace(doc, `"write": {"io_bytes"`, fmt.Sprintf(`"write": {"lat_ns": {"mean": %g}, "io_bytes"`, latNS), 1)
 	}
@@ -201,4 +185,15 @@ func TestWarmSkipsHoles(t *testing.T) {
 		t.Errorf("read %d bytes", n)
 	}
 	t.Logf("read %d bytes of a 64 MiB file with 8 KiB of data", n)
+}
+
+// writeFile writes content to path, making its directory first.
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
