@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hacs/hacs/internal/cluster"
 	"github.com/hacs/hacs/internal/device"
 	"github.com/hacs/hacs/internal/mirror"
 	"github.com/hacs/hacs/internal/nbd"
@@ -182,25 +182,17 @@ func newReplicaNodeCmd() *cobra.Command {
 func mirrorHandler(m *mirror.Mirror) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.Status())
+		cluster.WriteJSON(w, http.StatusOK, m.Status())
 	})
 	mux.HandleFunc("POST /v1/verify", func(w http.ResponseWriter, r *http.Request) {
 		rep, err := m.Verify(r.Context(), r.URL.Query().Get("repair") == "1", nil)
 		if err != nil {
-			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			cluster.WriteJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, rep)
+		cluster.WriteJSON(w, http.StatusOK, rep)
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	return mux
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
 }

@@ -62,14 +62,8 @@ func TestTLSServerFlags(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, keys, policy, err := tc.f.config()
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err %v, want %q", err, tc.wantErr)
-				}
+			if !checkErr(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if policy != tc.want || (cfg != nil) != tc.tls || len(keys) != tc.psk {
 				t.Fatalf("policy %v config %v keys %d, want %v %v %d", policy, cfg != nil, len(keys), tc.want, tc.tls, tc.psk)
@@ -105,14 +99,8 @@ func TestTLSClientPSKFlags(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := tc.f.pskConfig()
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err %v, want %q", err, tc.wantErr)
-				}
+			if !checkErr(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if got := ""; cfg != nil {
 				got = cfg.Identity
@@ -124,4 +112,20 @@ func TestTLSClientPSKFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkErr fails the test unless err contains want or, where want is "",
+// err is nil; it tells whether the test case goes on (no error wanted).
+func checkErr(t *testing.T, err error, want string) bool {
+	t.Helper()
+	if want != "" {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("err %v, want %q", err, want)
+		}
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return true
 }
