@@ -32,15 +32,21 @@ type rmCluster struct {
 	client *http.Client
 }
 
+// nodePorts draws the addresses of an agent: api, peer, client, replica,
+// export.
+func nodePorts(t testing.TB) [5]string {
+	var p [5]string
+	for k := range p {
+		p[k] = testnet.FreeAddr(t)
+	}
+	return p
+}
+
 func newRMCluster(t *testing.T, n int, extra ...string) *rmCluster {
 	c := &rmCluster{t: t, dir: shortTempDir(t), procs: map[string]*proc{}, ports: map[string][5]string{}, extra: extra}
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("n%d", i)
-		var p [5]string
-		for k := range p {
-			p[k] = testnet.FreeAddr(t)
-		}
-		c.ports[name] = p
+		c.ports[name] = nodePorts(t)
 		c.start(name)
 	}
 	c.waitOnline(n)

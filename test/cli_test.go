@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -25,25 +26,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 	start := time.Now()
 	c := newRMCluster(t, 3)
 	t.Logf("3 agents up in %v", time.Since(start).Round(time.Millisecond))
-	var eps []string
-	for _, n := range []string{"n1", "n2", "n3"} {
-		eps = append(eps, c.ports[n][0])
-	}
-	t.Setenv("HACS_CLUSTER", strings.Join(eps, ","))
-	credEnv(t, filepath.Join(c.dir, "n1"))
-
-	hacs := func(args ...string) result {
-		t.Helper()
-		return runCmdTimeout(t, 60*time.Second, hacsBin, args...)
-	}
-	ok := func(args ...string) result {
-		t.Helper()
-		r := hacs(args...)
-		if r.code != 0 {
-			t.Fatalf("%v", r)
-		}
-		return r
-	}
+	hacs, ok := clusterCLI(t, c)
 	fails := func(code int, want string, args ...string) result {
 		t.Helper()
 		r := hacs(args...)
@@ -300,24 +283,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 // same cluster.
 func TestCLIVolumeAdmin(t *testing.T) {
 	c := newRMCluster(t, 3)
-	var eps []string
-	for _, n := range []string{"n1", "n2", "n3"} {
-		eps = append(eps, c.ports[n][0])
-	}
-	t.Setenv("HACS_CLUSTER", strings.Join(eps, ","))
-	credEnv(t, filepath.Join(c.dir, "n1"))
-	hacs := func(args ...string) result {
-		t.Helper()
-		return runCmdTimeout(t, 60*time.Second, hacsBin, args...)
-	}
-	ok := func(args ...string) result {
-		t.Helper()
-		r := hacs(args...)
-		if r.code != 0 {
-			t.Fatalf("%v", r)
-		}
-		return r
-	}
+	hacs, ok := clusterCLI(t, c)
 	fails := func(code int, want string, args ...string) {
 		t.Helper()
 		r := hacs(args...)
@@ -548,4 +514,30 @@ func TestCLIVolumeAdmin(t *testing.T) {
 			t.Errorf("%s %s %v: status %d (want %d) %v", tc.method, tc.path, tc.body, code, tc.code, err)
 		}
 	}
+}
+
+// clusterCLI points the test's hacs commands at c (HACS_CLUSTER: every
+// node's API; n1's credentials) and returns hacs, which runs one, and ok,
+// which also fails the test unless it exits 0.
+func clusterCLI(t *testing.T, c *rmCluster) (hacs, ok func(args ...string) result) {
+	t.Helper()
+	var eps []string
+	for _, n := range slices.Sorted(maps.Keys(c.ports)) {
+		eps = append(eps, c.ports[n][0])
+	}
+	t.Setenv("HACS_CLUSTER", strings.Join(eps, ","))
+	credEnv(t, filepath.Join(c.dir, "n1"))
+	hacs = func(args ...string) result {
+		t.Helper()
+		return runCmdTimeout(t, 60*time.Second, hacsBin, args...)
+	}
+	ok = func(args ...string) result {
+		t.Helper()
+		r := hacs(args...)
+		if r.code != 0 {
+			t.Fatalf("%v", r)
+		}
+		return r
+	}
+	return hacs, ok
 }

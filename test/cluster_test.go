@@ -355,17 +355,23 @@ func raftLeader(agents []*agent) (*agent, error) {
 	return nil, fmt.Errorf("raft leader %q is not among the agents", lead)
 }
 
+// dcAndRaftLeader returns the DC the agents agree on and the raft leader.
+func dcAndRaftLeader(agents []*agent) (string, *agent, error) {
+	dc, err := agreedDC(agents)
+	if err != nil {
+		return "", nil, err
+	}
+	lead, err := raftLeader(agents)
+	return dc, lead, err
+}
+
 // pickVictim returns an agent that is neither the DC nor the raft leader
 // (the common case: killing it costs no raft election).
 func pickVictim(t testing.TB, agents []*agent, voterOnly bool) *agent {
 	t.Helper()
 	var victim *agent
 	waitFor(t, clWait, "a node that is neither DC nor raft leader", func() error {
-		dc, err := agreedDC(agents)
-		if err != nil {
-			return err
-		}
-		lead, err := raftLeader(agents)
+		dc, lead, err := dcAndRaftLeader(agents)
 		if err != nil {
 			return err
 		}
@@ -390,11 +396,7 @@ func waitDCNotRaftLeader(t testing.TB, agents []*agent) *agent {
 	t.Helper()
 	var dcAgent *agent
 	waitFor(t, clWait, "DC not raft leader", func() error {
-		dc, err := agreedDC(agents)
-		if err != nil {
-			return err
-		}
-		lead, err := raftLeader(agents)
+		dc, lead, err := dcAndRaftLeader(agents)
 		if err != nil {
 			return err
 		}

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hacs/hacs/internal/testnet"
-
 	rm "github.com/hacs/hacs/internal/agent"
 	"github.com/hacs/hacs/internal/cluster"
 )
@@ -71,11 +69,7 @@ func newResCluster(t *testing.T, n int, extra ...string) *resCluster {
 		ocfRoot: testOCFRoot(t), varrun: map[string]string{}}
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("n%d", i)
-		var p [5]string
-		for k := range p {
-			p[k] = testnet.FreeAddr(t)
-		}
-		c.ports[name] = p
+		c.ports[name] = nodePorts(t)
 		c.varrun[name] = filepath.Join(c.dir, "varrun-"+name)
 		os.MkdirAll(c.varrun[name], 0o755)
 		c.startNode(name, extra...)
