@@ -40,10 +40,9 @@ func (s *slowStore) Update(ctx context.Context, volume string, epoch uint64, fn 
 	return s.MemStore.Update(ctx, volume, epoch, fn)
 }
 
-// promotionWaiting opens a mirror on a and b over a slowStore, drops b,
-// makes the store slow and lets b return: its resync ends in an in-sync
-// update that waits in the store until release is closed.
-func promotionWaiting(t *testing.T, size int64) (*memReplicas, *slowStore, *Mirror) {
+// openSlowStoreMirror opens a mirror of the volume "vol" on the replicas a
+// (its primary) and b over a slowStore, with a StoreTimeout of 10 s.
+func openSlowStoreMirror(t *testing.T, size int64) (*memReplicas, *slowStore, *Mirror) {
 	t.Helper()
 	ids := []string{"a", "b"}
 	reps := newMemReplicas(size, ids...)
@@ -51,6 +50,15 @@ func promotionWaiting(t *testing.T, size int64) (*memReplicas, *slowStore, *Mirr
 	_, err := Init(context.Background(), store, "vol", "a", ids)
 	must(t, err)
 	m := openMirror(t, store, "a", size, reps.config("a", ids...), func(c *Config) { c.StoreTimeout = 10 * time.Second })
+	return reps, store, m
+}
+
+// promotionWaiting opens a mirror on a and b over a slowStore, drops b,
+// makes the store slow and lets b return: its resync ends in an in-sync
+// update that waits in the store until release is closed.
+func promotionWaiting(t *testing.T, size int64) (*memReplicas, *slowStore, *Mirror) {
+	t.Helper()
+	reps, store, m := openSlowStoreMirror(t, size)
 	must(t, m.WriteAt([]byte("x"), 0, false))
 	// b fails and is dropped (the store answers) ...
 	reps.setDown("b", true)
@@ -189,13 +197,7 @@ func TestReplicaFailingDuringPromotionLeavesTheStore(t *testing.T) {
 // store (and the agent cuts its exports off on losing its lease without
 // its loop: agent.fenceLoop).
 func TestReplicasListedWhileDropWaitsForStore(t *testing.T) {
-	const size = 8 << 20
-	ids := []string{"a", "b"}
-	reps := newMemReplicas(size, ids...)
-	store := &slowStore{MemStore: NewMemStore(), entered: make(chan struct{}, 1), release: make(chan struct{})}
-	_, err := Init(context.Background(), store, "vol", "a", ids)
-	must(t, err)
-	m := openMirror(t, store, "a", size, reps.config("a", ids...), func(c *Config) { c.StoreTimeout = 10 * time.Second })
+	reps, store, m := openSlowStoreMirror(t, 8<<20)
 	defer close(store.release)
 	store.mu.Lock()
 	store.hold = true
@@ -213,7 +215,7 @@ func TestReplicasListedWhileDropWaitsForStore(t *testing.T) {
 	go func() { listed <- m.Replicas() }()
 	select {
 	case got := <-listed:
-		if !slices.Equal(got, ids) {
+		if ids := []string{"a", "b"}; !slices.Equal(got, ids) {
 			t.Fatalf("Replicas() = %v, want %v", got, ids)
 		}
 	case <-time.After(2 * time.Second):
