@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"time"
 
@@ -292,13 +293,7 @@ func (m *Mirror) copyRange(src, dst *leg, off, n int64, buf []byte, compare bool
 		return 0, err
 	}
 	var sent int64
-	for i := 0; i*device.ChecksumSize < len(ss); i++ {
-		a, b := i*device.ChecksumSize, (i+1)*device.ChecksumSize
-		if bytes.Equal(ss[a:b], ds[a:b]) {
-			continue
-		}
-		co := off + int64(i)*ChunkSize
-		cn := min(ChunkSize, off+n-co)
+	for co, cn := range differingChunks(ss, ds, off, n) {
 		s, err := m.copyChunks(src, dst, co, cn, buf)
 		if err != nil {
 			return sent, err
@@ -418,13 +413,7 @@ func (m *Mirror) verifySpan(src *leg, others []*leg, off, n int64, repair bool, 
 		if err := m.call(l, func(d device.Device) error { return device.ChecksumsOf(d, off, n, ds) }); err != nil {
 			return err
 		}
-		for i := 0; i*device.ChecksumSize < len(ss); i++ {
-			a, b := i*device.ChecksumSize, (i+1)*device.ChecksumSize
-			if bytes.Equal(ss[a:b], ds[a:b]) {
-				continue
-			}
-			co := off + int64(i)*ChunkSize
-			cn := min(ChunkSize, off+n-co)
+		for co, cn := range differingChunks(ss, ds, off, n) {
 			if k := len(rep.Differences) - 1; k >= 0 && rep.Differences[k].Replica == l.ID && rep.Differences[k].Offset+rep.Differences[k].Length == co {
 				rep.Differences[k].Length += cn
 			} else {
@@ -446,4 +435,23 @@ func (m *Mirror) InSync() []string {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return slices.Clone(m.inSyncIDs())
+}
+
+// differingChunks yields the offset and length of each chunk of
+// [off, off+n) whose checksums differ between ss and ds (one
+// device.ChecksumSize checksum a ChunkSize chunk, as device.ChecksumsOf
+// gives them).
+func differingChunks(ss, ds []byte, off, n int64) iter.Seq2[int64, int64] {
+	return func(yield func(int64, int64) bool) {
+		for i := 0; i*device.ChecksumSize < len(ss); i++ {
+			a, b := i*device.ChecksumSize, (i+1)*device.ChecksumSize
+			if bytes.Equal(ss[a:b], ds[a:b]) {
+				continue
+			}
+			co := off + int64(i)*ChunkSize
+			if !yield(co, min(ChunkSize, off+n-co)) {
+				return
+			}
+		}
+	}
 }
