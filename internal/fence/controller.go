@@ -267,10 +267,7 @@ func (c *Controller) round(l cluster.Leadership, view View) {
 			}
 			continue
 		}
-		c.mu.Lock()
-		busy := c.running[node]
-		c.mu.Unlock()
-		if busy {
+		if c.isRunning(node) {
 			continue
 		}
 		if same && rec.State == StateFailed && now.Before(rec.NextTry) && rec.Term == l.Term {
@@ -291,10 +288,7 @@ func (c *Controller) round(l cluster.Leadership, view View) {
 		if _, ok := ws[node]; ok || !rec.Active() {
 			continue
 		}
-		c.mu.Lock()
-		busy := c.running[node]
-		c.mu.Unlock()
-		if busy {
+		if c.isRunning(node) {
 			continue
 		}
 		rec.State = StateCancelled
@@ -325,6 +319,13 @@ func (c *Controller) put(l cluster.Leadership, rev int64, rec Record, extra ...c
 	c.minRev = max(c.minRev, tr.Header.Revision)
 	c.mu.Unlock()
 	return tr.Header.Revision, nil
+}
+
+// isRunning tells whether a fencing of node is under way.
+func (c *Controller) isRunning(node string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.running[node]
 }
 
 func (c *Controller) start(l cluster.Leadership, w want, prev Record, continues bool, view View) {
