@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -307,5 +308,26 @@ func TestPSKVolumeExports(t *testing.T) {
 		func() (*nbd.Client, error) { return dialPSK(t, "tcp", addr, "sec", k.keys, "alice") }, "with a pre-shared key")
 	if r := runCmd(t, hacsBin, "volume", "attach", "sec", "--listen", "unix:"+filepath.Join(shortTempDir(t), "x.sock"), "--tls-psk", k.keys, "--cluster", api); r.code == 0 || !strings.Contains(r.stderr, "--tls-username") {
 		t.Fatalf("attach with two identities and no --tls-username: %v", r)
+	}
+
+	// SIGHUP re-reads the agent's key file: alice out (her open
+	// connection is cut), carol in
+	alice, err := dialPSK(t, "tcp", addr, "sec", k.keys, "alice")
+	mustOK(t, err)
+	defer alice.Close()
+	mustOK(t, alice.ReadAt(make([]byte, 4096), 0))
+	old := filepath.Join(t.TempDir(), "old.psk")
+	copyFile(t, k.keys, old)
+	rewritePSK(t, k.keys, old, "alice", "carol")
+	mustOK(t, c.procs["n1"].cmd.Process.Signal(syscall.SIGHUP))
+	waitOutput(t, c.procs["n1"], "removed=alice key_changed=\"\" connections_cut=1")
+	if err := alice.ReadAt(make([]byte, 4096), 0); err == nil {
+		t.Fatal("alice's open connection still reads after her identity left the agent's key file")
+	}
+	if out := nbdinfo(t, pskURI(addr, "carol", "sec", k.keys)); !out.TLS {
+		t.Fatalf("nbdinfo as carol, added to the agent's key file: %+v", out)
+	}
+	if r := runCmd(t, "nbdinfo", pskURI(addr, "alice", "sec", old)); r.code == 0 {
+		t.Fatalf("nbdinfo as alice after her removal: %v", r)
 	}
 }

@@ -93,6 +93,12 @@ type Agent struct {
 	host *replica.Host
 	rsrv *nbd.Server
 	esrv *nbd.Server
+	// pskMu guards the export server's pre-shared keys in force (the
+	// --export-tls-psk file, re-read by SetExportPSK) and pskSrv, the
+	// export server once Run made it
+	pskMu   sync.Mutex
+	pskKeys tlspsk.Keys
+	pskSrv  *nbd.Server
 
 	replicaAddr string
 	exportAddr  string
@@ -189,7 +195,8 @@ func New(cfg Config) (*Agent, error) {
 		workers: map[string]*volWorker{}, starts: make(chan struct{}, parallelStarts),
 		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{},
 		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{}, cuts: map[string]exportCut{},
-		runner: &ocf.Runner{Root: cfg.OCFRoot, Env: cfg.OCFEnv}, local: map[string]*localRes{}, resWake: make(chan struct{}, 1)}
+		runner: &ocf.Runner{Root: cfg.OCFRoot, Env: cfg.OCFEnv}, local: map[string]*localRes{}, resWake: make(chan struct{}, 1),
+		pskKeys: cfg.ExportPSK}
 	if cfg.Pool != nil {
 		h, err := replica.NewHost(cfg.StateDir, replica.PoolOpener{Pool: cfg.Pool})
 		if err != nil {
@@ -232,7 +239,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.esrv = nbd.NewServer(a.log)
 	a.esrv.Limits = a.cfg.NBDLimits
 	if a.exportTLS() {
-		a.esrv.TLSConfig, a.esrv.PSKKeys, a.esrv.TLSPolicy = a.cfg.ExportTLS, a.cfg.ExportPSK, nbd.TLSAllowed
+		a.pskMu.Lock()
+		a.esrv.TLSConfig, a.esrv.PSKKeys, a.esrv.TLSPolicy = a.cfg.ExportTLS, a.pskKeys, nbd.TLSAllowed
+		a.pskSrv = a.esrv
+		a.pskMu.Unlock()
 		if a.cfg.ExportTLSPolicy == nbd.TLSRequired {
 			a.esrv.TLSPolicy = nbd.TLSRequired
 		}
@@ -641,6 +651,27 @@ func (a *Agent) install(v *volumeView, m *mirror.Mirror) (time.Time, error) {
 	delete(a.failed, name)
 	a.mu.Unlock()
 	return from, nil
+}
+
+// SetExportPSK replaces the pre-shared keys of the volume exports (the
+// --export-tls-psk file re-read) while the agent runs: new handshakes use
+// keys, and the open connections of an identity keys lacks, or whose key
+// changed, are cut at once. It returns how many it cut. The agent must
+// have been started with pre-shared keys; keys cannot be empty.
+func (a *Agent) SetExportPSK(keys tlspsk.Keys) (cut int, err error) {
+	if len(a.cfg.ExportPSK) == 0 {
+		return 0, errors.New("this agent was started without pre-shared keys (--export-tls-psk)")
+	}
+	if len(keys) == 0 {
+		return 0, errors.New("no pre-shared keys: they can be replaced, not removed")
+	}
+	a.pskMu.Lock()
+	defer a.pskMu.Unlock()
+	a.pskKeys = keys
+	if a.pskSrv == nil { // not serving yet: Run takes them
+		return 0, nil
+	}
+	return a.pskSrv.SetPSKKeys(keys)
 }
 
 // exportTLS reports whether the exports offer TLS (certificates or

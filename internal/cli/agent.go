@@ -213,6 +213,10 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	rmDone := make(chan error, 1)
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
+	if rm.exportTLS.psk != "" {
+		// SIGHUP, or a change of the file, re-reads the keys
+		newPSKReloader(rm.exportTLS.psk, exportPSK, a.SetExportPSK, slog.Default()).start(rctx)
+	}
 	go func() { rmDone <- a.Run(rctx) }()
 	select {
 	case <-ctx.Done():

@@ -50,7 +50,10 @@ certificates (TLS 1.2 or later; nbdinfo nbds://..., qemu's tls-creds-x509)
 and/or with pre-shared keys from a psktool file, --tls-psk (TLS 1.3; libnbd's
 tls-psk-file, qemu's tls-creds-psk, as nbdkit --tls-psk). With both, each
 client gets what it asks for. require refuses plaintext clients with the
-protocol's TLS-required error. See docs/NBD-TLS.md.`,
+protocol's TLS-required error. The --tls-psk file is re-read on SIGHUP and
+when it changes: an identity taken out of it, or whose key changed, loses its
+open connections at once; a file that does not parse is refused (logged) and
+the keys in force stay. See docs/NBD-TLS.md and docs/SECURITY.md.`,
 		Example: `  hacs serve disk.img --size 10G
   hacs serve --pool /var/lib/hacs/pool vm1 --size 10G
   hacs serve disk.img --listen 127.0.0.1:10809 --name vm1
@@ -106,6 +109,10 @@ protocol's TLS-required error. See docs/NBD-TLS.md.`,
 			fmt.Fprintf(cmd.OutOrStdout(), "serving %s (%d bytes) as %s\n", args[0], dev.Size(), uri)
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if tlsf.psk != "" {
+				// SIGHUP, or a change of the file, re-reads the keys
+				newPSKReloader(tlsf.psk, pskKeys, srv.SetPSKKeys, slog.Default()).start(ctx)
+			}
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(ln) }()
 			select {

@@ -29,7 +29,7 @@ func (f *tlsServerFlags) register(fs *pflag.FlagSet, prefix, defaultMode, what s
 	f.prefix = prefix
 	p := "--" + prefix
 	fs.StringVar(&f.mode, prefix+"tls", defaultMode, what+" TLS: off, on (plaintext or TLS) or require (plaintext clients refused); default: on when a certificate or --"+prefix+"tls-psk is given, else off")
-	fs.StringVar(&f.psk, prefix+"tls-psk", "", "pre-shared keys file (psktool format, IDENTITY:HEXKEY lines, as nbdkit --tls-psk): clients offering one of these identities with its key get TLS 1.3 with that key; with or without certificates")
+	fs.StringVar(&f.psk, prefix+"tls-psk", "", "pre-shared keys file (psktool format, IDENTITY:HEXKEY lines, as nbdkit --tls-psk): clients offering one of these identities with its key get TLS 1.3 with that key; with or without certificates; re-read on SIGHUP and when the file changes (an identity removed or whose key changed loses its connections)")
 	fs.StringVar(&f.dir, prefix+"tls-certificates", "", "directory with ca-cert.pem, server-cert.pem and server-key.pem (nbdkit/qemu layout)")
 	fs.StringVar(&f.cert, prefix+"tls-cert", "", "server certificate (PEM; overrides "+p+"tls-certificates)")
 	fs.StringVar(&f.key, prefix+"tls-key", "", "server private key (PEM; overrides "+p+"tls-certificates)")

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hacs/hacs/internal/connlimit"
@@ -90,10 +91,11 @@ type Server struct {
 	def       string // export served for the empty name
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
-	neg       connlimit.Counter // connections in negotiation
-	perExport map[string]int    // connections serving each export
-	refused   connlimit.RateLog // refusals for a limit
-	cut       connlimit.RateLog // connections cut at the negotiation deadline
+	neg       connlimit.Counter           // connections in negotiation
+	pskLive   atomic.Pointer[tlspsk.Keys] // the keys of SetPSKKeys
+	perExport map[string]int              // connections serving each export
+	refused   connlimit.RateLog           // refusals for a limit
+	cut       connlimit.RateLog           // connections cut at the negotiation deadline
 	closed    bool
 	wg        sync.WaitGroup
 }
@@ -318,7 +320,7 @@ func (s *Server) tlsMode() TLSPolicy {
 
 // tlsConfigured reports whether the server has certificates or
 // pre-shared keys to offer TLS with.
-func (s *Server) tlsConfigured() bool { return s.TLSConfig != nil || len(s.PSKKeys) > 0 }
+func (s *Server) tlsConfigured() bool { return s.TLSConfig != nil || len(s.pskKeys()) > 0 }
 
 func (s *Server) checkTLS() error {
 	if !s.tlsConfigured() && (s.TLSPolicy == TLSAllowed || s.TLSPolicy == TLSRequired) {
@@ -421,9 +423,10 @@ type serverConn struct {
 	log         *slog.Logger
 	// peer is the client's verified TLS certificate (nil: none yet), psk
 	// the pre-shared key identity it used (""); guarded by the server's mu
-	peer *x509.Certificate
-	psk  string
-	done chan struct{}
+	peer   *x509.Certificate
+	psk    string
+	pskKey []byte // the key psk authenticated with
+	done   chan struct{}
 
 	// negotiated state
 	export     *Export
@@ -955,7 +958,8 @@ func (c *serverConn) startTLS() error {
 		return err
 	}
 	srv := c.srv
-	if len(srv.PSKKeys) == 0 {
+	keys := srv.pskKeys() // this handshake's (SetPSKKeys may replace them)
+	if len(keys) == 0 {
 		return c.startX509(c.nc)
 	}
 	raw, hello, err := tlspsk.Sniff(c.nc)
@@ -965,7 +969,7 @@ func (c *serverConn) startTLS() error {
 		}
 		return c.tlsFailed(fmt.Errorf("reading the client's TLS hello: %w", err))
 	}
-	if !usePSK(hello, srv.PSKKeys, srv.TLSConfig != nil) {
+	if !usePSK(hello, keys, srv.TLSConfig != nil) {
 		if srv.TLSConfig == nil {
 			reason, alert := "the client offers no pre-shared key, and this server has only pre-shared keys (no certificate)", byte(alertHandshakeFailure)
 			if !hello.TLS13 {
@@ -978,13 +982,20 @@ func (c *serverConn) startTLS() error {
 		}
 		return c.startX509(&replayConn{Conn: c.nc, pre: raw})
 	}
-	pc := tlspsk.Server(c.nc, raw, &tlspsk.Config{Keys: srv.PSKKeys})
+	pc := tlspsk.Server(c.nc, raw, &tlspsk.Config{Keys: keys})
 	if err := pc.Handshake(); err != nil {
 		return c.tlsFailed(err, "psk_identity", strings.Join(hello.Identities, ","))
 	}
 	c.log = c.log.With("peer", "psk:"+pc.Identity())
+	key, _ := keys.Lookup(pc.Identity())
 	c.srv.mu.Lock()
-	c.psk = pc.Identity()
+	if !c.srv.pskCurrentLocked(pc.Identity(), key) {
+		// the key file was re-read during the handshake
+		c.srv.mu.Unlock()
+		c.log.Warn("nbd connection cut: its pre-shared key was removed or changed during the handshake")
+		return errTLSHandshakeLogged
+	}
+	c.psk, c.pskKey = pc.Identity(), key
 	c.srv.mu.Unlock()
 	c.log.Info("nbd TLS established", "version", "TLS 1.3", "cipher", pc.CipherSuite(), "psk_identity", pc.Identity())
 	c.upgraded(pc)
