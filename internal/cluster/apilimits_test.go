@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,35 +17,19 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hacs/hacs/internal/testlog"
 )
-
-// lockedBuf is a log sink for several goroutines.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // startLimitedNode starts a secure one-node cluster whose API has limits
 // l, logging to the returned buffer.
-func startLimitedNode(t *testing.T, l APILimits) (*Node, string, *tls.Config, *lockedBuf) {
+func startLimitedNode(t *testing.T, l APILimits) (*Node, string, *tls.Config, *testlog.Buffer) {
 	t.Helper()
 	skipWithoutTLS(t)
 	cfg := testConfig(t, "lim")
 	cfg.Voters = 1
 	cfg.APILimits = l
-	logs := &lockedBuf{}
+	logs := &testlog.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	n := startNode(t, cfg)
 	ca, err := os.ReadFile(TLSFiles(cfg.DataDir).CACert)
