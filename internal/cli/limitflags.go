@@ -56,9 +56,9 @@ type apiLimitFlags struct {
 }
 
 func (f *apiLimitFlags) register(fs *pflag.FlagSet) {
-	fs.DurationVar(&f.handshakeTimeout, "api-handshake-timeout", cluster.DefaultAPIHandshakeTimeout, "API: time a new connection has from connecting to its first authenticated request (TLS handshake included); then it is cut")
-	fs.IntVar(&f.max, "api-max-unauthenticated", cluster.DefaultAPIMaxUnauthenticated, "API: connections that may be open without an authenticated request yet, at once; more are closed at once (0: no limit)")
-	fs.IntVar(&f.maxPerIP, "api-max-unauthenticated-per-ip", cluster.DefaultAPIMaxUnauthenticatedPerIP, "API: such connections from one IP address, loopback addresses excepted (0: no limit)")
+	fs.DurationVar(&f.handshakeTimeout, "api-handshake-timeout", cluster.DefaultAPIHandshakeTimeout, "API and etcd client port (each): time a new connection has from connecting to its first authenticated request (TLS handshake included; the etcd port: the handshake); then it is cut")
+	fs.IntVar(&f.max, "api-max-unauthenticated", cluster.DefaultAPIMaxUnauthenticated, "API and etcd client port (each): connections that may be open without an authenticated request yet, at once; more are closed at once (0: no limit)")
+	fs.IntVar(&f.maxPerIP, "api-max-unauthenticated-per-ip", cluster.DefaultAPIMaxUnauthenticatedPerIP, "API and etcd client port (each): such connections from one IP address, loopback addresses excepted (0: no limit)")
 }
 
 func (f *apiLimitFlags) limits() (cluster.APILimits, error) {

@@ -68,7 +68,7 @@ func (n *Node) listenAPI() error {
 func (n *Node) startAPI() error {
 	// connections that have not authenticated yet are bounded in number
 	// and time (APILimits); the authenticated ones are not
-	g := newAPIGate(n, n.cfg.APILimits)
+	g := newConnGate(n, "API", n.cfg.APILimits)
 	n.apiGate = g
 	n.httpSrv = &http.Server{
 		Handler: n.authHandler(n.mux),

@@ -72,10 +72,12 @@ func (l APILimits) validate() error {
 	return nil
 }
 
-// apiGate counts the API connections that have not authenticated yet and
-// cuts those that do not in time.
-type apiGate struct {
+// connGate counts the connections of a listener that have not
+// authenticated yet (what: "API", "etcd client") and cuts those that do not
+// in time.
+type connGate struct {
 	n              *Node
+	what           string
 	timeout        time.Duration
 	max, maxPerIP  int
 	perIPLoopback  bool
@@ -83,21 +85,46 @@ type apiGate struct {
 	refused, cutLg connlimit.RateLog
 }
 
-func newAPIGate(n *Node, l APILimits) *apiGate {
-	return &apiGate{
-		n: n, timeout: l.handshakeTimeout(), perIPLoopback: l.PerIPLoopback,
+func newConnGate(n *Node, what string, l APILimits) *connGate {
+	return &connGate{
+		n: n, what: what, timeout: l.handshakeTimeout(), perIPLoopback: l.PerIPLoopback,
 		max:      connlimit.Bound(l.MaxUnauthenticated, DefaultAPIMaxUnauthenticated),
 		maxPerIP: connlimit.Bound(l.MaxUnauthenticatedPerIP, DefaultAPIMaxUnauthenticatedPerIP),
 	}
 }
 
+// take counts c, or closes it at once when a limit refuses it; key is
+// what to give back.
+func (g *connGate) take(c net.Conn) (key string, ok bool) {
+	ip := connlimit.SourceIP(c)
+	key = ip
+	if !g.perIPLoopback {
+		if a := net.ParseIP(ip); a != nil && a.IsLoopback() {
+			key = "" // the server-wide limit only
+		}
+	}
+	if r := g.count.Take(key, g.max, g.maxPerIP); r != nil {
+		connlimit.Refuse(c)
+		why := fmt.Sprintf("%d %s connections have not authenticated yet, the limit (--api-max-unauthenticated)", r.Count, g.what)
+		if r.PerIP {
+			why = fmt.Sprintf("%d %s connections from %s have not authenticated yet, the limit per IP address (--api-max-unauthenticated-per-ip)", r.Count, g.what, ip)
+		}
+		g.refused.Warn(g.n.log, g.what+" connection refused: too many connections not authenticated yet", "remote", c.RemoteAddr().String(), "reason", why)
+		return "", false
+	}
+	return key, true
+}
+
+// give gives back the count of a connection take admitted.
+func (g *connGate) give(key string) { g.count.Give(key) }
+
 // listener admits the connections of ln within the limits; the others
 // are closed at once.
-func (g *apiGate) listener(ln net.Listener) net.Listener { return gateListener{Listener: ln, g: g} }
+func (g *connGate) listener(ln net.Listener) net.Listener { return gateListener{Listener: ln, g: g} }
 
 type gateListener struct {
 	net.Listener
-	g *apiGate
+	g *connGate
 }
 
 func (l gateListener) Accept() (net.Conn, error) {
@@ -106,7 +133,11 @@ func (l gateListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if pc := l.g.admit(c); pc != nil {
+		if key, ok := l.g.take(c); ok {
+			pc := &pendingConn{Conn: c, g: l.g, key: key, pending: true, start: time.Now()}
+			pc.mu.Lock()
+			pc.timer = time.AfterFunc(l.g.timeout, pc.expire)
+			pc.mu.Unlock()
 			return pc, nil
 		}
 	}
@@ -121,35 +152,11 @@ func (n *Node) Unauthenticated() int {
 	return n.apiGate.count.Total()
 }
 
-func (g *apiGate) admit(c net.Conn) *pendingConn {
-	ip := connlimit.SourceIP(c)
-	key := ip
-	if !g.perIPLoopback {
-		if a := net.ParseIP(ip); a != nil && a.IsLoopback() {
-			key = "" // the server-wide limit only
-		}
-	}
-	if r := g.count.Take(key, g.max, g.maxPerIP); r != nil {
-		connlimit.Refuse(c)
-		why := fmt.Sprintf("%d API connections have not authenticated yet, the limit (--api-max-unauthenticated)", r.Count)
-		if r.PerIP {
-			why = fmt.Sprintf("%d API connections from %s have not authenticated yet, the limit per IP address (--api-max-unauthenticated-per-ip)", r.Count, ip)
-		}
-		g.refused.Warn(g.n.log, "API connection refused: too many connections not authenticated yet", "remote", c.RemoteAddr().String(), "reason", why)
-		return nil
-	}
-	pc := &pendingConn{Conn: c, g: g, key: key, pending: true, start: time.Now()}
-	pc.mu.Lock()
-	pc.timer = time.AfterFunc(g.timeout, pc.expire)
-	pc.mu.Unlock()
-	return pc
-}
-
 // pendingConn is an API connection; it holds a slot of the gate until
 // its first authenticated request, or until it ends.
 type pendingConn struct {
 	net.Conn
-	g     *apiGate
+	g     *connGate
 	key   string // its key in the gate's count ("": total only)
 	start time.Time
 
@@ -170,7 +177,7 @@ func (c *pendingConn) release() {
 	}
 	c.pending = false
 	c.timer.Stop()
-	c.g.count.Give(c.key)
+	c.g.give(c.key)
 }
 
 func (c *pendingConn) Close() error {
@@ -198,7 +205,7 @@ func (c *pendingConn) expire() {
 }
 
 func (c *pendingConn) cut() {
-	c.g.cutLg.Warn(c.g.n.log, "API connection cut: not authenticated within the handshake timeout", "remote", c.RemoteAddr().String(), "timeout", c.g.timeout.String(), "after", time.Since(c.start).Round(time.Millisecond).String())
+	c.g.cutLg.Warn(c.g.n.log, c.g.what+" connection cut: not authenticated within the handshake timeout", "remote", c.RemoteAddr().String(), "timeout", c.g.timeout.String(), "after", time.Since(c.start).Round(time.Millisecond).String())
 	connlimit.Refuse(c.Conn)
 	c.release()
 }
@@ -235,7 +242,7 @@ func pendingOf(c net.Conn) *pendingConn {
 type pendingKey struct{}
 
 // connContext gives the requests of an API connection its gate's record.
-func (g *apiGate) connContext(ctx context.Context, c net.Conn) context.Context {
+func (g *connGate) connContext(ctx context.Context, c net.Conn) context.Context {
 	if pc := pendingOf(c); pc != nil {
 		return context.WithValue(ctx, pendingKey{}, pc)
 	}
@@ -243,7 +250,7 @@ func (g *apiGate) connContext(ctx context.Context, c net.Conn) context.Context {
 }
 
 // connState follows the requests of an API connection.
-func (g *apiGate) connState(c net.Conn, st http.ConnState) {
+func (g *connGate) connState(c net.Conn, st http.ConnState) {
 	pc := pendingOf(c)
 	if pc == nil {
 		return

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -137,6 +138,19 @@ func TestAPIUnauthenticatedLimits(t *testing.T) {
 	if code, err := est.get(api, tok); code != 200 {
 		t.Fatalf("before the flood: %d %v", code, err)
 	}
+	// node-to-node traffic: the node's own client (node certificate)
+	nodeGet := func() (int, error) {
+		resp, err := n.HTTPClient().Get(n.Scheme() + "://" + api + "/v1/nodes")
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if code, err := nodeGet(); code != 200 {
+		t.Fatalf("node client before the flood: %d %v", code, err)
+	}
 	waitCond(t, 2*time.Second, func() bool { return n.Unauthenticated() == 0 })
 
 	// one address floods: it gets perIP slots, the rest is closed at once
@@ -162,6 +176,9 @@ func TestAPIUnauthenticatedLimits(t *testing.T) {
 	if code, err := est.get(api, tok); code != 200 || est.dials.Load() != 1 {
 		t.Fatalf("the established client during the flood: %d %v, %d connections", code, err, est.dials.Load())
 	}
+	if code, err := nodeGet(); code != 200 {
+		t.Fatalf("node client during the flood: %d %v", code, err)
+	}
 
 	// more addresses fill the server-wide limit
 	for i := 4; i <= 6; i++ {
@@ -177,6 +194,28 @@ func TestAPIUnauthenticatedLimits(t *testing.T) {
 	if code, err := est.get(api, tok); code != 200 || est.dials.Load() != 1 {
 		t.Fatalf("the established client with the server-wide limit reached: %d %v, %d connections", code, err, est.dials.Load())
 	}
+	if code, err := nodeGet(); code != 200 {
+		t.Fatalf("node client (its open connection) with the server-wide limit reached: %d %v", code, err)
+	}
+
+	// the etcd client port (the agent's TLS front) has the same limits,
+	// counted apart; a node's etcd client still gets in
+	u, err := url.Parse(n.ident.ClientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdHeld, closed := flood(t, u.Host, "127.0.0.8", 20, 500*time.Millisecond)
+	if closed != 20-perIP {
+		t.Fatalf("flood of 20 on the etcd client port: %d closed at once, want %d", closed, 20-perIP)
+	}
+	nodeCert, err := n.creds.certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := etcdReachable(t, n.ident.ClientURL, n.cfg.DataDir, *nodeCert); err != nil {
+		t.Fatalf("etcd client with a node certificate during the flood: %v", err)
+	}
+	held = append(held, etcdHeld...)
 
 	// the deadline cuts the flood; the slots are free again
 	for i, nc := range held {
@@ -187,8 +226,10 @@ func TestAPIUnauthenticatedLimits(t *testing.T) {
 	}
 	t.Logf("held connections cut %v after the flood began (deadline %v)", time.Since(start).Round(time.Millisecond), timeout)
 	waitCond(t, 2*time.Second, func() bool { return n.Unauthenticated() == 0 })
-	if !strings.Contains(logs.String(), "API connection cut: not authenticated within the handshake timeout") {
-		t.Errorf("no log line for the cut connections")
+	for _, want := range []string{"API connection cut: not authenticated within the handshake timeout", "etcd client connection refused: too many connections not authenticated yet", "etcd client connection cut: not authenticated within the handshake timeout"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no log line %q", want)
+		}
 	}
 	if code, err := newAPIClient(tc, "127.0.0.2").get(api, tok); code != 200 {
 		t.Fatalf("the flooding address after the flood: %d %v", code, err)
@@ -319,6 +360,46 @@ func TestAPIHandshakeDeadline(t *testing.T) {
 		default:
 			t.Logf("%s: cut %v after connecting (deadline %v)", r.what, r.d.Round(time.Millisecond), timeout)
 		}
+	}
+	waitCond(t, 2*time.Second, func() bool { return n.Unauthenticated() == 0 })
+}
+
+// TestAPILimitsInsecure: in an --insecure cluster (no TLS, no tokens) the
+// first request takes a connection out of the limits: a keep-alive client
+// idle past the deadline keeps its connection; an idle connection that
+// never sent a request is cut at the deadline.
+func TestAPILimitsInsecure(t *testing.T) {
+	const timeout = time.Second
+	cfg := testConfig(t, "insec")
+	cfg.Voters, cfg.Insecure = 1, true
+	cfg.APILimits = APILimits{HandshakeTimeout: timeout}
+	n := startNode(t, cfg)
+	api := n.APIAddr()
+
+	idle, err := net.DialTimeout("tcp", api, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	start := time.Now()
+	c := newAPIClient(&tls.Config{}, "127.0.0.1")
+	for i := range 2 {
+		resp, err := c.hc.Get("http://" + api + "/v1/status")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if i == 0 {
+			time.Sleep(timeout + 500*time.Millisecond)
+		}
+	}
+	if c.dials.Load() != 1 {
+		t.Fatalf("the client needed %d connections: its first was cut", c.dials.Load())
+	}
+	idle.SetReadDeadline(start.Add(3 * timeout))
+	if _, err := idle.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a connection without a request was not cut at the deadline: %v", err)
 	}
 	waitCond(t, 2*time.Second, func() bool { return n.Unauthenticated() == 0 })
 }

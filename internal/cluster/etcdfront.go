@@ -23,7 +23,8 @@ import (
 type etcdFront struct {
 	n     *Node
 	ln    net.Listener
-	inner string // etcd's loopback client address
+	gate  *connGate // limits on connections in the TLS handshake
+	inner string    // etcd's loopback client address
 	wg    sync.WaitGroup
 
 	mu     sync.Mutex
@@ -37,7 +38,7 @@ func (n *Node) listenEtcdFront(addr string) (*etcdFront, error) {
 	if err != nil {
 		return nil, listenError("--client-listen", addr, err)
 	}
-	return &etcdFront{n: n, ln: ln, conns: map[net.Conn]struct{}{}}, nil
+	return &etcdFront{n: n, ln: ln, gate: newConnGate(n, "etcd client", n.cfg.APILimits), conns: map[net.Conn]struct{}{}}, nil
 }
 
 // serve relays the connections to etcd's client listener at inner.
@@ -60,7 +61,12 @@ func (f *etcdFront) serve(inner string) {
 				continue
 			}
 			backoff = 0
+			key, ok := f.gate.take(c)
+			if !ok {
+				continue // closed at once
+			}
 			if !f.track(c) {
+				f.gate.give(key)
 				c.Close()
 				return
 			}
@@ -68,7 +74,7 @@ func (f *etcdFront) serve(inner string) {
 			go func() {
 				defer f.wg.Done()
 				defer f.untrack(c)
-				f.relay(tls.Server(c, cfg))
+				f.relay(tls.Server(c, cfg), key)
 			}()
 		}
 	}()
@@ -90,14 +96,21 @@ func (f *etcdFront) untrack(c net.Conn) {
 	f.mu.Unlock()
 }
 
-// relay serves one client connection.
-func (f *etcdFront) relay(tc *tls.Conn) {
+// relay serves one client connection, counted by the gate under key
+// until its handshake ends.
+func (f *etcdFront) relay(tc *tls.Conn, key string) {
 	defer tc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), f.gate.timeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
+	f.gate.give(key) // a node certificate, or the end
 	if err != nil {
-		return // refused certificates are logged by the verification
+		// refused certificates are logged by the verification
+		if errors.Is(err, context.DeadlineExceeded) {
+			f.gate.cutLg.Warn(f.n.log, "etcd client connection cut: not authenticated within the handshake timeout", "remote", tc.RemoteAddr().String(), "timeout", f.gate.timeout.String(), "after", time.Since(start).Round(time.Millisecond).String())
+		}
+		return
 	}
 	st := tc.ConnectionState()
 	if len(st.PeerCertificates) == 0 {

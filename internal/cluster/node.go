@@ -67,7 +67,7 @@ type Node struct {
 
 	apiLn, sockLn net.Listener
 	httpSrv       *http.Server
-	apiGate       *apiGate // limits on connections not authenticated yet
+	apiGate       *connGate // limits on connections not authenticated yet
 
 	lifeCtx    context.Context
 	lifeCancel context.CancelFunc
