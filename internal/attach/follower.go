@@ -10,6 +10,7 @@ package attach
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -63,6 +64,14 @@ type Follower struct {
 	// Failovers counts reconnections after the first.
 	failovers int
 
+	// session reinstatement: every connection names the follower's
+	// session and a new generation (nbd.Session), so that a server it
+	// reconnects to cuts the connection it left, and waits for the
+	// requests still inside the server on it, before serving the new one
+	session  [16]byte
+	sessGen  atomic.Uint64
+	noReinst atomic.Bool // a server without it was met (warned once)
+
 	// in flight, for the watchdog that leaves a silent primary
 	inflight     atomic.Int64
 	lastProgress atomic.Int64 // unix nanoseconds of the last completion
@@ -78,6 +87,9 @@ func NewFollower(ctx context.Context, resolve Resolver, logger *slog.Logger) (*F
 		logger = slog.Default()
 	}
 	f := &Follower{resolve: resolve, log: logger, MaxPause: 2 * time.Minute}
+	if _, err := rand.Read(f.session[:]); err != nil {
+		return nil, fmt.Errorf("attach: session id: %w", err)
+	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	c, t, err := f.connect(ctx)
 	if err != nil {
@@ -134,9 +146,14 @@ func (f *Follower) connect(ctx context.Context) (*nbd.Client, Target, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export, TLS: t.TLS, PSK: t.PSK})
+	sess := &nbd.Session{ID: f.session, Generation: f.sessGen.Add(1)}
+	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export, TLS: t.TLS, PSK: t.PSK, Session: sess})
 	if err != nil {
 		return nil, t, err
+	}
+	if !c.Info().Session && !f.noReinst.Swap(true) {
+		f.log.Warn("the primary does not support session reinstatement (NBD_OPT_HACS_SESSION): a request it still holds on a connection this client left could land after newer writes",
+			"primary", t.Addr, "export", t.Export)
 	}
 	if f.size != 0 && c.Size() > f.size {
 		// Grown (hacs volume resize): the device keeps the size it was

@@ -93,6 +93,7 @@ func (s *Server) SetExportAuthorize(name string, authorize func(Peer) error, rea
 	}
 	s.mu.Unlock()
 	for _, v := range victims {
+		v.c.stopped.Store(true) // a request read but not started is dropped
 		v.c.nc.Close()
 		v.c.log.Warn("nbd connection cut: "+reason, "peer", v.peer.String(), "export", name, "why", v.why.Error())
 	}

@@ -34,6 +34,13 @@ type ClientOptions struct {
 	// pre-shared key: Identity is offered, with its key in Keys (servers
 	// such as nbdkit --tls-psk and hacs serve --tls-psk). Not with TLS.
 	PSK *tlspsk.Config
+	// Session, if set, names the connection for session reinstatement
+	// (NBD_OPT_HACS_SESSION, see Session): a hacs server cuts the
+	// session's connections of older generations on the export, and
+	// waits for their requests to end, before this one starts. A server
+	// that does not know the option (NBD_REP_ERR_UNSUP) is used without
+	// it: ExportInfo.Session tells which; any other refusal fails Dial.
+	Session *Session
 }
 
 // ExportInfo is what the server told about the export.
@@ -48,6 +55,9 @@ type ExportInfo struct {
 	Structured  bool
 	BlockStatus bool // base:allocation negotiated
 	TLS         bool // the connection runs over TLS
+	// Session: the server accepted ClientOptions.Session (session
+	// reinstatement holds for this connection).
+	Session bool
 }
 
 // Client is a connection to one NBD export. It is a device.Device: many
@@ -273,6 +283,22 @@ func (c *Client) handshake(opts ClientOptions) error {
 			if r.typ == repAck || r.typ&(1<<31) != 0 {
 				break
 			}
+		}
+	}
+	if opts.Session != nil {
+		if err := c.sendOption(optSession, opts.Session.encode()); err != nil {
+			return err
+		}
+		r, err := c.readOptReply(optSession)
+		if err != nil {
+			return err
+		}
+		switch r.typ {
+		case repAck:
+			c.info.Session = true
+		case repErrUnsup: // not a hacs server: no reinstatement
+		default:
+			return optReplyError(optSession, r)
 		}
 	}
 	// GO with a block size request.

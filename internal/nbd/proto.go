@@ -248,6 +248,8 @@ func optName(o uint32) string {
 		return "SET_META_CONTEXT"
 	case optExtendedHeaders:
 		return "EXTENDED_HEADERS"
+	case optSession:
+		return "HACS_SESSION"
 	}
 	return fmt.Sprintf("option %d", o)
 }

@@ -56,6 +56,7 @@ func (s *Server) SetPSKKeys(keys tlspsk.Keys) (cut int, err error) {
 	}
 	s.mu.Unlock()
 	for _, v := range victims {
+		v.c.stopped.Store(true) // a request read but not started is dropped
 		v.c.nc.Close()
 		v.c.log.Warn("nbd connection cut: "+v.why, "peer", "psk:"+v.id, "export", v.export)
 	}

@@ -85,17 +85,24 @@ type Server struct {
 	PSKKeys tlspsk.Keys
 	// TLSPolicy is the server-wide TLS mode (see TLSPolicy).
 	TLSPolicy TLSPolicy
+	// ReinstateTimeout bounds how long NBD_OPT_GO of a client that names
+	// its session (session reinstatement, see Session) waits for the
+	// requests of the session's older connections to end; beyond it the
+	// GO is refused and the client tries again (default
+	// DefaultReinstateTimeout).
+	ReinstateTimeout time.Duration
 
 	mu        sync.Mutex
 	exports   map[string]*Export
 	def       string // export served for the empty name
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
-	neg       connlimit.Counter           // connections in negotiation
-	pskLive   atomic.Pointer[tlspsk.Keys] // the keys of SetPSKKeys
-	perExport map[string]int              // connections serving each export
-	refused   connlimit.RateLog           // refusals for a limit
-	cut       connlimit.RateLog           // connections cut at the negotiation deadline
+	neg       connlimit.Counter            // connections in negotiation
+	pskLive   atomic.Pointer[tlspsk.Keys]  // the keys of SetPSKKeys
+	perExport map[string]int               // connections serving each export
+	sessions  map[sessionKey]*sessionState // session reinstatement (session.go)
+	refused   connlimit.RateLog            // refusals for a limit
+	cut       connlimit.RateLog            // connections cut at the negotiation deadline
 	closed    bool
 	wg        sync.WaitGroup
 }
@@ -111,6 +118,7 @@ func NewServer(logger *slog.Logger) *Server {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*serverConn]struct{}),
 		perExport: make(map[string]int),
+		sessions:  make(map[sessionKey]*sessionState),
 	}
 }
 
@@ -179,6 +187,7 @@ func (s *Server) cutExport(name string) (time.Time, []*serverConn) {
 	var victims []*serverConn
 	for c := range s.conns {
 		if c.export == e && e != nil {
+			c.stopped.Store(true) // a request read but not started is dropped
 			victims = append(victims, c)
 		}
 	}
@@ -207,6 +216,7 @@ func (s *Server) CutPeers(match func(*x509.Certificate) bool, reason string) int
 	var victims []victim
 	for c := range s.conns {
 		if c.peer != nil && match(c.peer) {
+			c.stopped.Store(true) // a request read but not started is dropped
 			v := victim{c: c, peer: c.peer}
 			if c.export != nil {
 				v.export = c.export.Name
@@ -352,7 +362,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 		s.refused.Warn(s.Logger, "nbd connection refused: too many connections in negotiation", "remote", nc.RemoteAddr().String(), "reason", why)
 		return
 	}
-	c := &serverConn{srv: s, nc: nc, rw: nc, ip: ip, negotiating: true, done: make(chan struct{}), log: s.Logger.With("remote", nc.RemoteAddr().String())}
+	c := &serverConn{srv: s, nc: nc, rw: nc, ip: ip, negotiating: true, done: make(chan struct{}), superseded: make(chan struct{}), log: s.Logger.With("remote", nc.RemoteAddr().String())}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -363,6 +373,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 		s.endNegotiation(c)
 		s.mu.Lock()
 		delete(s.conns, c)
+		s.leaveSessionLocked(c)
 		if c.counted != "" {
 			if s.perExport[c.counted]--; s.perExport[c.counted] <= 0 {
 				delete(s.perExport, c.counted)
@@ -427,6 +438,18 @@ type serverConn struct {
 	psk    string
 	pskKey []byte // the key psk authenticated with
 	done   chan struct{}
+
+	// session reinstatement: the session the client named (nil: none);
+	// sessKey and inSession its place in the server's sessions, cut and
+	// superseded (closed) once a newer generation replaced it (guarded
+	// by the server's mu); stopped: start no request any more (the
+	// connection was cut)
+	session    *Session
+	sessKey    sessionKey
+	inSession  bool
+	cut        bool
+	superseded chan struct{}
+	stopped    atomic.Bool
 
 	// negotiated state
 	export     *Export
@@ -589,6 +612,10 @@ func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 			c.log.Warn("nbd client disconnected: it asked with NBD_OPT_EXPORT_NAME for an export it may not open", "export", e.Name, "reason", err.Error())
 			return false, errTLSRequiredHangup
 		}
+		if err := c.reinstate(e.Name); err != nil {
+			e.release()
+			return false, errors.New("EXPORT_NAME: " + err.Error()) // a hang-up: no *optError
+		}
 		if err := c.selectExport(e); err != nil {
 			e.release()
 			return false, err
@@ -644,6 +671,13 @@ func (c *serverConn) option(opt uint32, data []byte) (done bool, err error) {
 		return false, c.optReply(opt, repAck, nil)
 	case optListMetaContext, optSetMetaContext:
 		return false, c.optMetaContext(opt, data)
+	case optSession:
+		sess, err := parseSession(data)
+		if err != nil {
+			return false, err
+		}
+		c.session = &sess
+		return false, c.optReply(opt, repAck, nil)
 	}
 	return false, optErr(repErrUnsup, "%s is not supported", optName(opt))
 }
@@ -700,8 +734,13 @@ func (c *serverConn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	if opt == optInfo {
 		defer e.release()
 	} else {
-		// GO: the connection takes its place among the export's now,
-		// before the answers that let the client start
+		// GO: the session's older connections end first (session
+		// reinstatement), then the connection takes its place among the
+		// export's, before the answers that let the client start
+		if err := c.reinstate(e.Name); err != nil {
+			e.release()
+			return false, err
+		}
 		c.srv.mu.Lock()
 		full := c.reserveExportLocked(e.Name)
 		c.srv.mu.Unlock()
@@ -1038,6 +1077,7 @@ func (c *serverConn) upgraded(tc net.Conn) {
 	c.rw, c.tls = tc, true
 	c.br = bufio.NewReaderSize(tc, negotiationBufSize)
 	c.structured, c.metaSet, c.metaExport = false, false, ""
+	c.session = nil
 }
 
 // usePSK decides whether a ClientHello gets a TLS-PSK handshake. A client

@@ -72,6 +72,16 @@ func (c *serverConn) worker(limit int64) error {
 		if payload == nil && weight < 0 {
 			continue // already answered while reading
 		}
+		if c.stopped.Load() {
+			// cut (a newer connection of its session replaced it, or
+			// its export was removed): a request not started yet is
+			// dropped, never executed later, and not answered
+			if payload != nil {
+				putBuf(payload)
+			}
+			c.release(weight)
+			continue
+		}
 		if errno, msg := c.validate(req); errno != 0 {
 			if payload != nil {
 				putBuf(payload)
