@@ -166,7 +166,7 @@ func TestSessionReinstatementLostWrite(t *testing.T) {
 // gets no reply at all.
 func TestSessionReinstatementDropsUnstarted(t *testing.T) {
 	dev := newGateDev(1<<20, 'X')
-	_, sock, _ := startLoggedServer(t, func(s *Server) { s.Workers = 1 }, Export{Name: "vol", Device: dev})
+	srv, sock, _ := startLoggedServer(t, func(s *Server) { s.Workers = 1 }, Export{Name: "vol", Device: dev})
 	id := newSessionID(t)
 
 	r := dialRaw(t, sock)
@@ -192,7 +192,14 @@ func TestSessionReinstatementDropsUnstarted(t *testing.T) {
 	<-dev.entered
 
 	res := dialAsync(sock, ClientOptions{Export: "vol", Session: &Session{ID: id, Generation: 2}})
-	time.Sleep(100 * time.Millisecond)
+	// Generation 2 has cut 1 (and waits for it) before the held request
+	// ends: W_old is then read but not started.
+	waitFor(t, "generation 2 registered", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		st := srv.sessions[sessionKey{export: "vol", id: id}]
+		return st != nil && st.gen == 2
+	})
 	close(dev.release)
 	c2 := <-res
 	mustOK(t, c2.err)
