@@ -2,8 +2,13 @@ package mirror
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/hacs/hacs/internal/device"
 )
 
 // TestNoReadOfUnreplicatedWrite is the regression test of a finding of the
@@ -50,5 +55,61 @@ func TestNoReadOfUnreplicatedWrite(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 		// the read waits for the write in flight: no dirty read
+	}
+}
+
+// TestNoReadOfWriteWhoseFailureIsNotRecorded is the regression test of a
+// finding of the long profile (seed 1795345403978387983, vol 1 block 70):
+// a split cut cv1's primary off from its replica and from the quorum; a
+// write reached the primary's own replica and failed on the other, whose
+// drop from the in-sync set could not reach the store. The write released
+// its stripes before that drop was tried, so a read then returned its data
+// (2 s after the write), which the other, still in-sync, replica lacked;
+// after the failover to it, reads returned the older value, then the
+// client's re-sent write landed: a dirty read. The chunks of such a write
+// stay unreadable until the failed replica has left the in-sync set.
+func TestNoReadOfWriteWhoseFailureIsNotRecorded(t *testing.T) {
+	const size = 8 << 20
+	reps, store, m := openSlowStoreMirror(t, size)
+	m.cfg.StoreTimeout = 300 * time.Millisecond
+	old := bytes.Repeat([]byte{1}, 4096)
+	must(t, m.WriteAt(old, 0, false))
+	// The store stops answering and b fails writes: the drop of b cannot
+	// be recorded, so the write is not acknowledged.
+	store.mu.Lock()
+	store.hold = true
+	store.mu.Unlock()
+	reps.devs["b"].FailAll(device.ErrInjected)
+	if err := m.WriteAt(bytes.Repeat([]byte{2}, 4096), 0, false); err == nil {
+		t.Fatal("a write that failed on in-sync b was acknowledged without b's drop in the store")
+	}
+	onA := make([]byte, 4096)
+	must(t, reps.devs["a"].Device.ReadAt(onA, 0))
+	if onA[0] != 2 {
+		t.Fatalf("test setup: the failed write did not reach a (%d)", onA[0])
+	}
+	got := make([]byte, 4096)
+	err := m.ReadAt(got, 0)
+	if err == nil && got[0] == 2 {
+		t.Fatal("a read returned a write that in-sync b lacks while b's failure is not in the store: " +
+			"a failover to b makes the value read disappear")
+	}
+	if !errors.Is(err, ErrUnsettled) {
+		t.Fatalf("read of the unsettled chunk: %v (data %d), want ErrUnsettled", err, got[0])
+	}
+	// other chunks are served as before
+	must(t, m.ReadAt(got, 1<<20))
+	// The store answers again: the next write that fails on b drops it;
+	// then a is the only in-sync replica and its data is the volume's.
+	store.mu.Lock()
+	store.hold = false
+	store.mu.Unlock()
+	must(t, m.WriteAt([]byte("z"), 2<<20, false))
+	if st, _ := store.Load(context.Background(), "vol"); !slices.Equal(st.InSync, []string{"a"}) {
+		t.Fatalf("in sync after b's drop: %v, want [a]", st.InSync)
+	}
+	must(t, m.ReadAt(got, 0))
+	if got[0] != 2 {
+		t.Fatalf("after b's drop the chunk reads %d, want a's 2", got[0])
 	}
 }

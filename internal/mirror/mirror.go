@@ -153,6 +153,9 @@ type Mirror struct {
 
 	// stripes order writes, reads, resync copies and verify per chunk.
 	stripes [stripeCount]sync.RWMutex
+	// unsettled are the chunks of writes that failed on some replicas
+	// whose drop from the in-sync set is not committed yet: not readable.
+	unsettled unsettledSet
 
 	al activityLog
 
@@ -552,12 +555,24 @@ func (m *Mirror) write(off, n int64, op func(device.Device) error) error {
 		}
 	}
 	failed = append(failed, m.fanout(targets, op)...)
-	for _, f := range failed {
-		f.l.dirty.setRange(c0, c1)
+	var unsettled *unsettledRange
+	if len(failed) > 0 {
+		var ids []string
+		for _, f := range failed {
+			f.l.dirty.setRange(c0, c1)
+			ids = append(ids, f.l.ID)
+		}
+		// recorded before the stripes are released: no read may return
+		// this data until the failed replicas are out of the in-sync set
+		unsettled = m.unsettled.add(c0, c1, ids)
 	}
 	m.unlockStripes(c0, c1, false)
 	m.mu.RUnlock()
-	return m.handleFailures(failed)
+	err := m.handleFailures(failed)
+	if unsettled != nil && err == nil {
+		m.unsettled.remove(unsettled)
+	}
+	return err
 }
 
 // handleFailures drops failed replicas; the I/O succeeded only if that
@@ -618,6 +633,8 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 			return err
 		}
 		m.event("", "replica-dropped", fmt.Sprintf("replicas %v dropped from the in-sync set after %v; in sync now: %v", drop, cause, keep))
+		// what they lack is no longer expected of them
+		m.unsettled.dropped(func(id string) bool { return !slices.Contains(drop, id) && m.isListedLocked(id) })
 	}
 	for _, l := range legs {
 		l.listed = false
@@ -843,6 +860,11 @@ func (m *Mirror) readOp(c0, c1 int, op func(device.Device) error) error {
 			return ErrNoQuorm
 		}
 		m.lockStripes(c0, c1, true)
+		if c1 > c0 && m.unsettled.overlaps(c0, c1) {
+			m.unlockStripes(c0, c1, true)
+			m.mu.RUnlock()
+			return fmt.Errorf("volume %s: reading chunks %d-%d: %w", m.cfg.Volume, c0, c1-1, ErrUnsettled)
+		}
 		failed := m.fanout([]*leg{src}, op)
 		m.unlockStripes(c0, c1, true)
 		m.mu.RUnlock()
