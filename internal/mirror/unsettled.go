@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -25,6 +26,9 @@ var ErrUnsettled = fmt.Errorf("the data was written to only some in-sync replica
 type unsettledSet struct {
 	mu      sync.Mutex
 	entries []*unsettledRange
+	// n is len(entries), so that reads skip the lock when there are none
+	// (the read path's usual case)
+	n atomic.Int32
 }
 
 type unsettledRange struct {
@@ -37,6 +41,7 @@ func (s *unsettledSet) add(c0, c1 int, legs []string) *unsettledRange {
 	r := &unsettledRange{c0: c0, c1: max(c1, c0+1), legs: legs}
 	s.mu.Lock()
 	s.entries = append(s.entries, r)
+	s.n.Store(int32(len(s.entries)))
 	s.mu.Unlock()
 	return r
 }
@@ -44,6 +49,7 @@ func (s *unsettledSet) add(c0, c1 int, legs []string) *unsettledRange {
 func (s *unsettledSet) remove(r *unsettledRange) {
 	s.mu.Lock()
 	s.entries = slices.DeleteFunc(s.entries, func(e *unsettledRange) bool { return e == r })
+	s.n.Store(int32(len(s.entries)))
 	s.mu.Unlock()
 }
 
@@ -54,11 +60,15 @@ func (s *unsettledSet) dropped(listed func(id string) bool) {
 	s.entries = slices.DeleteFunc(s.entries, func(e *unsettledRange) bool {
 		return !slices.ContainsFunc(e.legs, listed)
 	})
+	s.n.Store(int32(len(s.entries)))
 	s.mu.Unlock()
 }
 
 // overlaps reports whether any of chunks [c0, c1) is unsettled.
 func (s *unsettledSet) overlaps(c0, c1 int) bool {
+	if s.n.Load() == 0 {
+		return false
+	}
 	c1 = max(c1, c0+1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
