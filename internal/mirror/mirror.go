@@ -318,13 +318,19 @@ func (m *Mirror) start(ctx context.Context, st State) error {
 			return err
 		}
 	}
-	m.mu.Unlock()
+	inSync := m.inSyncIDs()
+	var behind []*leg
 	for _, l := range m.legs {
 		if l.state != InSync {
-			m.startResync(l)
+			behind = append(behind, l)
 		}
 	}
-	m.event("", "primary-started", fmt.Sprintf("serving at epoch %d with in-sync replicas %v", m.epoch, m.inSyncIDs()))
+	m.mu.Unlock()
+	// Resync goroutines change leg states under mu: read them before.
+	for _, l := range behind {
+		m.startResync(l)
+	}
+	m.event("", "primary-started", fmt.Sprintf("serving at epoch %d with in-sync replicas %v", m.epoch, inSync))
 	return nil
 }
 
