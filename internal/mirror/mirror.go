@@ -153,6 +153,11 @@ type Mirror struct {
 
 	// stripes order writes, reads, resync copies and verify per chunk.
 	stripes [stripeCount]sync.RWMutex
+	// pendingDrops are listed legs that failed I/O whose drop could not be
+	// committed, with the failure, retried by one goroutine while
+	// dropRetrying (both under mu).
+	pendingDrops map[*leg]error
+	dropRetrying bool
 	// unsettled are the chunks of writes that failed on some replicas
 	// whose drop from the in-sync set is not committed yet: not readable.
 	unsettled unsettledSet
@@ -194,6 +199,21 @@ func Open(ctx context.Context, cfg Config) (*Mirror, error) {
 	}
 	if st.Primary != cfg.Self || st.Epoch == 0 {
 		return nil, fmt.Errorf("volume %s: this node (%s) is not the primary (store says %q, epoch %d)", cfg.Volume, cfg.Self, st.Primary, st.Epoch)
+	}
+	// Commit the record before serving from it. An update of an earlier
+	// mirror whose outcome was unknown (its context ended while the store
+	// had it) either committed before this one, and is read here, or can
+	// never commit after it: otherwise a late drop would leave the store
+	// listing fewer replicas than this mirror counts in sync, and nothing
+	// would bring them back.
+	st, err = cfg.Store.Update(ctx, cfg.Volume, st.Epoch, func(s *State) error {
+		if s.Primary != cfg.Self {
+			return fmt.Errorf("volume %s: the store names %q primary: %w", cfg.Volume, s.Primary, ErrEpochChanged)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: committing its state before serving: %w", cfg.Volume, err)
 	}
 	m := &Mirror{
 		cfg:    cfg,
@@ -632,9 +652,11 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 		}
 		if err := m.storeWithout(drop); err != nil {
 			// The legs stay listed (the store may still hold them); the
-			// I/O is not acknowledged.
+			// I/O is not acknowledged, and the drop is tried again until
+			// it is recorded: they missed that I/O.
 			if !errors.Is(err, ErrFenced) {
 				m.event("", "stalled", fmt.Sprintf("cannot drop replicas %v from the in-sync set: %v; I/O is not acknowledged", drop, err))
+				m.retryDropLocked(legs, cause)
 			}
 			return err
 		}
@@ -674,6 +696,55 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 		m.startResync(l)
 	}
 	return nil
+}
+
+// retryDropLocked records legs whose drop from the in-sync set could not
+// be committed, and starts the goroutine that tries again until it is
+// (unless one runs). Without it, a replica that failed a write and then
+// answered again would go on counting in sync, lacking that write, and the
+// write's chunks would stay unsettled. Callers hold mu for writing.
+func (m *Mirror) retryDropLocked(legs []*leg, cause error) {
+	if m.pendingDrops == nil {
+		m.pendingDrops = map[*leg]error{}
+	}
+	for _, l := range legs {
+		if l.listed {
+			m.pendingDrops[l] = cause
+		}
+	}
+	if len(m.pendingDrops) == 0 || m.ctx.Err() != nil || m.dropRetrying {
+		return
+	}
+	m.dropRetrying = true
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		for {
+			ok := m.sleep(m.cfg.RetryInterval)
+			m.mu.Lock()
+			var legs []*leg
+			var cause error
+			for l, c := range m.pendingDrops {
+				// a later drop, a removal or a new in-sync set settled it
+				if !l.listed || l.removed.Load() {
+					delete(m.pendingDrops, l)
+					continue
+				}
+				legs, cause = append(legs, l), c
+			}
+			if !ok || len(legs) == 0 || m.stoppedLocked() != nil {
+				m.dropRetrying = false
+				m.mu.Unlock()
+				return
+			}
+			if err := m.dropLocked(legs, cause); err == nil {
+				for _, l := range legs {
+					delete(m.pendingDrops, l)
+				}
+			}
+			m.mu.Unlock()
+		}
+	}()
 }
 
 // storeWithout takes ids out of the wanted in-sync set and commits it to

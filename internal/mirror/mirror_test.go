@@ -71,14 +71,19 @@ func newVolume(t *testing.T, size int64, ids []string, tweak func(*Config)) (*me
 	return reps, store, openMirror(t, store, "a", size, reps.config("a", ids...), tweak)
 }
 
-func openMirror(t *testing.T, store StateStore, self string, size int64, reps []Replica, tweak func(*Config)) *Mirror {
-	t.Helper()
+// configFor is the test configuration of the volume "vol" served by self.
+func configFor(store StateStore, self string, size int64, reps []Replica, tweak func(*Config)) Config {
 	cfg := Config{Volume: "vol", Self: self, Size: size, Replicas: reps, Store: store, Logger: quiet,
 		Timeout: 2 * time.Second, RetryInterval: 50 * time.Millisecond, StoreTimeout: time.Second}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	m, err := Open(context.Background(), cfg)
+	return cfg
+}
+
+func openMirror(t *testing.T, store StateStore, self string, size int64, reps []Replica, tweak func(*Config)) *Mirror {
+	t.Helper()
+	m, err := Open(context.Background(), configFor(store, self, size, reps, tweak))
 	if err != nil {
 		t.Fatal(err)
 	}
