@@ -211,3 +211,36 @@ func TestClusterVolumeStoreGuard(t *testing.T) {
 		t.Fatalf("update while not serving: %v", err)
 	}
 }
+
+// TestClusterVolumeStoreUpdateIsABarrier checks what mirror.Open relies on:
+// an update that changes nothing still commits a new revision, so that a
+// transaction prepared from an earlier read (an update whose caller gave
+// up while etcd had it) can no longer commit after it.
+func TestClusterVolumeStoreUpdateIsABarrier(t *testing.T) {
+	_, cli := startTestEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := NewVolumeStore(cli)
+	if _, err := mirror.Init(ctx, s, "vol1", "a", []string{"a", "b"}); err != nil {
+		t.Fatal(err)
+	}
+	_, oldRev, err := s.load(ctx, "vol1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(ctx, "vol1", 1, func(*mirror.State) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	key := VolumeStateKey("vol1")
+	late, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", oldRev)).
+		Then(clientv3.OpPut(key, `{"epoch":1,"primary":"a","in_sync":["a"]}`)).Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if late.Succeeded {
+		t.Fatal("a transaction read before an update committed after it")
+	}
+	if st, _ := s.Load(ctx, "vol1"); !slices.Equal(st.InSync, []string{"a", "b"}) {
+		t.Fatalf("in sync %v, want [a b]", st.InSync)
+	}
+}

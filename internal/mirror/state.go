@@ -36,6 +36,10 @@ type StateStore interface {
 	Load(ctx context.Context, volume string) (State, error)
 	// Update applies fn to the volume's state atomically, only if its epoch
 	// still equals epoch; otherwise it fails with ErrEpochChanged.
+	// An update that returned an error may still commit later (etcd: a
+	// transaction proposed before its context ended), but only if no
+	// other update committed after the state it read: every successful
+	// update, even one that changes nothing, is a barrier to those before.
 	Update(ctx context.Context, volume string, epoch uint64, fn func(*State) error) (State, error)
 }
 
