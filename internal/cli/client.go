@@ -393,6 +393,95 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 	return &unreachableError{endpoints: c.endpoints, errs: errs}
 }
 
+// hedgeDelay is how long getHedged waits for an agent's answer before it
+// asks the next agent too.
+const hedgeDelay = 300 * time.Millisecond
+
+// getHedged reads path (a GET, which changes nothing) from the first agent
+// that answers: it asks the endpoints in order, the next one as soon as
+// every agent asked so far has failed (unreachable, or 503: no quorum) or
+// after hedgeDelay without an answer. The first answer wins (a 2xx, or an
+// error status other than 503, as with do) and the other requests are
+// cancelled. With do, an agent that accepts the request and never answers
+// (cut off by a partition, or without quorum and stuck checking the API
+// token) holds the caller until its context ends, and the agents after it
+// are never asked; here it costs hedgeDelay. For the lookups that must
+// keep working while a node misbehaves (hacs volume attach following a
+// volume's primary).
+func (c *apiClient) getHedged(ctx context.Context, path string, out any) error {
+	if c.err != nil {
+		return c.err
+	}
+	if len(c.endpoints) == 1 {
+		return c.do(ctx, "GET", path, nil, out)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		ep   string
+		body json.RawMessage
+		err  error
+	}
+	answers := make(chan answer, len(c.endpoints))
+	next, running := 0, 0
+	ask := func() {
+		ep := c.endpoints[next]
+		one := c.one(ep)
+		next++
+		running++
+		go func() {
+			a := answer{ep: ep}
+			a.err = one.do(ctx, "GET", path, nil, &a.body)
+			answers <- a
+		}()
+	}
+	ask()
+	timer := time.NewTimer(hedgeDelay)
+	defer timer.Stop()
+	var errs []string
+	for {
+		select {
+		case a := <-answers:
+			running--
+			var se *apiStatusError
+			switch {
+			case a.err == nil:
+				if out == nil || len(a.body) == 0 {
+					return nil
+				}
+				return json.Unmarshal(a.body, out)
+			case errors.As(a.err, &se) && se.Code != http.StatusServiceUnavailable:
+				return a.err
+			}
+			var ue *unreachableError
+			switch {
+			case errors.As(a.err, &ue):
+				errs = append(errs, ue.reason())
+			case se != nil:
+				errs = append(errs, a.ep+": "+se.Msg)
+			default:
+				errs = append(errs, a.err.Error())
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if next < len(c.endpoints) {
+				ask()
+				timer.Reset(hedgeDelay)
+			} else if running == 0 {
+				return &unreachableError{endpoints: c.endpoints, errs: errs}
+			}
+		case <-timer.C:
+			if next < len(c.endpoints) {
+				ask()
+				timer.Reset(hedgeDelay)
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", strings.Join(c.endpoints[:next], ", "), ctx.Err())
+		}
+	}
+}
+
 // unreachableError: no agent answered.
 type unreachableError struct {
 	endpoints, errs []string

@@ -479,7 +479,9 @@ pre-shared key instead (agents with --export-tls-psk).`,
 			var warnOnce sync.Once
 			resolve := func(ctx context.Context) (attach.Target, error) {
 				var v agent.VolumeInfo
-				if err := c.do(ctx, "GET", "/v1/volumes/"+name, nil, &v); err != nil {
+				// hedged: an agent that hangs (cut off, or without
+				// quorum) must not keep the client from the others
+				if err := c.getHedged(ctx, "/v1/volumes/"+name, &v); err != nil {
 					return attach.Target{}, err
 				}
 				if v.Export == nil {
