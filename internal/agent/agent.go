@@ -112,6 +112,9 @@ type Agent struct {
 	// request (each volume's worker makes those, worker.go).
 	mu    sync.Mutex
 	prims map[string]*primary
+	// stopping is set when Run's ctx ended: no export is added after it
+	// (stop).
+	stopping bool
 	// workers are the volumes' workers (worker.go), and starts bounds the
 	// primaries they open at once.
 	workers map[string]*volWorker
@@ -293,18 +296,61 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.alertLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.takeoverLoop(ctx) }()
 	a.nodeLoop(ctx)
-	a.wg.Wait()
+	a.stop()
+	return nil
+}
+
+// StopTimeout bounds an agent's stop (Run's return once its ctx ended):
+// the loops and the volumes' workers ending, then the primaries flushed
+// and closed. The exports are cut off at once, whatever is still running.
+const StopTimeout = 2 * time.Second
+
+// stop ends this node's serving when Run's ctx ended: it cuts every
+// export's clients off at once (nothing is served after this; a start
+// still under way cannot add an export any more), waits for the loops and
+// the workers, then flushes and closes the primaries side by side, each
+// emitting its volume-stopped event (stopped_at: the cut). All within
+// StopTimeout: what is still running then (a mirror waiting for a silent
+// replica) is left to the process's exit, and its event to the log. The
+// caller stores the events and gives up the lease after this (the node's
+// Stop), so a primary has stopped serving before its lease is revoked.
+func (a *Agent) stop() {
+	start := time.Now()
+	dctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
+	defer cancel()
+	a.mu.Lock()
+	a.stopping = true
+	a.mu.Unlock()
+	a.cutExportsFor(agentStopping)
+	waited := make(chan struct{})
+	go func() { defer close(waited); a.wg.Wait() }()
+	select {
+	case <-waited:
+	case <-dctx.Done():
+		a.log.Warn("stopping: loops or volume workers still busy; stopping the primaries anyway")
+	}
 	a.mu.Lock()
 	prims := maps.Clone(a.prims)
 	a.mu.Unlock()
-	var wg sync.WaitGroup
-	for name, p := range prims {
-		wg.Add(1)
-		go func() { defer wg.Done(); a.stopPrimary(name, p, "agent stopping", true) }()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		var wg sync.WaitGroup
+		for name, p := range prims {
+			wg.Add(1)
+			go func() { defer wg.Done(); a.stopPrimary(name, p, agentStopping, true) }()
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-stopped:
+	case <-dctx.Done():
+		a.log.Warn("stopping: primaries still closing (their exports are cut off); not waiting longer", "waited", time.Since(start).Round(time.Millisecond))
 	}
-	wg.Wait()
-	return nil
+	a.log.Info("resource manager stopped", "primaries", len(prims), "took", time.Since(start).Round(time.Millisecond))
 }
+
+const agentStopping = "agent stopping"
 
 func (a *Agent) self() string { return a.node.Name() }
 
@@ -378,7 +424,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 	for {
 		changed := a.node.Changes()
 		if !a.node.IsServing() {
-			a.cutExports()
+			a.cutExportsFor(selfFence)
 		}
 		select {
 		case <-ctx.Done():
@@ -389,10 +435,10 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 	}
 }
 
-// cutExports cuts off the clients of every export, side by side (one whose
-// requests are stuck in its mirror must not delay the others), and records
-// when for stopPrimary.
-func (a *Agent) cutExports() {
+// cutExportsFor cuts off the clients of every export, side by side (one
+// whose requests are stuck in its mirror must not delay the others), and
+// records when and why for stopPrimary.
+func (a *Agent) cutExportsFor(why string) {
 	names := a.esrv.ExportNames()
 	if len(names) == 0 {
 		return
@@ -402,8 +448,12 @@ func (a *Agent) cutExports() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.noteCut(name, a.esrv.CutExport(name), selfFence)
-			a.log.Warn("export cut off: this node does not hold its lease (self-fence)", "volume", name)
+			a.noteCut(name, a.esrv.CutExport(name), why)
+			if why == selfFence {
+				a.log.Warn("export cut off: this node does not hold its lease (self-fence)", "volume", name)
+			} else {
+				a.log.Info("export cut off: "+why, "volume", name)
+			}
 		}()
 	}
 	wg.Wait()
@@ -642,11 +692,19 @@ func (a *Agent) install(v *volumeView, m *mirror.Mirror) (time.Time, error) {
 	if v.spec.TLS == nbd.TLSRequired && !a.exportTLS() {
 		a.log.Warn("volume requires TLS but this node has no TLS certificate or pre-shared keys for exports: its clients are refused", "volume", name)
 	}
+	// added under mu, with the check of stopping: the agent's stop cuts
+	// every export off once it set stopping, so none may come after
+	a.mu.Lock()
+	if a.stopping {
+		a.mu.Unlock()
+		m.Close()
+		return time.Time{}, errors.New("the agent is stopping")
+	}
 	if err := a.esrv.AddExport(a.exportOf(name, *v.spec, m)); err != nil {
+		a.mu.Unlock()
 		m.Close()
 		return time.Time{}, err
 	}
-	a.mu.Lock()
 	a.prims[name] = &primary{m: m, epoch: m.Epoch(), size: v.spec.Size, from: from, grants: grantsKey(v.spec.Grants)}
 	delete(a.failed, name)
 	a.mu.Unlock()

@@ -141,6 +141,11 @@ type rmFlags struct {
 	ocfEnv                            []string
 }
 
+// nodeStopTimeout bounds the node's part of an agent's stop: the last
+// events (cluster.StopEventsTimeout), the lease's revocation, the etcd
+// raft leadership's hand-over and the embedded etcd's close.
+const nodeStopTimeout = 3 * time.Second
+
 func runAgent(cfg cluster.Config, rm rmFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -229,12 +234,18 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 			return err
 		}
 	}
+	// The stop, bounded: the resource manager cuts its exports off at once
+	// and stops its primaries (agent.StopTimeout), then the node writes
+	// their events, gives up its lease and closes the embedded etcd
+	// (nodeStopTimeout): about 1 s in the common case, 5 s at worst (a
+	// store without quorum, a silent replica).
 	rcancel()
 	select {
 	case <-rmDone:
-	case <-time.After(10 * time.Second):
+	case <-time.After(agent.StopTimeout + time.Second):
+		slog.Warn("the resource manager did not stop in time; stopping the node anyway (its exports are cut off)")
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), nodeStopTimeout)
 	defer cancel()
 	n.Stop(sctx)
 	return n.Err()

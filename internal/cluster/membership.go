@@ -534,11 +534,16 @@ func (n *Node) AppendEvent(ctx context.Context, ev Event) error {
 func (n *Node) eventWriter() {
 	defer n.wg.Done()
 	var pending []Event
+	// Stopping: the events not written yet go to flushEvents (Stop), which
+	// writes them before the lease is revoked.
+	defer func() { n.evLeft <- pending }()
 	for {
 		if len(pending) == 0 {
 			select {
 			case ev := <-n.events:
 				pending = append(pending, ev)
+			case <-n.evStop:
+				return
 			case <-n.lifeCtx.Done():
 				return
 			}
@@ -547,6 +552,8 @@ func (n *Node) eventWriter() {
 		if len(pending) > 0 {
 			select {
 			case <-n.lifeCtx.Done():
+				return
+			case <-n.evStop:
 				return
 			case <-time.After(500 * time.Millisecond):
 			}
@@ -581,9 +588,21 @@ func (n *Node) writeEvents(ctx context.Context, pending []Event) []Event {
 	return pending
 }
 
-// flushEvents writes the queued events (used while stopping).
-func (n *Node) flushEvents(ctx context.Context, d time.Duration) {
+// flushEvents (used while stopping) ends the event writer and writes
+// what it had not written yet and what is queued, within d (an event the
+// writer is writing meanwhile is waited for, not written twice). It
+// returns how many events it could not write.
+func (n *Node) flushEvents(ctx context.Context, d time.Duration) int {
 	cctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	n.writeEvents(cctx, nil)
+	var pending []Event
+	if n.evWriting.Load() {
+		n.evStopped.Do(func() { close(n.evStop) })
+		select {
+		case pending = <-n.evLeft:
+		case <-cctx.Done():
+			return len(n.events) + 1 // the writer is still writing: not known
+		}
+	}
+	return len(n.writeEvents(cctx, pending))
 }

@@ -82,6 +82,13 @@ type Node struct {
 	stopOnce  sync.Once
 	callbacks chan func()
 	events    chan Event
+	// evStop (closed once by flushEvents) ends the event writer, which
+	// hands the events it could not write yet to evLeft; evWriting says
+	// whether it was started.
+	evStop    chan struct{}
+	evStopped sync.Once
+	evLeft    chan []Event
+	evWriting atomic.Bool
 
 	nodesCache *Cache
 	dcCache    *Cache
@@ -161,6 +168,8 @@ func New(cfg Config) (*Node, error) {
 		done:        make(chan struct{}),
 		callbacks:   make(chan func(), 1024),
 		events:      make(chan Event, 1024),
+		evStop:      make(chan struct{}),
+		evLeft:      make(chan []Event, 1),
 		changes:     make(chan struct{}),
 		phase:       PhaseStarting,
 		servingCtx:  canceled,
@@ -625,6 +634,7 @@ func (n *Node) bringUp(ctx context.Context) error {
 	go n.rotationLoop()
 	go n.revocationLoop()
 	go n.renewLoop()
+	n.evWriting.Store(true)
 	go n.eventWriter()
 	go n.watchLoop()
 	go n.endpointsLoop()
@@ -1022,11 +1032,18 @@ func (n *Node) watchEtcd() {
 	}
 }
 
-// Stop leaves gracefully: stops serving, gives up the lease (so that the
-// others see this node offline at once and elect a new DC), then stops the
-// embedded etcd (handing its raft leadership over).
+// Stop leaves gracefully: stops serving, writes the events still queued
+// (those of the layers above, such as the volumes' volume-stopped, which
+// they emitted before calling Stop) within StopEventsTimeout, gives up the
+// lease (so that the others see this node offline at once and elect a new
+// DC), hands its etcd raft leadership over, then stops the embedded etcd.
+// Each step that needs the cluster store is bounded (a node without quorum
+// still stops), and so is the whole when ctx has a deadline: what is left
+// of the embedded etcd's close at ctx's end is abandoned (the process is
+// about to exit; etcd is crash-safe), so that Stop returns by then.
 func (n *Node) Stop(ctx context.Context) error {
 	n.stopOnce.Do(func() {
+		start := time.Now()
 		n.mu.Lock()
 		failed := n.phase == PhaseFailed
 		if !failed {
@@ -1041,31 +1058,71 @@ func (n *Node) Stop(ctx context.Context) error {
 		n.setServing(false, "agent stopping")
 		if cli != nil && !failed {
 			n.emit(Event{Kind: EventNodeStopped, Message: fmt.Sprintf("node %s stopped", n.ident.Name)})
-			n.flushEvents(ctx, time.Second)
+			if left := n.flushEvents(ctx, StopEventsTimeout); left > 0 {
+				n.log.Warn("stopping: events not written to the cluster store (it did not take them in time); they are in this log only", "events", left)
+			}
 			if lease != 0 {
 				rctx, cancel := context.WithTimeout(ctx, time.Second)
 				cli.Revoke(rctx, lease)
 				cancel()
 			}
 		}
+		n.handRaftLeadershipOver(ctx, time.Second)
 		n.lifeCancel()
 		n.wg.Wait()
-		n.cleanup()
+		n.cleanupBy(ctx)
 		n.mu.Lock()
 		if n.phase != PhaseFailed {
 			n.phase = PhaseStopped
 		}
 		n.mu.Unlock()
+		n.log.Info("node stopped", "took", time.Since(start).Round(time.Millisecond))
 		n.doneOnce.Do(func() { close(n.done) })
 	})
 	<-n.done
 	return nil
 }
 
-func (n *Node) cleanup() {
+// StopEventsTimeout bounds the write of the last events while a node stops.
+const StopEventsTimeout = 2 * time.Second
+
+// handRaftLeadershipOver moves the etcd raft leadership, if this member
+// holds it, to another voter that is online, waiting at most d: the
+// others then need no election when this member stops. etcd's own close
+// would try the same, but waits up to its request timeout (seconds) for a
+// transferee that does not answer; after this, it finds this member a
+// follower and skips it. If the transfer does not finish in time, the
+// close tries once more within what is left of ctx (Stop), and at worst
+// the others elect a leader after their election timeout, as after a
+// crash.
+func (n *Node) handRaftLeadershipOver(ctx context.Context, d time.Duration) {
+	if n.etcd == nil {
+		return
+	}
+	lead, target, _ := n.raftLeaderMove()
+	if lead == 0 || lead != uint64(n.etcd.Server.MemberID()) || target == 0 {
+		return
+	}
+	tctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	if err := n.etcd.Server.MoveLeader(tctx, lead, target); err != nil {
+		n.log.Warn("stopping: handing the etcd raft leadership over", "to", fmt.Sprintf("%x", target), "err", err)
+		return
+	}
+	n.log.Info("stopping: handed the etcd raft leadership over", "to", fmt.Sprintf("%x", target))
+}
+
+func (n *Node) cleanup() { n.cleanupBy(context.Background()) }
+
+// cleanupBy closes the API servers, the client, the etcd front and the
+// embedded etcd, waiting for the embedded etcd's close only until ctx
+// ends (Stop).
+func (n *Node) cleanupBy(ctx context.Context) {
 	if n.httpSrv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		n.httpSrv.Shutdown(sctx)
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		if n.httpSrv.Shutdown(sctx) != nil {
+			n.httpSrv.Close()
+		}
 		cancel()
 	} else {
 		if n.apiLn != nil {
@@ -1080,7 +1137,16 @@ func (n *Node) cleanup() {
 	}
 	n.etcdFront.close()
 	if n.etcd != nil {
-		n.etcd.Close()
+		closed := make(chan struct{})
+		go func() {
+			defer close(closed)
+			n.etcd.Close()
+		}()
+		select {
+		case <-closed:
+		case <-ctx.Done():
+			n.log.Warn("stopping: the embedded etcd did not close in time; leaving it to the process's exit")
+		}
 	}
 	if n.lockFile != nil {
 		n.lockFile.Close()
