@@ -3,8 +3,8 @@ package test
 import (
 	"bytes"
 	"encoding/json"
-	"maps"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"slices"
