@@ -119,8 +119,9 @@ type Agent struct {
 	// primaries they open at once.
 	workers map[string]*volWorker
 	starts  chan struct{}
-	// failed remembers (volume, epoch) start failures already counted.
-	failed map[string]uint64
+	// failed remembers each volume's last start failure, so that a start
+	// at the same epoch is tried again only after a backoff.
+	failed map[string]startFailure
 	// stats keeps each volume's I/O statistics across the mirrors this
 	// node serves it with (for /metrics).
 	stats  map[string]*mirror.Stats
@@ -194,7 +195,7 @@ func New(cfg Config) (*Agent, error) {
 	if ac.Backoff <= 0 {
 		ac.Backoff = time.Second
 	}
-	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]uint64{},
+	a := &Agent{cfg: cfg, node: cfg.Node, log: cfg.Logger, prims: map[string]*primary{}, failed: map[string]startFailure{},
 		workers: map[string]*volWorker{}, starts: make(chan struct{}, parallelStarts),
 		stats: map[string]*mirror.Stats{}, alerts: newAlertStats(), verifies: map[string]*verifyRun{},
 		epochs: map[string]uint64{}, epochChanges: map[string]uint64{}, creating: map[string]time.Time{}, cuts: map[string]exportCut{},

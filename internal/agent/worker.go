@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/hacs/hacs/internal/cluster"
 )
@@ -100,10 +101,52 @@ func (a *Agent) mustServe(v *volumeView, serving bool) bool {
 }
 
 // mustStartLocked tells whether this node is to start serving the volume
-// (if it does not yet): not after a start failed at this epoch (counted
-// already; the DC decides what next).
+// (if it does not yet): not while a start that failed at this epoch waits
+// for its retry.
 func (a *Agent) mustStartLocked(v *volumeView, serving bool) bool {
-	return a.mustServe(v, serving) && a.failed[v.name] != v.state.Epoch
+	if !a.mustServe(v, serving) {
+		return false
+	}
+	f, ok := a.failed[v.name]
+	return !ok || f.epoch != v.state.Epoch || !time.Now().Before(f.retryAt)
+}
+
+// startFailure is a volume's last failed start: its epoch, how many
+// starts in a row failed at it, and when to try again.
+type startFailure struct {
+	epoch   uint64
+	tries   int
+	retryAt time.Time
+}
+
+// Start retries at one epoch wait startRetryBase, doubling up to
+// startRetryMax. A start fails for good reasons that pass (the cluster
+// store or a replica briefly out of reach, a lost lease regained); the
+// store still names this node the primary at this epoch, so nobody else
+// serves the volume meanwhile: without a retry it would stay unserved
+// until something else changed its state (the fifth session's chaos run
+// found a volume left so after a start that could not commit its state).
+// Each failure is counted (the volume's failures on this node), so a
+// migration threshold moves the volume away from a node where it keeps
+// failing, as in Pacemaker.
+const (
+	startRetryBase = time.Second
+	startRetryMax  = 30 * time.Second
+)
+
+// noteStartFailure records a failed start at epoch and when to retry.
+func (a *Agent) noteStartFailure(name string, epoch uint64) time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f := a.failed[name]
+	if f.epoch != epoch {
+		f = startFailure{epoch: epoch}
+	}
+	f.tries++
+	wait := min(startRetryBase<<min(f.tries-1, 10), startRetryMax)
+	f.retryAt = time.Now().Add(wait)
+	a.failed[name] = f
+	return wait
 }
 
 // runWorker converges one volume each time it is woken. It ends when the
@@ -202,10 +245,8 @@ func (a *Agent) startOrCount(ctx context.Context, v *volumeView) {
 		if ctx.Err() != nil {
 			return // a newer view (or the agent's end) cancelled the step: not a failure of the volume
 		}
-		a.emit("volume-start-failed", v.name, fmt.Sprintf("cannot serve at epoch %d: %v", v.state.Epoch, err))
-		a.mu.Lock()
-		a.failed[v.name] = v.state.Epoch
-		a.mu.Unlock()
+		wait := a.noteStartFailure(v.name, v.state.Epoch)
+		a.emit("volume-start-failed", v.name, fmt.Sprintf("cannot serve at epoch %d: %v; trying again in %v unless the volume moves", v.state.Epoch, err, wait))
 		a.recordFailure(ctx, v.name)
 	}
 }
