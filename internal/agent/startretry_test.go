@@ -41,10 +41,13 @@ func TestStartFailureIsRetriedAtTheSameEpoch(t *testing.T) {
 			c.Store = failingStore{StateStore: c.Store, left: &left}
 		}
 	}
-	_, a1 := startTestAgent(t, "n1", nil, hook)
+	n1, a1 := startTestAgent(t, "n1", nil, hook)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	waitFor(t, 30*time.Second, "the agent's store view", func() bool { return a1.vols != nil })
+	waitFor(t, 30*time.Second, "n1's replica server published", func() bool {
+		info, ok := n1.Members().Node("n1")
+		return ok && info.ReplicaAddr != "" && a1.vols != nil
+	})
 	if err := a1.createVolume(ctx, VolumeRequest{Name: "va", Size: 8 << 20, Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}
