@@ -38,6 +38,13 @@ type Target struct {
 	Epoch uint64 // for logs: which primary this is
 }
 
+// same tells whether t and o name the same primary tenure: the same
+// server, export and epoch. (Target values are not compared with ==: each
+// resolve may carry a new TLS or PSK configuration.)
+func (t Target) same(o Target) bool {
+	return t.Network == o.Network && t.Addr == o.Addr && t.Export == o.Export && t.Epoch == o.Epoch
+}
+
 // Resolver names the volume's current primary. It may block until one is
 // known, or fail (the follower retries until its pause limit).
 type Resolver func(ctx context.Context) (Target, error)
@@ -76,6 +83,14 @@ type Follower struct {
 	inflight     atomic.Int64
 	lastProgress atomic.Int64 // unix nanoseconds of the last completion
 }
+
+// deadPeerTimeout fails a connection to a primary that no longer
+// acknowledges anything (nbd.ClientOptions.DeadPeerTimeout): a primary
+// that closed the connection while a partition dropped the reset, which
+// the cluster still names (so the watchdog keeps it), would otherwise hold
+// the requests for TCP's retransmission back-off after the partition
+// heals (13 s seen in a chaos run).
+const deadPeerTimeout = 5 * time.Second
 
 // stallCheck is how long requests may wait without any completing before
 // the follower asks the cluster whether the primary moved.
@@ -131,7 +146,11 @@ func (f *Follower) watch() {
 		f.mu.Lock()
 		cur, c := f.target, f.cur
 		f.mu.Unlock()
-		if c == nil || nt == cur {
+		if c == nil || nt.same(cur) {
+			// Still the primary the cluster names: it is slow (a replica
+			// or the cluster store holds its I/O), or the connection is
+			// dead, which deadPeerTimeout finds. Leaving it would only
+			// send the same requests to the same server again.
 			continue
 		}
 		f.log.Warn("primary silent while the cluster names another: leaving it", "silent", cur.Addr, "epoch", cur.Epoch, "new", nt.Addr, "new_epoch", nt.Epoch)
@@ -147,7 +166,7 @@ func (f *Follower) connect(ctx context.Context) (*nbd.Client, Target, error) {
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	sess := &nbd.Session{ID: f.session, Generation: f.sessGen.Add(1)}
-	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export, TLS: t.TLS, PSK: t.PSK, Session: sess})
+	c, err := nbd.Dial(dctx, t.Network, t.Addr, nbd.ClientOptions{Export: t.Export, TLS: t.TLS, PSK: t.PSK, Session: sess, DeadPeerTimeout: deadPeerTimeout})
 	if err != nil {
 		return nil, t, err
 	}

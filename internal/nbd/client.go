@@ -9,9 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hacs/hacs/internal/device"
 	"github.com/hacs/hacs/internal/tlspsk"
@@ -41,6 +44,14 @@ type ClientOptions struct {
 	// that does not know the option (NBD_REP_ERR_UNSUP) is used without
 	// it: ExportInfo.Session tells which; any other refusal fails Dial.
 	Session *Session
+	// DeadPeerTimeout, if set, bounds how long a TCP connection may wait
+	// on a peer that no longer acknowledges what is sent to it, nor
+	// answers keepalive probes (TCP_USER_TIMEOUT and keepalive): the
+	// connection then fails, instead of waiting for TCP's retransmission
+	// back-off (a reset lost in a partition leaves a connection that the
+	// peer closed long ago, found dead only minutes later). A live peer
+	// that is slow to reply is not affected: its kernel acknowledges.
+	DeadPeerTimeout time.Duration
 }
 
 // ExportInfo is what the server told about the export.
@@ -114,7 +125,7 @@ func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Clien
 			opts.TLS.ServerName = host
 		}
 	}
-	var d net.Dialer
+	d := deadPeerDialer(opts.DeadPeerTimeout)
 	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("nbd dial %s: %w", addr, err)
@@ -125,6 +136,38 @@ func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Clien
 		return nil, err
 	}
 	return c, nil
+}
+
+// deadPeerDialer is a dialer whose TCP connections fail when the peer
+// stays silent for about timeout (none if timeout is 0): keepalive probes
+// every timeout/5 (at least 200 ms) once nothing was received for that
+// long, and TCP_USER_TIMEOUT, which ends the connection when sent data (a
+// request, or a probe) stays unacknowledged for timeout.
+func deadPeerDialer(timeout time.Duration) *net.Dialer {
+	var d net.Dialer
+	if timeout <= 0 {
+		return &d
+	}
+	probe := max(timeout/5, 200*time.Millisecond)
+	d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: probe, Interval: probe, Count: 5}
+	ms := int(timeout.Milliseconds())
+	d.Control = func(network, _ string, rc syscall.RawConn) error {
+		if !strings.HasPrefix(network, "tcp") {
+			return nil
+		}
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ms)
+		})
+		if err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("TCP_USER_TIMEOUT: %w", serr)
+		}
+		return nil
+	}
+	return &d
 }
 
 // NewClient negotiates on an established connection.
