@@ -175,15 +175,31 @@ func TestAgentStopTimes(t *testing.T) {
 		})
 		return lead
 	}
+	roles := []string{"primary", "other", "leader"}
+	if os.Getenv("HACS_STOP_FAULTS") != "" {
+		// the primary's stop while its other replica is paused (a silent
+		// replica: its flush waits for it), and while both other agents
+		// are (no quorum: the events and the revocation wait for the
+		// store)
+		roles = []string{"primary-silent-replica", "primary-no-quorum"}
+	}
 	times := map[string][]time.Duration{}
 	for i := 0; i < rounds; i++ {
-		for _, role := range []string{"primary", "other", "leader"} {
+		for _, role := range roles {
 			v := c.waitServed("vol", 0)
 			lead := leader()
 			var victim string
+			var paused []string
 			switch role {
 			case "primary":
 				victim = v.Export.Node
+			case "primary-silent-replica", "primary-no-quorum":
+				victim = v.Export.Node
+				for n := range c.ports {
+					if n != victim && (role == "primary-no-quorum" || slices.Contains(v.Placement, n)) {
+						paused = append(paused, n)
+					}
+				}
 			case "leader":
 				victim = lead
 			default:
@@ -196,8 +212,31 @@ func TestAgentStopTimes(t *testing.T) {
 			if victim == "" {
 				continue
 			}
+			if len(paused) > 0 {
+				cl := c.dial(v)
+				if err := cl.WriteAt(make([]byte, 4096), 0, false); err != nil {
+					t.Fatal(err)
+				}
+				for _, n := range paused {
+					c.procs[n].cmd.Process.Signal(syscall.SIGSTOP)
+				}
+				// a write in flight on the silent replica
+				go cl.WriteAt(make([]byte, 4096), 8192, false)
+				time.Sleep(200 * time.Millisecond)
+			}
 			d := c.sigterm(victim)
-			t.Logf("round %d: %s (%s; primary %s, leader %s) exited in %v", i, victim, role, v.Export.Node, lead, d.Round(time.Millisecond))
+			for _, n := range paused {
+				c.procs[n].cmd.Process.Signal(syscall.SIGCONT)
+			}
+			stored := false
+			c.waitFor("the events readable", 30*time.Second, func() bool {
+				evs, err := c.stopEvents(victim, "vol")
+				for _, ev := range evs {
+					stored = stored || ev.Fields["epoch"] == strconv.FormatUint(v.Export.Epoch, 10) && victim == v.Export.Node
+				}
+				return err == nil
+			})
+			t.Logf("round %d: %s (%s; primary %s, leader %s) exited in %v (its volume-stopped event stored: %v)", i, victim, role, v.Export.Node, lead, d.Round(time.Millisecond), stored)
 			times[role] = append(times[role], d)
 			if os.Getenv("HACS_STOP_LOG") != "" {
 				t.Logf("log of %s:\n%s", victim, tailLines(c.procs[victim].out.String(), 200))
@@ -207,7 +246,7 @@ func TestAgentStopTimes(t *testing.T) {
 			c.waitServed("vol", 0)
 		}
 	}
-	for _, role := range []string{"primary", "other", "leader"} {
+	for _, role := range roles {
 		ds := times[role]
 		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 		if len(ds) > 0 {

@@ -169,6 +169,8 @@ type primary struct {
 	from  time.Time // when its export began taking requests
 	// grants is the grantsKey of the grants its export enforces (a.mu)
 	grants string
+	// stopEmitted: its volume-stopped event was emitted (emitStopped)
+	stopEmitted atomic.Bool
 }
 
 // New prepares an agent on a started node.
@@ -233,7 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// coming from one address. The server-wide bound still holds.
 		a.rsrv.MaxNegotiatingPerIP = -1
 		go a.rsrv.Serve(ln)
-		defer a.rsrv.Close()
+		defer closeWithin(a.rsrv, serverCloseWait)
 	}
 	eln, err := net.Listen("tcp", a.cfg.ExportListen)
 	if err != nil {
@@ -252,7 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	go a.esrv.Serve(eln)
-	defer a.esrv.Close()
+	defer closeWithin(a.esrv, serverCloseWait)
 	// a revoked certificate (a removed node's, a revoked client's) loses
 	// its open NBD connections at once, not only new handshakes
 	if a.rsrv != nil {
@@ -301,10 +303,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// StopTimeout bounds an agent's stop (Run's return once its ctx ended):
+// StopTimeout bounds an agent's stop (Run's return once its ctx ended,
+// but for serverCloseWait):
 // the loops and the volumes' workers ending, then the primaries flushed
 // and closed. The exports are cut off at once, whatever is still running.
-const StopTimeout = 2 * time.Second
+const StopTimeout = 1500 * time.Millisecond
 
 // stop ends this node's serving when Run's ctx ended: it cuts every
 // export's clients off at once (nothing is served after this; a start
@@ -323,6 +326,9 @@ func (a *Agent) stop() {
 	a.stopping = true
 	a.mu.Unlock()
 	a.cutExportsFor(agentStopping)
+	a.cutMu.Lock()
+	cuts := maps.Clone(a.cuts) // stopPrimary deletes its volume's
+	a.cutMu.Unlock()
 	waited := make(chan struct{})
 	go func() { defer close(waited); a.wg.Wait() }()
 	select {
@@ -347,11 +353,37 @@ func (a *Agent) stop() {
 	case <-stopped:
 	case <-dctx.Done():
 		a.log.Warn("stopping: primaries still closing (their exports are cut off); not waiting longer", "waited", time.Since(start).Round(time.Millisecond))
+		// their events now, with when their exports were cut off: the
+		// store takes them before the lease goes (the mirrors' requests
+		// in flight end on their own, or with the process)
+		for name, p := range prims {
+			if c, ok := cuts[name]; ok {
+				a.emitStopped(name, p, agentStopping+" (its mirror still closing)", c.at)
+			}
+		}
 	}
 	a.log.Info("resource manager stopped", "primaries", len(prims), "took", time.Since(start).Round(time.Millisecond))
 }
 
 const agentStopping = "agent stopping"
+
+// serverCloseWait bounds the wait for an NBD server's connections to end
+// when Run returns: one whose request is stuck in a mirror (a silent
+// replica) ends with the process.
+const serverCloseWait = 250 * time.Millisecond
+
+// closeWithin closes c, waiting at most d for it.
+func closeWithin(c interface{ Close() error }, d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Close()
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
 
 func (a *Agent) self() string { return a.node.Name() }
 
@@ -832,6 +864,15 @@ func (a *Agent) stopPrimary(name string, p *primary, why string, graceful bool) 
 	// stopped_at: when the export's clients were cut off (no request taken
 	// and no reply sent after it); the event is stamped once the requests
 	// in flight ended and the mirror closed.
+	a.emitStopped(name, p, why, cut)
+}
+
+// emitStopped emits a tenure's volume-stopped event, once (the agent's
+// stop may emit it before stopPrimary ends: stop).
+func (a *Agent) emitStopped(name string, p *primary, why string, cut time.Time) {
+	if !p.stopEmitted.CompareAndSwap(false, true) {
+		return
+	}
 	a.emitFields("volume-stopped", name, "stopped serving: "+why,
 		map[string]string{"epoch": strconv.FormatUint(p.epoch, 10), "stopped_at": cut.UTC().Format(time.RFC3339Nano)})
 }

@@ -22,6 +22,9 @@ type Event struct {
 	// Key and Rev are filled when an event is read back.
 	Key string `json:"key,omitempty"`
 	Rev int64  `json:"rev,omitempty"`
+	// wkey is the key an event being written was first tried at
+	// (appendEvents).
+	wkey string
 }
 
 // Event kinds written by this package. Other layers add their own (such as
@@ -63,16 +66,25 @@ func AppendEvent(ctx context.Context, cli *clientv3.Client, ev Event) error {
 // eventPut stamps ev (Time defaults to now, in UTC; Key and Rev are the
 // store's) and returns the write that appends it.
 func eventPut(ev Event) (clientv3.Op, error) {
+	op, _, err := eventPutKey(ev, "")
+	return op, err
+}
+
+// eventPutKey is eventPut at key (a new key if "") and returns the key.
+func eventPutKey(ev Event, key string) (clientv3.Op, string, error) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
 	ev.Time = ev.Time.UTC()
-	ev.Key, ev.Rev = "", 0
+	ev.Key, ev.Rev, ev.wkey = "", 0, ""
+	if key == "" {
+		key = eventKey(ev)
+	}
 	b, err := json.Marshal(ev)
 	if err != nil {
-		return clientv3.Op{}, err
+		return clientv3.Op{}, "", err
 	}
-	return clientv3.OpPut(eventKey(ev), string(b)), nil
+	return clientv3.OpPut(key, string(b)), key, nil
 }
 
 // maxEventBatch is the most events written in one transaction (etcd
@@ -81,16 +93,26 @@ const maxEventBatch = 64
 
 // appendEvents writes events in one transaction: a node emitting many
 // (a thousand volumes starting) keeps up with one round trip per batch.
+// Each event's key is chosen at its first attempt (kept in wkey) and the
+// transaction writes only if none of the keys exists yet: a batch whose
+// write timed out after the store took it is not written twice when it
+// is tried again.
 func appendEvents(ctx context.Context, cli *clientv3.Client, evs []Event) error {
 	ops := make([]clientv3.Op, 0, len(evs))
-	for _, ev := range evs {
-		op, err := eventPut(ev)
+	cmps := make([]clientv3.Cmp, 0, len(evs))
+	for i := range evs {
+		if evs[i].Time.IsZero() {
+			evs[i].Time = time.Now()
+		}
+		op, key, err := eventPutKey(evs[i], evs[i].wkey)
 		if err != nil {
 			return err
 		}
+		evs[i].wkey = key
 		ops = append(ops, op)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
 	}
-	_, err := cli.Txn(ctx).Then(ops...).Commit()
+	_, err := cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	return err
 }
 

@@ -548,7 +548,7 @@ func (n *Node) eventWriter() {
 				return
 			}
 		}
-		pending = n.writeEvents(n.lifeCtx, pending)
+		pending = n.writeEvents(n.evCtx, pending, 2*time.Second)
 		if len(pending) > 0 {
 			select {
 			case <-n.lifeCtx.Done():
@@ -561,8 +561,9 @@ func (n *Node) eventWriter() {
 	}
 }
 
-// writeEvents drains the queue into pending and writes what it can.
-func (n *Node) writeEvents(ctx context.Context, pending []Event) []Event {
+// writeEvents drains the queue into pending and writes what it can, each
+// batch within attempt.
+func (n *Node) writeEvents(ctx context.Context, pending []Event, attempt time.Duration) []Event {
 	for {
 		select {
 		case ev := <-n.events:
@@ -577,7 +578,7 @@ func (n *Node) writeEvents(ctx context.Context, pending []Event) []Event {
 	}
 	for len(pending) > 0 {
 		k := min(len(pending), maxEventBatch)
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, attempt)
 		err := appendEvents(cctx, n.cli, pending[:k])
 		cancel()
 		if err != nil {
@@ -588,21 +589,32 @@ func (n *Node) writeEvents(ctx context.Context, pending []Event) []Event {
 	return pending
 }
 
-// flushEvents (used while stopping) ends the event writer and writes
-// what it had not written yet and what is queued, within d (an event the
-// writer is writing meanwhile is waited for, not written twice). It
-// returns how many events it could not write.
+// flushEvents (used while stopping) ends the event writer (cutting short
+// a write it has under way: retried, not written twice, see appendEvents)
+// and writes what it had not written yet and what is queued, within d,
+// in attempts of stopEventAttempt (one that went to a member that does
+// not answer is tried again, on another). It returns how many events it
+// could not write.
 func (n *Node) flushEvents(ctx context.Context, d time.Duration) int {
 	cctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var pending []Event
 	if n.evWriting.Load() {
-		n.evStopped.Do(func() { close(n.evStop) })
+		n.evStopped.Do(func() { close(n.evStop); n.evCancel() })
 		select {
 		case pending = <-n.evLeft:
 		case <-cctx.Done():
-			return len(n.events) + 1 // the writer is still writing: not known
+			return len(n.events) + 1 // the writer did not end: not known
 		}
 	}
-	return len(n.writeEvents(cctx, pending))
+	for {
+		pending = n.writeEvents(cctx, pending, stopEventAttempt)
+		if len(pending) == 0 || cctx.Err() != nil {
+			return len(pending)
+		}
+		sleepCtx(cctx, 50*time.Millisecond)
+	}
 }
+
+// stopEventAttempt bounds one attempt to write the last events.
+const stopEventAttempt = 500 * time.Millisecond

@@ -87,6 +87,8 @@ type Node struct {
 	// whether it was started.
 	evStop    chan struct{}
 	evStopped sync.Once
+	evCtx     context.Context // the writer's writes (evCancel: by flushEvents)
+	evCancel  context.CancelFunc
 	evLeft    chan []Event
 	evWriting atomic.Bool
 
@@ -179,6 +181,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.lifeCtx, n.lifeCancel = context.WithCancel(context.Background())
 	n.leaseCtx, n.leaseStop = context.WithCancel(n.lifeCtx)
+	n.evCtx, n.evCancel = context.WithCancel(n.lifeCtx)
 	n.routes()
 	return n, nil
 }
