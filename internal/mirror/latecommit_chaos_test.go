@@ -20,8 +20,8 @@ import (
 // commits later, when commitLate is called (a transaction already proposed
 // to raft when its context was cancelled, applied once quorum returns).
 type lateStore struct {
+	*MemStore
 	mu        sync.Mutex
-	st        map[string]State
 	rev       map[string]int64
 	ambiguous bool
 	queued    []lateTxn
@@ -34,35 +34,28 @@ type lateTxn struct {
 }
 
 func newLateStore() *lateStore {
-	return &lateStore{st: map[string]State{}, rev: map[string]int64{}}
+	return &lateStore{MemStore: NewMemStore(), rev: map[string]int64{}}
 }
 
-func (s *lateStore) Load(_ context.Context, volume string) (State, error) {
+func (s *lateStore) Update(ctx context.Context, volume string, epoch uint64, fn func(*State) error) (State, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.st[volume]
-	st.InSync = slices.Clone(st.InSync)
-	return st, nil
-}
-
-func (s *lateStore) Update(_ context.Context, volume string, epoch uint64, fn func(*State) error) (State, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.st[volume]
+	if !s.ambiguous {
+		st, err := s.MemStore.Update(ctx, volume, epoch, fn)
+		if err == nil {
+			s.rev[volume]++
+		}
+		return st, err
+	}
+	st, _ := s.MemStore.Load(ctx, volume)
 	if st.Epoch != epoch {
 		return State{}, fmt.Errorf("volume %s: expected epoch %d, store has %d: %w", volume, epoch, st.Epoch, ErrEpochChanged)
 	}
-	st.InSync = slices.Clone(st.InSync)
 	if err := fn(&st); err != nil {
 		return State{}, err
 	}
-	if s.ambiguous {
-		s.queued = append(s.queued, lateTxn{volume: volume, rev: s.rev[volume], next: st})
-		return State{}, fmt.Errorf("volume %s: committing its state: %w", volume, context.Canceled)
-	}
-	s.st[volume] = st
-	s.rev[volume]++
-	return st, nil
+	s.queued = append(s.queued, lateTxn{volume: volume, rev: s.rev[volume], next: st})
+	return State{}, fmt.Errorf("volume %s: committing its state: %w", volume, context.Canceled)
 }
 
 // commitLate applies the queued updates whose read revision is current.
@@ -71,7 +64,9 @@ func (s *lateStore) commitLate() (applied int) {
 	defer s.mu.Unlock()
 	for _, q := range s.queued {
 		if s.rev[q.volume] == q.rev {
-			s.st[q.volume] = q.next
+			s.MemStore.mu.Lock()
+			s.MemStore.m[q.volume] = q.next
+			s.MemStore.mu.Unlock()
 			s.rev[q.volume]++
 			applied++
 		}
