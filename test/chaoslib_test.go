@@ -1598,8 +1598,10 @@ var reLogAttr = regexp.MustCompile(`(\w+)=("(?:[^"\\]|\\.)*"|\S*)`)
 
 // stopsFromLog reads the volume-stopped events an agent logged (time, the
 // message, and the event's fields: epoch, stopped_at). An agent writes the
-// event to its log even when the store cannot take it, as when it stops on
-// SIGTERM: the log line is then the only record of when its export closed.
+// event to its log even when the store cannot take it (a stop on SIGTERM
+// writes its events to the store before it gives up its lease, but gives
+// up after 2 s without quorum): the log line is then the only record of
+// when its export closed.
 // The line's time is when the event was stamped, after the cut.
 func stopsFromLog(node, text string) []cluster.Event {
 	var out []cluster.Event
