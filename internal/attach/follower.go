@@ -204,6 +204,9 @@ func (f *Follower) client() (*nbd.Client, uint64, error) {
 // attempt is one API request and, once a primary is named, one dial.
 const maxFollowBackoff = 100 * time.Millisecond
 
+// followLogEvery spaces the follower's "no primary reachable yet" lines.
+const followLogEvery = 5 * time.Second
+
 // reconnect replaces the connection of generation gen (if nobody did yet)
 // with one to the current primary, waiting until deadline.
 func (f *Follower) reconnect(gen uint64, cause error, deadline time.Time) error {
@@ -222,6 +225,7 @@ func (f *Follower) reconnect(gen uint64, cause error, deadline time.Time) error 
 	f.log.Warn("primary unavailable, following the volume", "primary", f.target.Addr, "epoch", f.target.Epoch, "cause", cause)
 	start := time.Now()
 	backoff := 20 * time.Millisecond
+	attempts, lastLog := 0, time.Time{}
 	for {
 		ctx, cancel := context.WithDeadline(f.ctx, deadline)
 		c, t, err := f.connect(ctx)
@@ -235,6 +239,12 @@ func (f *Follower) reconnect(gen uint64, cause error, deadline time.Time) error 
 		}
 		if time.Now().Add(backoff).After(deadline) || f.ctx.Err() != nil {
 			return fmt.Errorf("no primary reachable after %v: %v: %w", time.Since(start).Round(time.Millisecond), err, syscall.EIO)
+		}
+		if attempts++; attempts == 1 || time.Since(lastLog) >= followLogEvery {
+			// what the pause waits on (the cluster's answer, a dial, a
+			// handshake, a session reinstatement), now and then
+			lastLog = time.Now()
+			f.log.Info("no primary reachable yet", "attempts", attempts, "waited", time.Since(start).Round(time.Millisecond), "target", t.Addr, "epoch", t.Epoch, "err", err)
 		}
 		f.mu.Unlock()
 		time.Sleep(backoff)
@@ -271,6 +281,7 @@ func (f *Follower) do(op func(c *nbd.Client) error) error {
 		f.lastProgress.Store(time.Now().UnixNano())
 	}()
 	var deadline time.Time
+	answered := 0 // errors the primary answered with (its connection intact)
 	for {
 		c, gen, err := f.client()
 		if err != nil {
@@ -280,6 +291,18 @@ func (f *Follower) do(op func(c *nbd.Client) error) error {
 			err = op(c)
 			if err == nil || !retryable(c, err) {
 				return err
+			}
+			if c.Err() == nil {
+				// The primary answered EIO or ESHUTDOWN: it may answer the
+				// same again at once (I/O stalled until a failed replica's
+				// drop is recorded; a fenced primary whose successor the
+				// cluster does not name yet). Try again at most every
+				// maxFollowBackoff, not in a loop of connections (a chaos
+				// run saw 1678 in 30 s from one client).
+				if answered > 0 {
+					time.Sleep(min(10*time.Millisecond<<min(answered, 4), maxFollowBackoff))
+				}
+				answered++
 			}
 		} else {
 			err = errors.New("not connected")
