@@ -106,6 +106,9 @@ type Agent struct {
 	// primaryCount is how many volumes each node serves, as of the DC's
 	// last plan (raftLeaderCost).
 	primaryCount atomic.Pointer[map[string]int]
+	// online dates each node's current lease for the planner's failback
+	// settle time (onlinesince.go).
+	online onlineTracker
 
 	// mu guards the maps below. It is held only briefly: never across a
 	// call into a mirror, a wait of the export server or a cluster store

@@ -68,11 +68,16 @@ func (a *Agent) raftLeaderCost(node string) int {
 // clusterState builds the planner's input.
 func (a *Agent) clusterState(views map[string]*volumeView) policy.State {
 	st := policy.State{Now: time.Now().UTC(), Settings: a.cfg.Settings}
-	for _, n := range a.node.Members().Nodes {
+	members := a.node.Members()
+	names := make(map[string]bool, len(members.Nodes))
+	for _, n := range members.Nodes {
+		names[n.Name] = true
 		pn := policy.Node{Name: n.Name, Online: n.Online, Standby: n.Standby, Labels: n.Labels}
+		var granted time.Time
 		if n.Online && n.Alive != nil {
-			pn.Lease = n.Alive.LeaseID
+			pn.Lease, granted = n.Alive.LeaseID, n.Alive.StartedAt
 		}
+		pn.OnlineSince = a.online.observe(st.Now, n.Name, pn.Lease, granted)
 		for _, r := range n.Roles {
 			pn.Roles = append(pn.Roles, string(r))
 		}
@@ -87,12 +92,15 @@ func (a *Agent) clusterState(views map[string]*volumeView) policy.State {
 		}
 		st.Nodes = append(st.Nodes, pn)
 	}
-	names := make([]string, 0, len(views))
-	for name := range views {
-		names = append(names, name)
+	if !members.Stale {
+		a.online.forget(names)
 	}
-	sort.Strings(names)
-	for _, name := range names {
+	vnames := make([]string, 0, len(views))
+	for name := range views {
+		vnames = append(vnames, name)
+	}
+	sort.Strings(vnames)
+	for _, name := range vnames {
 		v := views[name]
 		if v.spec == nil {
 			continue

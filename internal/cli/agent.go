@@ -97,6 +97,7 @@ serving before it can expire for the others.`,
 	f.StringVar(&rm.ocfRoot, "ocf-root", "/usr/lib/ocf", "OCF_ROOT: where the OCF resource agents are (resource.d/PROVIDER/AGENT)")
 	f.StringArrayVar(&rm.ocfEnv, "ocf-env", nil, "NAME=VALUE added to the environment of every resource agent this node runs, such as HA_RSCTMP=DIR (repeatable)")
 	f.DurationVar(&rm.reReplicateAfter, "re-replicate-after", policy.DefaultReReplicateAfter, "when this node is the DC: a node down this long has its replicas rebuilt elsewhere")
+	f.DurationVar(&rm.failbackSettle, "failback-settle", policy.DefaultFailbackSettle, "when this node is the DC: a healthy volume moves to a node for its preference (failback) only once that node has been online this long without a break, so that a flapping node does not draw volumes back and forth (0: at once; failover is never delayed); give every agent the same")
 	f.StringArrayVar(&rm.fenceAgentDirs, "fence-agent-dir", nil, "directory to look fence agents up in before /usr/sbin, /sbin, /usr/local/sbin (repeatable; give every agent the same)")
 	f.DurationVar(&rm.selfFenceGrace, "self-fence-grace", 0, "when this node is the DC: a lost node without fence levels counts as fenced this long after its lease ended (default: the lease TTL); give every agent the same")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory holding all the node's state (identity, etcd data); required")
@@ -133,12 +134,22 @@ type rmFlags struct {
 	pool, replicaListen, exportListen string
 	alertExec, alertURL               string
 	replicaTimeout, reReplicateAfter  time.Duration
+	failbackSettle                    time.Duration
 	fenceAgentDirs                    []string
 	selfFenceGrace                    time.Duration
 	exportTLS                         tlsServerFlags
 	nbdLimits                         nbdLimitFlags
 	ocfRoot                           string
 	ocfEnv                            []string
+}
+
+// failbackSettle maps --failback-settle to the planner's setting, where
+// zero means the default: --failback-settle 0 turns the settle time off.
+func failbackSettle(d time.Duration) policy.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return policy.Duration(d)
 }
 
 // nodeStopTimeout bounds the node's part of an agent's stop: the last
@@ -179,7 +190,7 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 	}
 	acfg := agent.Config{Node: n, StateDir: filepath.Join(cfg.DataDir, "replicas"), ReplicaListen: rm.replicaListen,
 		ExportListen: rm.exportListen, ExportTLS: exportTLS, ExportPSK: exportPSK, ExportTLSPolicy: exportPolicy, ExportClientAuth: exportClientAuth, NBDLimits: nbdLimits, ReplicaTimeout: rm.replicaTimeout, Logger: slog.Default(),
-		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter)},
+		Settings: policy.Settings{ReReplicateAfter: policy.Duration(rm.reReplicateAfter), FailbackSettle: failbackSettle(rm.failbackSettle)},
 		Alerts:   agent.AlertConfig{Exec: rm.alertExec, URL: rm.alertURL},
 		OCFRoot:  rm.ocfRoot, OCFEnv: rm.ocfEnv}
 	for _, e := range rm.ocfEnv {

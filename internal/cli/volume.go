@@ -342,8 +342,12 @@ func volRestartCmd(f *volumeFlags) *cobra.Command {
 
 func volPreferCmd(f *volumeFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:     "prefer NODES NAMES",
-		Short:   "Set the preferred nodes of volumes, most preferred first",
+		Use:   "prefer NODES NAMES",
+		Short: "Set the preferred nodes of volumes, most preferred first",
+		Long: `A healthy volume moves to a more preferred node (beyond its stickiness) only once that node has
+been online without a break for the DC's --failback-settle (hacs agent; default 10s), so that a node
+whose lease flaps does not draw the volume back and forth. A failover away from a primary that cannot
+serve is never delayed, and prefers, among the in-sync replicas, a node that has been online that long.`,
 		Example: "  hacs volume prefer node2,node1 vm1-3",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {

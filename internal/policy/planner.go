@@ -12,6 +12,7 @@ import (
 const (
 	DefaultReReplicateAfter = 5 * time.Minute
 	DefaultStickiness       = 100
+	DefaultFailbackSettle   = 10 * time.Second
 	// preferStep is the score gap between two consecutive preferred nodes:
 	// larger than the default stickiness, so that a volume fails back to a
 	// more preferred node unless its stickiness says otherwise.
@@ -86,6 +87,39 @@ func (p *planner) reReplicateAfter() time.Duration {
 		return d
 	}
 	return DefaultReReplicateAfter
+}
+
+func (p *planner) failbackSettle() time.Duration {
+	switch d := time.Duration(p.st.Settings.FailbackSettle); {
+	case d < 0:
+		return 0
+	case d > 0:
+		return d
+	}
+	return DefaultFailbackSettle
+}
+
+// settled reports whether a node has been online without a break for the
+// failback settle time (a node online since an unknown time has).
+func (p *planner) settled(name string) bool {
+	n := p.nodes[name]
+	return n.OnlineSince.IsZero() || p.st.Now.Sub(n.OnlineSince) >= p.failbackSettle()
+}
+
+// settledFirst orders candidates with the settled nodes first, keeping
+// the order among each: a failover, which is never delayed, still prefers
+// a node that has been online for a while over one that just came back
+// (and may be flapping).
+func (p *planner) settledFirst(cands []string) []string {
+	var settled, fresh []string
+	for _, c := range cands {
+		if p.settled(c) {
+			settled = append(settled, c)
+		} else {
+			fresh = append(fresh, c)
+		}
+	}
+	return append(settled, fresh...)
 }
 
 func (p *planner) stickiness(c Constraints) int {
@@ -307,11 +341,20 @@ func (p *planner) primary(v Volume) []Action {
 	cands := p.primaryCandidates(v)
 	if v.Primary != "" {
 		if why := p.whyNotServing(v); why == "" {
-			// Healthy: stays unless a better node beats its stickiness.
-			if len(cands) > 0 && cands[0] != v.Primary {
-				return []Action{{Kind: ActPromote, Volume: v.Name, Node: cands[0], From: v.Primary,
+			// Healthy: stays unless a better node beats its stickiness,
+			// and only for a node that has settled (online without a
+			// break for the failback settle time): a node whose lease
+			// flaps must not draw the volume back and forth.
+			for _, c := range cands {
+				if c == v.Primary {
+					break
+				}
+				if !p.settled(c) {
+					continue
+				}
+				return []Action{{Kind: ActPromote, Volume: v.Name, Node: c, From: v.Primary,
 					Reason: fmt.Sprintf("%s is preferred (score %d) over %s (score %d with stickiness %d)",
-						cands[0], score(v.Constraints, cands[0]), v.Primary, score(v.Constraints, v.Primary), p.stickiness(v.Constraints))}}
+						c, score(v.Constraints, c), v.Primary, score(v.Constraints, v.Primary), p.stickiness(v.Constraints))}}
 			}
 			return nil
 		} else {
@@ -322,12 +365,14 @@ func (p *planner) primary(v Volume) []Action {
 				}
 				return out
 			}
+			cands = p.settledFirst(cands)
 			return []Action{{Kind: ActPromote, Volume: v.Name, Node: cands[0], From: v.Primary, Reason: why + "; failing over to in-sync " + cands[0]}}
 		}
 	}
 	if len(cands) == 0 {
 		return []Action{{Kind: ActDegraded, Volume: v.Name, Reason: "no in-sync replica can serve (in sync: " + listOr(v.InSync) + ")"}}
 	}
+	cands = p.settledFirst(cands)
 	return []Action{{Kind: ActPromote, Volume: v.Name, Node: cands[0], Reason: "volume has no primary"}}
 }
 

@@ -39,6 +39,11 @@ type Node struct {
 	Lease int64 `json:"lease,omitempty"`
 	// OfflineSince is when it was last seen (zero when online).
 	OfflineSince time.Time `json:"offline_since,omitzero"`
+	// OnlineSince is when it took the lease it holds now, that is since
+	// when it has been online without a break (zero when offline, or
+	// unknown: counts as long ago). A volume is not moved to it for
+	// preference while it is younger than Settings.FailbackSettle.
+	OnlineSince time.Time `json:"online_since,omitzero"`
 }
 
 // HasRole reports whether the node has role r (a node with no roles is
@@ -106,6 +111,13 @@ type Settings struct {
 	// ReReplicateAfter: a node down this long loses its replicas to other
 	// nodes (default 5m).
 	ReReplicateAfter Duration `json:"re_replicate_after,omitempty"`
+	// FailbackSettle: a healthy volume is moved to a node for its
+	// preference or scores only once that node has been online this long
+	// without a break (Node.OnlineSince), so that a node whose lease
+	// flaps does not draw its volumes back and forth (default 10s;
+	// negative: no settle time). Failover away from a primary that cannot
+	// serve is never delayed.
+	FailbackSettle Duration `json:"failback_settle,omitempty"`
 	// Stickiness default for resources that set none (default 100).
 	Stickiness *int `json:"stickiness,omitempty"`
 }
