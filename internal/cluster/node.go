@@ -1070,7 +1070,9 @@ func (n *Node) Stop(ctx context.Context) error {
 				cancel()
 			}
 		}
-		n.handRaftLeadershipOver(ctx, time.Second)
+		if !failed {
+			n.handRaftLeadershipOver(ctx, time.Second)
+		}
 		n.lifeCancel()
 		n.wg.Wait()
 		n.cleanupBy(ctx)
@@ -1121,12 +1123,20 @@ func (n *Node) cleanup() { n.cleanupBy(context.Background()) }
 // embedded etcd, waiting for the embedded etcd's close only until ctx
 // ends (Stop).
 func (n *Node) cleanupBy(ctx context.Context) {
+	var api sync.WaitGroup
 	if n.httpSrv != nil {
-		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		if n.httpSrv.Shutdown(sctx) != nil {
-			n.httpSrv.Close()
-		}
-		cancel()
+		// side by side with the rest: the API's requests under way get up
+		// to a second to end while etcd closes (its peer port alone takes
+		// about as long)
+		api.Add(1)
+		go func() {
+			defer api.Done()
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if n.httpSrv.Shutdown(sctx) != nil {
+				n.httpSrv.Close()
+			}
+		}()
 	} else {
 		if n.apiLn != nil {
 			n.apiLn.Close()
@@ -1151,6 +1161,7 @@ func (n *Node) cleanupBy(ctx context.Context) {
 			n.log.Warn("stopping: the embedded etcd did not close in time; leaving it to the process's exit")
 		}
 	}
+	api.Wait()
 	if n.lockFile != nil {
 		n.lockFile.Close()
 	}
