@@ -118,3 +118,51 @@ func TestManyNewVolumesSpread(t *testing.T) {
 		}
 	}
 }
+
+// TestFailbackSettle: the boundaries of the failback settle time, for a
+// healthy primary on n2 with n1 preferred (a preference move) and for a
+// dead primary (a failover, never delayed).
+func TestFailbackSettle(t *testing.T) {
+	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name       string
+		online     time.Duration // how long n1 has been online; 0: unknown
+		settle     Duration
+		primaryOff bool
+		want       string // the node promoted, "" for none
+	}{
+		{"online 3s: no failback", 3 * time.Second, 0, false, ""},
+		{"online 9.999s: no failback", 10*time.Second - time.Millisecond, 0, false, ""},
+		{"online 10s: failback", 10 * time.Second, 0, false, "n1"},
+		{"online 15s: failback", 15 * time.Second, 0, false, "n1"},
+		{"online since unknown: settled", 0, 0, false, "n1"},
+		{"settle 30s, online 15s: no failback", 15 * time.Second, Duration(30 * time.Second), false, ""},
+		{"settle off, online 1ms: failback", time.Millisecond, -1, false, "n1"},
+		{"primary offline, n1 online 1ms: failover at once", time.Millisecond, 0, true, "n1"},
+		{"primary offline, settle 1h: failover at once", time.Second, Duration(time.Hour), true, "n1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n1 := Node{Name: "n1", Online: true, FreeBytes: 1 << 40}
+			if tc.online > 0 {
+				n1.OnlineSince = now.Add(-tc.online)
+			}
+			n2 := Node{Name: "n2", Online: !tc.primaryOff, FreeBytes: 1 << 40}
+			if tc.primaryOff {
+				n2.OfflineSince = now.Add(-time.Second)
+			}
+			st := State{Now: now, Settings: Settings{FailbackSettle: tc.settle}, Nodes: []Node{n1, n2},
+				Volumes: []Volume{{Name: "v", Size: 1 << 20, Replicas: 2, Constraints: Constraints{Prefer: []string{"n1", "n2"}},
+					Epoch: 3, Primary: "n2", Placed: []string{"n1", "n2"}, InSync: []string{"n1", "n2"}}}}
+			var got string
+			for _, a := range Plan(st) {
+				if a.Kind == ActPromote {
+					got = a.Node
+				}
+			}
+			if got != tc.want {
+				t.Fatalf("promoted %q, want %q (actions %+v)", got, tc.want, Plan(st))
+			}
+		})
+	}
+}
