@@ -119,3 +119,42 @@ func TestClusterCache(t *testing.T) {
 		t.Fatalf("after compaction: %d keys", len(s4.KVs))
 	}
 }
+
+// TestAppendEventsRetried: a batch written again (its first write timed
+// out after the store had taken it, as when a stopping node cuts the
+// event writer's write short and flushes again) is stored once; a batch
+// whose events are new is stored, each event at the key of its first
+// attempt.
+func TestAppendEventsRetried(t *testing.T) {
+	_, cli := startTestEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	base := time.Now()
+	evs := []Event{{Time: base, Node: "a", Kind: "volume-stopped", Message: "1"}, {Time: base.Add(time.Millisecond), Node: "a", Kind: "node-stopped", Message: "2"}}
+	for attempt := range 3 {
+		if err := appendEvents(ctx, cli, evs); err != nil {
+			t.Fatalf("attempt %d: %v", attempt, err)
+		}
+	}
+	if evs[0].wkey == "" || evs[0].wkey == evs[1].wkey {
+		t.Fatalf("keys not kept per event: %q %q", evs[0].wkey, evs[1].wkey)
+	}
+	more := []Event{{Time: base.Add(2 * time.Millisecond), Node: "a", Kind: "k", Message: "3"}}
+	if err := appendEvents(ctx, cli, more); err != nil {
+		t.Fatal(err)
+	}
+	all, _, err := ListEvents(ctx, cli, EventFilter{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	for _, e := range all {
+		msgs = append(msgs, e.Message)
+	}
+	if fmt.Sprint(msgs) != "[1 2 3]" {
+		t.Fatalf("stored %v, want [1 2 3] (each once)", msgs)
+	}
+	if all[0].Key != evs[0].wkey {
+		t.Fatalf("stored at %q, first attempted at %q", all[0].Key, evs[0].wkey)
+	}
+}
