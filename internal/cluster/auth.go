@@ -165,6 +165,7 @@ func (n *Node) authHandler(h http.Handler) http.Handler {
 		if p != nil || n.creds == nil {
 			authenticatedConn(r) // its connection leaves the limits of APILimits
 		}
+
 		if p != nil {
 			need := requiredRole(r.Method, r.URL.Path)
 			if p.Role.rank() < need.rank() {
@@ -175,7 +176,19 @@ func (n *Node) authHandler(h http.Handler) http.Handler {
 			}
 			r = r.WithContext(context.WithValue(r.Context(), principalKey{}, *p))
 		}
-		h.ServeHTTP(w, r)
+		if publicPath(r.Method, r.URL.Path) || answersLocally(r) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		// a node without quorum answers at once rather than when its
+		// caller gives up (every caller alike: tokens, nodes, the local
+		// socket), also when it loses its quorum while the request runs
+		if err := n.NoQuorumError(); err != nil {
+			n.log.Debug("API: request refused: no quorum", "from", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
+			writeError(w, err)
+			return
+		}
+		n.withQuorum(h, w, r)
 	})
 }
 
@@ -243,10 +256,19 @@ func (n *Node) lookupToken(ctx context.Context, name string) (*APIToken, error) 
 	if cli == nil {
 		return nil, errStatus(http.StatusServiceUnavailable, "this node is not connected to its cluster yet: it cannot check API tokens")
 	}
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	if n.quorumLost() {
+		return nil, n.noQuorumError("it cannot check the API token")
+	}
+	// bounded well below what a caller waits: a node that loses its quorum
+	// knows it (quorumLost) only after its lease and its raft leader are
+	// gone
+	cctx, cancel := context.WithTimeout(ctx, storeCheckTimeout)
 	defer cancel()
 	resp, err := cli.Get(cctx, PrefixTokens+name)
 	if err != nil {
+		if ctx.Err() == nil && cctx.Err() != nil {
+			return nil, n.noQuorumError(fmt.Sprintf("checking the API token took over %v", storeCheckTimeout))
+		}
 		return nil, errStatus(http.StatusServiceUnavailable, "checking the API token: %v", err)
 	}
 	if len(resp.Kvs) == 0 {

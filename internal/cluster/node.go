@@ -152,6 +152,13 @@ type Node struct {
 	newAdminClient *adminClientCert
 	// API tokens (secure clusters)
 	tokensCache atomic.Pointer[Cache]
+	// the embedded etcd once started (n.etcd, for the API's goroutines:
+	// the API listens before etcd starts)
+	etcdLive atomic.Pointer[embed.Etcd]
+	// closed when this node finds it has lost its quorum (quorum.go)
+	quorumOnce sync.Once
+	quorumMu   sync.Mutex
+	quorumGone chan struct{}
 }
 
 // New checks cfg and returns a node ready to Start.
@@ -277,6 +284,7 @@ func (n *Node) start(ctx context.Context) error {
 			return err
 		}
 		n.etcd = e
+		n.etcdLive.Store(e)
 	}
 	n.wg.Add(2)
 	go n.runCallbacks()
