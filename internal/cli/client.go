@@ -489,7 +489,11 @@ type unreachableError struct {
 
 func (e *unreachableError) Error() string {
 	hint := "start one with `hacs agent`, or point --cluster / HACS_CLUSTER at a running agent's API"
-	if len(e.endpoints) == 1 && strings.HasPrefix(e.endpoints[0], "unix:") {
+	switch {
+	case strings.Contains(e.reason(), cluster.ErrNoQuorumMsg):
+		// an agent answered, but it is cut off from the majority
+		hint = "ask an agent of the majority of the cluster's voters (--cluster / HACS_CLUSTER), or start the voters that are down"
+	case len(e.endpoints) == 1 && strings.HasPrefix(e.endpoints[0], "unix:"):
 		hint = "is the agent of that --data-dir running?"
 	}
 	return fmt.Sprintf("no agent answered (tried %s): %s; %s", strings.Join(e.endpoints, ", "), e.reason(), hint)
