@@ -165,7 +165,6 @@ func (n *Node) authHandler(h http.Handler) http.Handler {
 		if p != nil || n.creds == nil {
 			authenticatedConn(r) // its connection leaves the limits of APILimits
 		}
-
 		if p != nil {
 			need := requiredRole(r.Method, r.URL.Path)
 			if p.Role.rank() < need.rank() {
