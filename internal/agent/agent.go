@@ -142,6 +142,9 @@ type Agent struct {
 	// does not know yet (a clone): cleanup leaves them for a while.
 	creating map[string]time.Time
 	wg       sync.WaitGroup
+	// resWG is the resources' node loop, which stops the local resources
+	// when the agent stops (resShutdown): waited for apart (stop).
+	resWG sync.WaitGroup
 
 	// cuts are the exports cut off before their workers stopped them, with
 	// when and why: by fenceLoop while this node did not hold its lease, or
@@ -293,11 +296,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.node.SetRaftLeaderCost(a.raftLeaderCost)
 	a.log.Info("resource manager running", "replica_addr", a.replicaAddr, "export_addr", a.exportAddr)
 
-	a.wg.Add(7)
+	a.wg.Add(6)
 	go func() { defer a.wg.Done(); a.fenceLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.dcLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.resDCLoop(ctx) }()
-	go func() { defer a.wg.Done(); a.resNodeLoop(ctx) }()
+	a.resWG.Add(1)
+	go func() { defer a.resWG.Done(); a.resNodeLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.capacityLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.alertLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.takeoverLoop(ctx) }()
@@ -306,11 +310,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// StopTimeout bounds an agent's stop (Run's return once its ctx ended,
-// but for serverCloseWait):
-// the loops and the volumes' workers ending, then the primaries flushed
-// and closed. The exports are cut off at once, whatever is still running.
+// StopTimeout bounds the volumes' part of an agent's stop (Run's return
+// once its ctx ended, but for serverCloseWait): the loops and the volumes'
+// workers ending, then the primaries flushed and closed. The exports are
+// cut off at once, whatever is still running. Local resources other than
+// volumes may take up to ResourceStopTimeout to stop.
 const StopTimeout = 1500 * time.Millisecond
+
+// ResourceStopTimeout bounds the stop of the local resources (OCF and
+// others) when the agent stops.
+const ResourceStopTimeout = 90 * time.Second
 
 // stop ends this node's serving when Run's ctx ended: it cuts every
 // export's clients off at once (nothing is served after this; a start
@@ -332,6 +341,8 @@ func (a *Agent) stop() {
 	a.cutMu.Lock()
 	cuts := maps.Clone(a.cuts) // stopPrimary deletes its volume's
 	a.cutMu.Unlock()
+	resStopped := make(chan struct{})
+	go func() { defer close(resStopped); a.resWG.Wait() }()
 	waited := make(chan struct{})
 	go func() { defer close(waited); a.wg.Wait() }()
 	select {
@@ -364,6 +375,15 @@ func (a *Agent) stop() {
 				a.emitStopped(name, p, agentStopping+" (its mirror still closing)", c.at)
 			}
 		}
+	}
+	// The local resources (OCF and others) have no data-path fencing:
+	// the lease is their fence, so they are stopped before it goes,
+	// however long that takes (ResourceStopTimeout at most).
+	select {
+	case <-resStopped:
+	default:
+		a.log.Info("stopping: waiting for the local resources to stop before the lease goes")
+		<-resStopped
 	}
 	a.log.Info("resource manager stopped", "primaries", len(prims), "took", time.Since(start).Round(time.Millisecond))
 }

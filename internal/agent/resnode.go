@@ -63,7 +63,7 @@ func (a *Agent) resNodeLoop(ctx context.Context) {
 
 // resShutdown stops every local resource when the agent stops (bounded).
 func (a *Agent) resShutdown() {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), ResourceStopTimeout)
 	defer cancel()
 	for {
 		snap, _ := a.res.Snapshot()

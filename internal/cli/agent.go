@@ -246,14 +246,15 @@ func runAgent(cfg cluster.Config, rm rmFlags) error {
 		}
 	}
 	// The stop, bounded: the resource manager cuts its exports off at once
-	// and stops its primaries (agent.StopTimeout), then the node writes
-	// their events, gives up its lease and closes the embedded etcd
-	// (nodeStopTimeout): about 1 s in the common case, 5 s at worst (a
-	// store without quorum, a silent replica).
+	// and stops its primaries (agent.StopTimeout) and its local resources
+	// (as long as they take, agent.ResourceStopTimeout at most), then the
+	// node writes their events, gives up its lease and closes the embedded
+	// etcd (nodeStopTimeout): about 1 s in the common case, 5 s at worst
+	// (a store without quorum, a silent replica), plus the resources' stop.
 	rcancel()
 	select {
 	case <-rmDone:
-	case <-time.After(agent.StopTimeout + time.Second):
+	case <-time.After(agent.ResourceStopTimeout + agent.StopTimeout + time.Second):
 		slog.Warn("the resource manager did not stop in time; stopping the node anyway (its exports are cut off)")
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), nodeStopTimeout)
