@@ -93,13 +93,14 @@ const maxEventBatch = 64
 
 // appendEvents writes events in one transaction: a node emitting many
 // (a thousand volumes starting) keeps up with one round trip per batch.
-// Each event's key is chosen at its first attempt (kept in wkey) and the
-// transaction writes only if none of the keys exists yet: a batch whose
-// write timed out after the store took it is not written twice when it
-// is tried again.
+// Each event's key is chosen at its first attempt (kept in wkey) and each
+// event is written only if its key does not exist yet (one nested
+// transaction per event): a batch whose write timed out after the store
+// took it is not written twice when it is tried again, and the events
+// added to it since are written (a condition on the whole batch would
+// skip them too).
 func appendEvents(ctx context.Context, cli *clientv3.Client, evs []Event) error {
 	ops := make([]clientv3.Op, 0, len(evs))
-	cmps := make([]clientv3.Cmp, 0, len(evs))
 	for i := range evs {
 		if evs[i].Time.IsZero() {
 			evs[i].Time = time.Now()
@@ -109,10 +110,9 @@ func appendEvents(ctx context.Context, cli *clientv3.Client, evs []Event) error 
 			return err
 		}
 		evs[i].wkey = key
-		ops = append(ops, op)
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}, []clientv3.Op{op}, nil))
 	}
-	_, err := cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	_, err := cli.Txn(ctx).Then(ops...).Commit()
 	return err
 }
 

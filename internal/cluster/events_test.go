@@ -158,3 +158,34 @@ func TestAppendEventsRetried(t *testing.T) {
 		t.Fatalf("stored at %q, first attempted at %q", all[0].Key, evs[0].wkey)
 	}
 }
+
+// TestAppendEventsRetriedWithNewOnes: a batch tried again with new events
+// after it (the writer drains the queue before each attempt; a stopping
+// node emits node-stopped just before it flushes) stores the new events,
+// although those of the first attempt were stored already.
+func TestAppendEventsRetriedWithNewOnes(t *testing.T) {
+	_, cli := startTestEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	base := time.Now()
+	evs := []Event{{Time: base, Node: "a", Kind: "volume-stopped", Message: "1"}}
+	// the first attempt, taken by the store though its caller saw it fail
+	if err := appendEvents(ctx, cli, evs); err != nil {
+		t.Fatal(err)
+	}
+	evs = append(evs, Event{Time: base.Add(time.Millisecond), Node: "a", Kind: "node-stopped", Message: "2"})
+	if err := appendEvents(ctx, cli, evs); err != nil {
+		t.Fatal(err)
+	}
+	all, _, err := ListEvents(ctx, cli, EventFilter{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	for _, e := range all {
+		msgs = append(msgs, e.Message)
+	}
+	if fmt.Sprint(msgs) != "[1 2]" {
+		t.Fatalf("stored %v, want [1 2] (each once)", msgs)
+	}
+}
