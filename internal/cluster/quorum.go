@@ -142,19 +142,27 @@ func (n *Node) withQuorum(h http.Handler, w http.ResponseWriter, r *http.Request
 		case <-ctx.Done():
 		}
 	}()
-	h.ServeHTTP(&quorumWriter{ResponseWriter: w, n: n, ctx: ctx}, r.WithContext(ctx))
+	h.ServeHTTP(&quorumWriter{ResponseWriter: w, n: n, ctx: ctx, method: r.Method}, r.WithContext(ctx))
 }
 
 // quorumWriter replaces the answer of a request whose node lost its
 // quorum while it ran (its context canceled with errQuorumLost) by the
-// 503 of a node without quorum. It is used by the handler's goroutine
-// only.
+// 503 of a node without quorum; but not the success (2xx) of a change
+// (not a GET or HEAD): it is done, and a 503 would tell the caller to ask
+// another node, which the CLI does, sending the change twice. It is used
+// by the handler's goroutine only.
 type quorumWriter struct {
 	http.ResponseWriter
 	n        *Node
 	ctx      context.Context
+	method   string
 	wrote    bool
 	replaced bool
+}
+
+// doneChange tells whether an answer with code reports a change done.
+func (w *quorumWriter) doneChange(code int) bool {
+	return code/100 == 2 && w.method != http.MethodGet && w.method != http.MethodHead
 }
 
 func (w *quorumWriter) WriteHeader(code int) {
@@ -163,7 +171,7 @@ func (w *quorumWriter) WriteHeader(code int) {
 	}
 	if !w.wrote && code >= 200 {
 		w.wrote = true
-		if context.Cause(w.ctx) == errQuorumLost {
+		if context.Cause(w.ctx) == errQuorumLost && !w.doneChange(code) {
 			w.replaced = true
 			writeError(w.ResponseWriter, w.n.noQuorumError(""))
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,5 +122,38 @@ func TestNoQuorumAnswersAtOnce(t *testing.T) {
 	waitCond(t, 30*time.Second, func() bool { return n1.IsServing() })
 	for _, a := range askers {
 		waitCond(t, 30*time.Second, func() bool { code, _ := a.call(); return code == http.StatusOK })
+	}
+}
+
+// TestQuorumWriterKeepsADoneChange: a request that changed the cluster
+// store and answered 2xx keeps that answer although the node lost its
+// quorum meanwhile (its context canceled): a 503 would say "not done, ask
+// another node", and the CLI would send the change again to the next
+// agent. Failed requests, and reads, get the 503 of a node without quorum.
+func TestQuorumWriterKeepsADoneChange(t *testing.T) {
+	n := &Node{ident: &identity{Name: "q1"}}
+	for _, c := range []struct {
+		method string
+		code   int
+		want   int
+	}{
+		{http.MethodPost, http.StatusCreated, http.StatusCreated},
+		{http.MethodDelete, http.StatusOK, http.StatusOK},
+		{http.MethodPost, http.StatusInternalServerError, http.StatusServiceUnavailable},
+		{http.MethodPut, http.StatusConflict, http.StatusServiceUnavailable},
+		{http.MethodGet, http.StatusOK, http.StatusServiceUnavailable},
+	} {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		cancel(errQuorumLost)
+		rec := httptest.NewRecorder()
+		w := &quorumWriter{ResponseWriter: rec, n: n, ctx: ctx, method: c.method}
+		w.WriteHeader(c.code)
+		w.Write([]byte(`{"x":1}`))
+		if rec.Code != c.want {
+			t.Errorf("%s answered %d after the quorum was lost: sent %d, want %d (%s)", c.method, c.code, rec.Code, c.want, rec.Body)
+		}
+		if c.want == http.StatusServiceUnavailable && !strings.Contains(rec.Body.String(), ErrNoQuorumMsg) {
+			t.Errorf("%s %d: body %s", c.method, c.code, rec.Body)
+		}
 	}
 }
