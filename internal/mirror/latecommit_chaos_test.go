@@ -160,3 +160,59 @@ func TestUnrecordedDropIsRetriedWithoutNewWrites(t *testing.T) {
 		t.Fatal("replicas differ: b kept counting in sync without the write it failed")
 	}
 }
+
+// TestPendingDropSettledByALaterDrop: a drop that could not be recorded
+// waits for its retry; meanwhile a later failure of the same replica is
+// dropped through the store, and the replica is resynced and in sync
+// again before the retry comes. The retry must not drop it once more (it
+// lacks nothing now): one drop, no second resync.
+func TestPendingDropSettledByALaterDrop(t *testing.T) {
+	const size = 8 << 20
+	var mu sync.Mutex
+	var drops []string
+	reps, store, m := newVolume(t, size, []string{"a", "b"}, func(c *Config) {
+		c.StoreTimeout = 200 * time.Millisecond
+		c.RetryInterval = 4 * time.Second
+		c.OnEvent = func(e Event) {
+			if e.Kind == "replica-dropped" {
+				mu.Lock()
+				drops = append(drops, e.Message)
+				mu.Unlock()
+			}
+		}
+	})
+	must(t, m.WriteAt(bytes.Repeat([]byte{1}, 4096), 0, false))
+	store.mu.Lock()
+	store.Fail = errors.New("no quorum")
+	store.mu.Unlock()
+	reps.devs["b"].FailAll(device.ErrInjected)
+	if err := m.WriteAt(bytes.Repeat([]byte{2}, 4096), 0, false); err == nil {
+		t.Fatal("write acknowledged although b's drop was not committed")
+	}
+	retryAt := time.Now().Add(4 * time.Second)
+	reps.devs["b"].FailAll(nil)
+	store.mu.Lock()
+	store.Fail = nil
+	store.mu.Unlock()
+	// a later failure of b, dropped through the store at once
+	var b *leg
+	for _, l := range m.legs {
+		if l.ID == "b" {
+			b = l
+		}
+	}
+	must(t, m.handleFailures([]legResult{{l: b, err: device.ErrInjected}}))
+	waitFor(t, "b resynced and in sync again", func() bool {
+		st, _ := store.Load(context.Background(), "vol")
+		return st.Has("b") && slices.Contains(m.InSync(), "b")
+	})
+	if time.Now().After(retryAt) {
+		t.Skip("the resync took longer than the retry interval on this machine: nothing to check")
+	}
+	time.Sleep(time.Until(retryAt) + time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(drops) != 1 || !slices.Contains(m.InSync(), "b") {
+		t.Fatalf("b dropped %d times (%q), in sync now %v: want once, and in sync", len(drops), drops, m.InSync())
+	}
+}

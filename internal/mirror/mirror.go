@@ -154,9 +154,9 @@ type Mirror struct {
 	// stripes order writes, reads, resync copies and verify per chunk.
 	stripes [stripeCount]sync.RWMutex
 	// pendingDrops are listed legs that failed I/O whose drop could not be
-	// committed, with the failure, retried by one goroutine while
-	// dropRetrying (both under mu).
-	pendingDrops map[*leg]error
+	// committed, with the failure and the leg's gen then, retried by one
+	// goroutine while dropRetrying (both under mu).
+	pendingDrops map[*leg]pendingDrop
 	dropRetrying bool
 	// unsettled are the chunks of writes that failed on some replicas
 	// whose drop from the in-sync set is not committed yet: not readable.
@@ -705,11 +705,11 @@ func (m *Mirror) dropLocked(legs []*leg, cause error) error {
 // write's chunks would stay unsettled. Callers hold mu for writing.
 func (m *Mirror) retryDropLocked(legs []*leg, cause error) {
 	if m.pendingDrops == nil {
-		m.pendingDrops = map[*leg]error{}
+		m.pendingDrops = map[*leg]pendingDrop{}
 	}
 	for _, l := range legs {
 		if l.listed {
-			m.pendingDrops[l] = cause
+			m.pendingDrops[l] = pendingDrop{cause: cause, gen: l.gen}
 		}
 	}
 	if len(m.pendingDrops) == 0 || m.ctx.Err() != nil || m.dropRetrying {
@@ -724,13 +724,14 @@ func (m *Mirror) retryDropLocked(legs []*leg, cause error) {
 			m.mu.Lock()
 			var legs []*leg
 			var cause error
-			for l, c := range m.pendingDrops {
-				// a later drop, a removal or a new in-sync set settled it
-				if !l.listed || l.removed.Load() {
+			for l, p := range m.pendingDrops {
+				// a later drop (even if the leg is in sync again since:
+				// its gen moved), a removal or a new in-sync set settled it
+				if !l.listed || l.removed.Load() || l.gen != p.gen {
 					delete(m.pendingDrops, l)
 					continue
 				}
-				legs, cause = append(legs, l), c
+				legs, cause = append(legs, l), p.cause
 			}
 			if !ok || len(legs) == 0 || m.stoppedLocked() != nil {
 				m.dropRetrying = false
@@ -745,6 +746,13 @@ func (m *Mirror) retryDropLocked(legs []*leg, cause error) {
 			m.mu.Unlock()
 		}
 	}()
+}
+
+// pendingDrop is a drop to retry: the failure, and the leg's gen when it
+// failed (a drop since then settled it).
+type pendingDrop struct {
+	cause error
+	gen   uint64
 }
 
 // storeWithout takes ids out of the wanted in-sync set and commits it to
