@@ -394,8 +394,8 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 }
 
 // hedgeDelay is how long getHedged waits for an agent's answer before it
-// asks the next agent too.
-const hedgeDelay = 300 * time.Millisecond
+// asks the next agent too (a variable for tests only).
+var hedgeDelay = 300 * time.Millisecond
 
 // getHedged reads path (a GET, which changes nothing) from the first agent
 // that answers: it asks the endpoints in order, the next one as soon as
