@@ -203,6 +203,12 @@ func (a *Agent) handleCloneProgress(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	wg.Wait()
+	if plan == nil {
+		// A clone that began while the nodes were asked: a node may
+		// already report its part, which counts against the plan's total
+		// (the sum below would show one node's copy as the whole).
+		plan = a.clones.plan(name)
+	}
 	if plan != nil {
 		// In the volume's bytes (a replica also holds the replication
 		// metadata): a node's part counts whole once it ended, by its
