@@ -117,7 +117,12 @@ func TestJoinTokenListRevoke(t *testing.T) {
 	if code != 200 || !rv.Already {
 		t.Fatalf("second revoke: %d %s", code, body)
 	}
-	evs, _, err := ListEvents(ctx, n.Client(), EventFilter{Kind: EventJoinTokenRevoked})
+	// events are written by the node's event writer, a moment later
+	var evs []Event
+	waitCond(t, 10*time.Second, func() bool {
+		evs, _, err = ListEvents(ctx, n.Client(), EventFilter{Kind: EventJoinTokenRevoked})
+		return err == nil && len(evs) > 0
+	})
 	if err != nil || len(evs) != 1 || evs[0].Fields["token"] != vrec.ID || evs[0].Fields["by"] != rv.Token.RevokedBy || !strings.Contains(evs[0].Fields["by"], "admin") {
 		t.Fatalf("revocation events: %+v %v", evs, err)
 	}
