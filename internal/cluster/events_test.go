@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func TestClusterEvents(t *testing.T) {
@@ -143,14 +145,7 @@ func TestAppendEventsRetried(t *testing.T) {
 	if err := appendEvents(ctx, cli, more); err != nil {
 		t.Fatal(err)
 	}
-	all, _, err := ListEvents(ctx, cli, EventFilter{Node: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var msgs []string
-	for _, e := range all {
-		msgs = append(msgs, e.Message)
-	}
+	all, msgs := storedEvents(t, ctx, cli, "a")
 	if fmt.Sprint(msgs) != "[1 2 3]" {
 		t.Fatalf("stored %v, want [1 2 3] (each once)", msgs)
 	}
@@ -177,7 +172,16 @@ func TestAppendEventsRetriedWithNewOnes(t *testing.T) {
 	if err := appendEvents(ctx, cli, evs); err != nil {
 		t.Fatal(err)
 	}
-	all, _, err := ListEvents(ctx, cli, EventFilter{Node: "a"})
+	_, msgs := storedEvents(t, ctx, cli, "a")
+	if fmt.Sprint(msgs) != "[1 2]" {
+		t.Fatalf("stored %v, want [1 2] (each once)", msgs)
+	}
+}
+
+// storedEvents lists node's stored events and their messages.
+func storedEvents(t *testing.T, ctx context.Context, cli *clientv3.Client, node string) ([]Event, []string) {
+	t.Helper()
+	all, _, err := ListEvents(ctx, cli, EventFilter{Node: node})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +189,5 @@ func TestAppendEventsRetriedWithNewOnes(t *testing.T) {
 	for _, e := range all {
 		msgs = append(msgs, e.Message)
 	}
-	if fmt.Sprint(msgs) != "[1 2]" {
-		t.Fatalf("stored %v, want [1 2] (each once)", msgs)
-	}
+	return all, msgs
 }

@@ -135,14 +135,7 @@ func TestLateCommitOfAnOldDropDoesNotSplitMirrorAndStore(t *testing.T) {
 func TestUnrecordedDropIsRetriedWithoutNewWrites(t *testing.T) {
 	const size = 8 << 20
 	reps, store, m := newVolume(t, size, []string{"a", "b"}, func(c *Config) { c.StoreTimeout = 200 * time.Millisecond })
-	must(t, m.WriteAt(bytes.Repeat([]byte{1}, 4096), 0, false))
-	store.mu.Lock()
-	store.Fail = errors.New("no quorum")
-	store.mu.Unlock()
-	reps.devs["b"].FailAll(device.ErrInjected)
-	if err := m.WriteAt(bytes.Repeat([]byte{2}, 4096), 0, false); err == nil {
-		t.Fatal("write acknowledged although b's drop was not committed")
-	}
+	failWriteOnBWithoutStore(t, reps, store, m)
 	reps.devs["b"].FailAll(nil)
 	store.mu.Lock()
 	store.Fail = nil
@@ -181,14 +174,7 @@ func TestPendingDropSettledByALaterDrop(t *testing.T) {
 			}
 		}
 	})
-	must(t, m.WriteAt(bytes.Repeat([]byte{1}, 4096), 0, false))
-	store.mu.Lock()
-	store.Fail = errors.New("no quorum")
-	store.mu.Unlock()
-	reps.devs["b"].FailAll(device.ErrInjected)
-	if err := m.WriteAt(bytes.Repeat([]byte{2}, 4096), 0, false); err == nil {
-		t.Fatal("write acknowledged although b's drop was not committed")
-	}
+	failWriteOnBWithoutStore(t, reps, store, m)
 	retryAt := time.Now().Add(4 * time.Second)
 	reps.devs["b"].FailAll(nil)
 	store.mu.Lock()
@@ -214,5 +200,21 @@ func TestPendingDropSettledByALaterDrop(t *testing.T) {
 	defer mu.Unlock()
 	if len(drops) != 1 || !slices.Contains(m.InSync(), "b") {
 		t.Fatalf("b dropped %d times (%q), in sync now %v: want once, and in sync", len(drops), drops, m.InSync())
+	}
+}
+
+// failWriteOnBWithoutStore writes 1s to the volume's first block, then
+// makes the store refuse updates and b fail I/O: the write of 2s that
+// follows fails on b, b's drop cannot be recorded, and it is not
+// acknowledged.
+func failWriteOnBWithoutStore(t *testing.T, reps *memReplicas, store *MemStore, m *Mirror) {
+	t.Helper()
+	must(t, m.WriteAt(bytes.Repeat([]byte{1}, 4096), 0, false))
+	store.mu.Lock()
+	store.Fail = errors.New("no quorum")
+	store.mu.Unlock()
+	reps.devs["b"].FailAll(device.ErrInjected)
+	if err := m.WriteAt(bytes.Repeat([]byte{2}, 4096), 0, false); err == nil {
+		t.Fatal("write acknowledged although b's drop was not committed")
 	}
 }
