@@ -91,14 +91,7 @@ func TestAgentGracefulStop(t *testing.T) {
 }
 
 func testAgentGracefulStop(t *testing.T, silent bool) {
-	var extra []string
-	if l := os.Getenv("HACS_STOP_ETCD_LOG"); l != "" {
-		extra = append(extra, "--etcd-log-level", l)
-	}
-	c := newRMCluster(t, 3, extra...)
-	if code, err := c.call("POST", "/v1/volumes", rm.VolumeRequest{Name: "vol", Size: 16 << 20, Replicas: 2}, nil); err != nil || code != 201 {
-		t.Fatalf("create: %d %v", code, err)
-	}
+	c := newStopCluster(t)
 	v := c.waitServed("vol", 0)
 	first := v.Export.Node
 	cl := c.dial(v)
@@ -188,14 +181,7 @@ func TestAgentStopTimes(t *testing.T) {
 	if rounds <= 0 {
 		t.Skip("a measurement: set HACS_STOP_TIMES=N to run it")
 	}
-	var extra []string
-	if l := os.Getenv("HACS_STOP_ETCD_LOG"); l != "" {
-		extra = append(extra, "--etcd-log-level", l)
-	}
-	c := newRMCluster(t, 3, extra...)
-	if code, err := c.call("POST", "/v1/volumes", rm.VolumeRequest{Name: "vol", Size: 16 << 20, Replicas: 2}, nil); err != nil || code != 201 {
-		t.Fatalf("create: %d %v", code, err)
-	}
+	c := newStopCluster(t)
 	status := func(name string) (cluster.Status, error) {
 		var st cluster.Status
 		resp, err := c.hc().Get(c.api(name) + "/v1/status")
@@ -309,4 +295,20 @@ func TestAgentStopTimes(t *testing.T) {
 func tailLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// newStopCluster starts 3 agents (etcd's log level from
+// HACS_STOP_ETCD_LOG, for looking into a slow stop) serving a 2-replica
+// volume "vol".
+func newStopCluster(t *testing.T) *rmCluster {
+	t.Helper()
+	var extra []string
+	if l := os.Getenv("HACS_STOP_ETCD_LOG"); l != "" {
+		extra = append(extra, "--etcd-log-level", l)
+	}
+	c := newRMCluster(t, 3, extra...)
+	if code, err := c.call("POST", "/v1/volumes", rm.VolumeRequest{Name: "vol", Size: 16 << 20, Replicas: 2}, nil); err != nil || code != 201 {
+		t.Fatalf("create: %d %v", code, err)
+	}
+	return c
 }
