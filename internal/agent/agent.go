@@ -118,6 +118,9 @@ type Agent struct {
 	// stopping is set when Run's ctx ended: no export is added after it
 	// (stop).
 	stopping bool
+	// started is set once Run has its store views and API (tests wait
+	// for it).
+	started atomic.Bool
 	// workers are the volumes' workers (worker.go), and starts bounds the
 	// primaries they open at once.
 	workers map[string]*volWorker
@@ -287,6 +290,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.vols = cluster.NewCache(ctx, a.node.Client(), cluster.PrefixVolumes, a.log)
 	a.res = cluster.NewCache(ctx, a.node.Client(), cluster.PrefixResources, a.log)
 	a.registerAPI()
+	a.started.Store(true)
 	if a.cfg.Fence != nil {
 		a.cfg.Fence.Register(a.node.Mux())
 		a.wg.Add(1)

@@ -91,7 +91,7 @@ func TestFailbackWaitsForSettle(t *testing.T) {
 	defer cancel()
 	waitFor(t, 30*time.Second, "n2 online with its replica server published", func() bool {
 		info, ok := n1.Members().Node("n2")
-		return ok && info.Online && info.Alive != nil && info.ReplicaAddr != "" && a1.vols != nil
+		return ok && info.Online && info.Alive != nil && info.ReplicaAddr != "" && a1.started.Load()
 	})
 	info, _ := n1.Members().Node("n2")
 	granted := info.Alive.StartedAt

@@ -46,7 +46,7 @@ func TestStartFailureIsRetriedAtTheSameEpoch(t *testing.T) {
 	defer cancel()
 	waitFor(t, 30*time.Second, "n1's replica server published", func() bool {
 		info, ok := n1.Members().Node("n1")
-		return ok && info.ReplicaAddr != "" && a1.vols != nil
+		return ok && info.ReplicaAddr != "" && a1.started.Load()
 	})
 	if err := a1.createVolume(ctx, VolumeRequest{Name: "va", Size: 8 << 20, Replicas: 1}); err != nil {
 		t.Fatal(err)

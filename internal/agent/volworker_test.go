@@ -182,7 +182,7 @@ func TestVolumesDoNotWaitForAnotherVolumesStoreUpdate(t *testing.T) {
 	defer cancel()
 	waitFor(t, 30*time.Second, "n2's replica server published", func() bool {
 		info, ok := n1.Members().Node("n2")
-		return ok && info.ReplicaAddr != "" && a1.vols != nil
+		return ok && info.ReplicaAddr != "" && a1.started.Load()
 	})
 	prefer1 := policy.Constraints{Prefer: []string{"n1"}}
 	for _, name := range []string{"va", "vb"} {
