@@ -284,7 +284,13 @@ func TestResourcesOCF(t *testing.T) {
 		c.mustDo("POST", "/v1/resources", map[string]any{"name": "d2", "type": "ocf:pacemaker:Dummy", "ops": fast}, 201)
 		c.mustDo("POST", "/v1/constraints", map[string]any{"kind": "colocation", "resource": "d2", "with": "d1"}, 201)
 		c.mustDo("POST", "/v1/constraints", map[string]any{"kind": "order", "resource": "d2", "first": "d1"}, 201)
+		// d2 may have started elsewhere before its colocation was added:
+		// it must end up with d1 (and stay, checked below).
 		d1 := c.resource("d1").Running[0]
+		c.waitFor("d2 with d1", 20*time.Second, func() bool {
+			r2 := c.resource("d2")
+			return r2.Health == "running" && slices.Equal(r2.Running, []string{d1})
+		})
 		if got := c.waitRunning("d2", 20*time.Second); got != d1 {
 			t.Fatalf("d2 on %s, d1 on %s: colocation not honoured", got, d1)
 		}
