@@ -216,7 +216,7 @@ func (n *Node) diagnoseEtcdStop(e *embed.Etcd) error {
 
 // newClient connects to the cluster store.
 func newClient(endpoints []string, tc *tls.Config) (*clientv3.Client, error) {
-	return clientv3.New(clientv3.Config{
+	cli, err := clientv3.New(clientv3.Config{
 		TLS:                  tc,
 		Endpoints:            endpoints,
 		DialTimeout:          2 * time.Second,
@@ -226,6 +226,11 @@ func newClient(endpoints []string, tc *tls.Config) (*clientv3.Client, error) {
 		Logger:               zap.NewNop(),
 		RejectOldCluster:     false,
 	})
+	if err != nil {
+		return nil, err
+	}
+	cli.KV = retryKV{cli.KV} // writes raft dropped while its leadership moved
+	return cli, nil
 }
 
 // voterEndpoints are the client URLs of the started voting members.
