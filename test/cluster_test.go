@@ -666,10 +666,14 @@ func TestClusterWitness(t *testing.T) {
 	rest = without(all, lead)
 	lead.kill()
 	killed := time.Now()
-	// a new raft leader extends every lease (etcd's lessor promotion) after
-	// the election: the TTL starts again from there, hence the extra 4 s
-	// (2 s failed once in CI on a loaded machine)
-	d := waitState(t, clLeaseTTL+clSlack+4*time.Second, rest, lead.name, cluster.StateOffline)
+	// A new raft leader extends every lease (etcd's lessor promotion) after
+	// the election, so the TTL starts again from there: typically all see
+	// it offline after 3.5 s here. Two CI runs of the fifth session on a
+	// loaded machine took over 5.5 s and over 7.5 s, cause not found (an
+	// observer whose watch went through the killed member reconnecting?):
+	// the bound is generous, the time is logged; speed belongs to the
+	// benchmarks.
+	d := waitState(t, clLeaseTTL+clSlack+12*time.Second, rest, lead.name, cluster.StateOffline)
 	t.Logf("SIGKILL of the raft leader %s: offline for all after %v", lead.name, d.Round(time.Millisecond))
 	waitDC(t, clWait, rest)
 	evs, _ = rest[0].events()
